@@ -1,0 +1,19 @@
+"""fastblocks: fused, memory-efficient kernels for efficient-CNN blocks.
+
+    import fastblocks as fb
+    y = fb.ops.dwconv_bn_act(x, w, gamma, beta, rm, rv, training=True, act="silu")
+    fb.set_backend("eager")            # or: with fb.backend("reference"): ...
+    report = fb.patch(model)           # swap fused modules into a timm / torchvision model
+"""
+
+from . import ops, utils
+from ._dispatch import (BackendUnavailableError, available_backends, backend, get_backend,
+                        set_backend)
+from .backends import load_all as _load_backends
+
+_load_backends()
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "utils", "available_backends", "set_backend", "get_backend", "backend",
+           "BackendUnavailableError", "__version__"]

@@ -1,0 +1,163 @@
+"""The one mechanism that chooses a backend for a fused op.
+
+Resolution order for every op call:
+
+1. an explicit ``backend=`` argument of the op or module,
+2. the innermost ``fastblocks.backend(name)`` context, else the last ``fastblocks.set_backend(name)``,
+3. the environment variable ``FASTBLOCKS_BACKEND`` (read once, at import),
+4. ``"auto"``.
+
+``"auto"`` walks :data:`AUTO_PREFERENCE` for the tensor's device and takes the first backend that
+is available and supports the call's configuration. A backend named explicitly that cannot run the
+call raises :class:`BackendUnavailableError`; it is never silently replaced by another.
+
+``"reference"`` is the plain PyTorch composition (autograd through ATen ops); every other backend
+runs inside the op's ``torch.library`` custom op, which resolves the name at run time, so
+``torch.compile`` sees one op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+BACKENDS = ("reference", "eager", "cpu", "triton", "cuda")
+SELECTABLE = BACKENDS + ("auto",)
+
+# Fastest first, per device type. Kept in one place so a benchmark-derived table can replace it.
+AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "cuda": ("cuda", "triton", "eager"),
+    "cpu": ("cpu", "eager"),
+}
+AUTO_FALLBACK = ("eager",)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested by name but cannot run this call."""
+
+
+@dataclass(frozen=True)
+class BackendImpl:
+    """One backend's implementation of one op.
+
+    forward / backward take the op's custom-op arguments (minus ``backend``) and return what the
+    custom op returns. ``supports(*forward_args)`` returns None when the backend can run the call,
+    else a short reason (used in error messages and by ``auto``).
+    """
+
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    supports: Callable[..., str | None] = lambda *a, **k: None
+
+
+# op name -> backend name -> implementation
+_REGISTRY: dict[str, dict[str, BackendImpl]] = {}
+# backend name -> callable returning None when usable in this process, else the reason
+_AVAILABILITY: dict[str, Callable[[], str | None]] = {
+    "reference": lambda: None,
+    "eager": lambda: None,
+}
+
+
+def register_backend(name: str, availability: Callable[[], str | None]) -> None:
+    """Declare a backend and how to tell whether it can run in this process."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend name must be one of {BACKENDS}, got {name!r}")
+    _AVAILABILITY[name] = availability
+
+
+def register_impl(op: str, backend: str, impl: BackendImpl) -> None:
+    """Register ``backend``'s implementation of ``op`` (called by backend modules at import)."""
+    if backend not in BACKENDS or backend == "reference":
+        raise ValueError(f"cannot register an implementation for backend {backend!r}")
+    _REGISTRY.setdefault(op, {})[backend] = impl
+
+
+def _unavailable_reason(name: str) -> str | None:
+    check = _AVAILABILITY.get(name)
+    if check is None:
+        return f"backend {name!r} is not installed in this build"
+    return check()
+
+
+def available_backends() -> list[str]:
+    """Backends that can run in this process, in the canonical order of :data:`BACKENDS`."""
+    return [b for b in BACKENDS if _unavailable_reason(b) is None]
+
+
+def _check_name(name: object, what: str = "backend") -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str naming one of {SELECTABLE}, got {type(name).__name__}")
+    if name not in SELECTABLE:
+        raise ValueError(f"{what} must be one of {SELECTABLE}, got {name!r}")
+    return name
+
+
+def _env_default() -> str:
+    value = os.environ.get("FASTBLOCKS_BACKEND", "auto").strip() or "auto"
+    return _check_name(value, "environment variable FASTBLOCKS_BACKEND")
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+
+_DEFAULT = [_env_default()]
+_STATE = _State()
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide backend (``"auto"``, ``"reference"``, ``"eager"``, ...)."""
+    _DEFAULT[0] = _check_name(name)
+
+
+def get_backend() -> str:
+    """The backend name currently requested (before ``auto`` is resolved)."""
+    return _STATE.stack[-1] if _STATE.stack else _DEFAULT[0]
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Context manager: ``with fastblocks.backend("eager"): ...`` (thread-local, nestable)."""
+    _STATE.stack.append(_check_name(name))
+    try:
+        yield
+    finally:
+        _STATE.stack.pop()
+
+
+def requested(explicit: str | None) -> str:
+    """The requested backend name for one call: the explicit argument, else the current setting."""
+    return get_backend() if explicit is None else _check_name(explicit)
+
+
+def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendImpl:
+    """Resolve ``name`` (possibly ``"auto"``) to the implementation that runs ``op`` on ``args``."""
+    impls = _REGISTRY.get(op, {})
+    if name == "auto":
+        order = AUTO_PREFERENCE.get(device.type, AUTO_FALLBACK)
+        for candidate in order:
+            impl = impls.get(candidate)
+            if impl is None or _unavailable_reason(candidate) is not None:
+                continue
+            if impl.supports(*args) is None:
+                return impl
+        raise BackendUnavailableError(
+            f"fastblocks: no backend in {order} can run {op} on device {device.type!r}"
+        )
+    if name == "reference":
+        raise AssertionError("the reference backend runs outside the custom op")
+    reason = _unavailable_reason(name)
+    if reason is None and name not in impls:
+        reason = f"backend {name!r} has no implementation of {op}"
+    if reason is None:
+        reason = impls[name].supports(*args)
+    if reason is not None:
+        raise BackendUnavailableError(f"fastblocks: cannot run {op} with backend {name!r}: {reason}")
+    return impls[name]

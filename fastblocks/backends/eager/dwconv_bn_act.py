@@ -1,0 +1,24 @@
+"""Eager dwconv_bn_act: conv -> BN -> act; backward recomputes the conv output from x."""
+
+from ..._dispatch import BackendImpl, register_impl
+from ._common import bn_act_backward, bn_act_forward, bn_stats, dwconv_backward, dwconv_forward
+
+
+def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
+            stride, padding_mode, padding, dilation, training, eps, act):
+    z = dwconv_forward(x, weight, conv_bias, stride, padding_mode, padding, dilation)
+    mean, var = bn_stats(z, training, running_mean, running_var)
+    return bn_act_forward(z, bn_weight, bn_bias, mean, var, eps, act), mean, var
+
+
+def backward(dy, x, weight, bn_weight, bn_bias, conv_bias, mean, var,
+             stride, padding_mode, padding, dilation, training, eps, act, mask):
+    z = dwconv_forward(x, weight, conv_bias, stride, padding_mode, padding, dilation)
+    dz, dgamma, dbeta = bn_act_backward(z, dy, bn_weight, bn_bias, mean, var, eps, training, act)
+    del z
+    dx, dw, db = dwconv_backward(dz, x, weight, stride, padding_mode, padding, dilation,
+                                 mask[0], mask[1], mask[4])
+    return dx, dw, dgamma, dbeta, db
+
+
+register_impl("dwconv_bn_act", "eager", BackendImpl(forward, backward))

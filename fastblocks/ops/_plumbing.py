@@ -1,0 +1,47 @@
+"""Glue shared by the op files: backend dispatch inside custom ops, grad-slot conventions.
+
+Custom ops cannot return None, so a gradient that is not needed (or whose input is None) travels
+as an empty tensor on x's device and becomes None again in the autograd formula.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._validate import memory_format_of
+
+Tensor = torch.Tensor
+
+
+def run_forward(op: str, backend: str, args: tuple):
+    """Resolve ``backend`` for this call (at run time, inside the custom op) and run its forward."""
+    return _dispatch.impl_for(op, backend, args[0].device, args).forward(*args)
+
+
+def run_backward(op: str, backend: str, forward_args: tuple, args: tuple):
+    """Run the backward of the backend that ran the forward (same resolution, same inputs)."""
+    return _dispatch.impl_for(op, backend, forward_args[0].device, forward_args).backward(*args)
+
+
+def grad_slot(grad: Optional[Tensor], like: Optional[Tensor], x: Tensor, needed: bool) -> Tensor:
+    if grad is None or like is None or not needed:
+        return x.new_empty(0)
+    return grad.to(like.dtype).reshape(like.shape).contiguous(memory_format=memory_format_of(like))
+
+
+def fake_slot(like: Optional[Tensor], x: Tensor, needed: bool) -> Tensor:
+    """Fake-impl counterpart of :func:`grad_slot`."""
+    if like is None or not needed:
+        return x.new_empty(0)
+    return like.new_empty(like.shape).contiguous(memory_format=memory_format_of(like))
+
+
+def from_slot(grad: Tensor, needed: bool) -> Optional[Tensor]:
+    return grad if needed and grad.numel() > 0 else None
+
+
+def needs(ctx, *indices: int) -> list[bool]:
+    return [bool(ctx.needs_input_grad[i]) for i in indices]
