@@ -1,0 +1,39 @@
+# Two commands on a fresh clone: `make demo` and `make test` (each creates .venv when missing).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fastblocks-installed
+TORCH  := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv install build demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): $(BIN)/python setup.py
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+# Rebuild the C++/CUDA extension in place (incremental with ninja).
+build: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+
+demo: $(STAMP)
+	$(BIN)/python -m fastblocks.demo
+
+# pytest exit code 5 (no tests collected) must fail loudly, never pass silently.
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --device cpu --quick
+
+clean:
+	rm -rf build *.egg-info fastblocks/_C*.so

@@ -1,0 +1,87 @@
+"""fastblocks build: pure-Python package plus an optional C++/CUDA extension (fastblocks._C).
+
+The extension is built when csrc/ has sources and torch's cpp_extension can compile them:
+- C++ (csrc/*.cpp): always, unless FASTBLOCKS_BUILD_CPU=0.
+- CUDA (csrc/*.cu): when CUDA_HOME / nvcc is found, unless FASTBLOCKS_BUILD_CUDA=0
+  (FASTBLOCKS_BUILD_CUDA=1 makes a missing toolkit an error). Arch list: TORCH_CUDA_ARCH_LIST,
+  default "9.0". Headers that the local toolkit lacks are taken from the nvidia/cu13 wheels.
+Without a compiler or with FASTBLOCKS_BUILD_EXT=0 the package installs pure Python: import and
+the reference / eager / triton backends still work.
+"""
+
+import glob
+import os
+import site
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+DEV = ["timm", "efficientnet_pytorch", "pytest", "pytest-benchmark", "pytest-xdist", "hypothesis",
+       "ninja", "pybind11", "tqdm", "matplotlib"]
+
+
+def _flag(name, default):
+    value = os.environ.get(name, default).strip().lower()
+    return value not in ("0", "false", "no", "off", "")
+
+
+def _nvidia_include_dirs():
+    dirs = []
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        dirs += glob.glob(os.path.join(base, "nvidia", "cu*", "include"))
+        dirs += glob.glob(os.path.join(base, "nvidia", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def extensions():
+    if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
+        return [], {}
+    cpp = sorted(glob.glob("csrc/*.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
+    cu = sorted(glob.glob("csrc/*.cu"))
+    if not cpp and not cu:
+        return [], {}
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        print("fastblocks: torch not importable at build time; skipping the extension", file=sys.stderr)
+        return [], {}
+    want_cuda = os.environ.get("FASTBLOCKS_BUILD_CUDA", "auto").strip().lower()
+    has_cuda = cpp_extension.CUDA_HOME is not None and os.path.exists(
+        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    if want_cuda in ("1", "true", "yes", "on") and not has_cuda:
+        raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found")
+    use_cuda = bool(cu) and has_cuda and want_cuda not in ("0", "false", "no", "off")
+    if not cpp and not use_cuda:
+        return [], {}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    macros = []
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+                  include_dirs=[os.path.join(ROOT, "csrc")])
+    if use_cuda:
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        kwargs["include_dirs"] += _nvidia_include_dirs()
+        macros.append(("FASTBLOCKS_WITH_CUDA", "1"))
+        ext = cpp_extension.CUDAExtension("fastblocks._C", cpp + cu, define_macros=macros, **kwargs)
+    else:
+        ext = cpp_extension.CppExtension("fastblocks._C", cpp, define_macros=macros, **kwargs)
+    build = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    return [ext], {"build_ext": build}
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    name="fastblocks",
+    version="0.1.0",
+    description="Fused, memory-efficient kernels for efficient-CNN blocks (depthwise conv + BN + act, SE, ECA, SiLU)",
+    packages=find_packages(include=["fastblocks", "fastblocks.*", "kernels", "kernels.*", "benchmarks", "benchmarks.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+    extras_require={"dev": DEV},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
