@@ -6,14 +6,15 @@
     report = fb.patch(model)           # swap fused modules into a timm / torchvision model
 """
 
-from . import ops, utils
+from . import nn, ops, utils
 from ._dispatch import (BackendUnavailableError, available_backends, backend, get_backend,
                         set_backend)
 from .backends import load_all as _load_backends
+from .patch import PatchReport, patch, unpatch
 
 _load_backends()
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "utils", "available_backends", "set_backend", "get_backend", "backend",
+__all__ = ["ops", "nn", "utils", "patch", "unpatch", "PatchReport", "available_backends", "set_backend", "get_backend", "backend",
            "BackendUnavailableError", "__version__"]

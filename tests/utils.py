@@ -98,3 +98,78 @@ def randn(*shape, seed: int, dtype=torch.float64, scale: float = 1.0, offset: fl
 def rand_positive(*shape, seed: int, dtype=torch.float64) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(*shape, generator=gen, dtype=dtype) + 0.5
+
+
+def _train_step(model, x, seed):
+    torch.manual_seed(seed)  # dropout / drop-connect draw the same masks for every model
+    out = model(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    (out * randn(*out.shape, seed=seed + 1, dtype=out.dtype)).sum().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _run(model, x, seed):
+    """Train step (output, gradients by name, buffers after the step), then eval output."""
+    model.train()
+    out, grads = _train_step(model, x, seed)
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.eval()
+    with torch.no_grad():
+        out_eval = model(x)
+    return out, grads, buffers, out_eval
+
+
+def check_patch_equivalence(model: torch.nn.Module, input_shape=(2, 3, 64, 64), *, backend: str = "eager",
+                            seed: int = 0) -> "fb.PatchReport":
+    """Patch a deep copy of ``model`` and compare it with the original: train mode (output, every
+    parameter gradient, running stats after the step) and eval mode (output).
+
+    float64: patched == unpatched for every tensor to 1e-8, gradients to 1e-7 (those that are mathematically ~0,
+    e.g. a bias feeding a training-mode BN, against a floor of 1e-3 x the model's RMS gradient).
+    float32: the patched model must be as accurate as the unpatched one, both measured against
+    the float64 run: err(patched) <= 2 * err(unpatched) + 1e-5 for the outputs, all gradients
+    together and the running stats. (Two float32 runs of random-init nets with BN over 2x2 maps
+    and ReLU6 / hard-swish kinks legitimately differ by 1e-2 in some gradients.)
+    Also checks that state_dict keys are unchanged. Returns the patch report.
+    """
+    import copy
+
+    x64 = randn(*input_shape, seed=seed + 1)
+    runs, report = {}, None
+    for dtype in (torch.float64, torch.float32):
+        original = copy.deepcopy(model).to(dtype)
+        patched = copy.deepcopy(original)
+        report = fb.patch(patched, backend=backend)
+        assert list(patched.state_dict().keys()) == list(original.state_dict().keys()), "state_dict keys changed"
+        runs[dtype] = (_run(original, x64.to(dtype), seed + 2), _run(patched, x64.to(dtype), seed + 2))
+        assert not patched.training
+
+    (ref, ref_p), (f32, f32_p) = runs[torch.float64], runs[torch.float32]
+    names = [n for n, g in ref[1].items() if g is not None]
+    for r in (ref_p, f32, f32_p):
+        missing = [n for n in ref[1] if (ref[1][n] is None) != (r[1][n] is None)]
+        assert not missing, f"gradients present in one model only: {missing}"
+
+    # float64: exact equivalence.
+    assert rel_err(ref_p[0], ref[0]) <= 1e-8, "float64 train output differs"
+    assert rel_err(ref_p[3], ref[3]) <= 1e-8, "float64 eval output differs"
+    rms = (sum(float(ref[1][n].square().sum()) for n in names) / max(sum(ref[1][n].numel() for n in names), 1)) ** 0.5
+    for n in names:
+        g, g_p = ref[1][n], ref_p[1][n]
+        e = float((g_p - g).norm() / max(float(g.norm()), 1e-3 * rms * g.numel() ** 0.5))
+        assert e <= 1e-7, f"float64 grad {n} differs: {e:.2e}"
+    for n, b in ref[2].items():
+        assert rel_err(ref_p[2][n], b) <= 1e-8, f"float64 buffer {n} differs after the step"
+
+    # float32: as accurate as the unpatched model.
+    flat = lambda grads: torch.cat([grads[n].double().flatten() for n in names])  # noqa: E731
+    pairs = {"train output": (lambda r: r[0]), "eval output": (lambda r: r[3]), "gradients": (lambda r: flat(r[1]))}
+    for n in ref[2]:
+        if ref[2][n].is_floating_point():
+            pairs[f"buffer {n}"] = (lambda r, n=n: r[2][n])
+        else:
+            assert torch.equal(f32_p[2][n], ref[2][n]), f"buffer {n} differs"
+    for what, get in pairs.items():
+        e_u, e_p = rel_err(get(f32), get(ref)), rel_err(get(f32_p), get(ref))
+        assert e_p <= 2 * e_u + 1e-5, f"float32 {what}: patched error {e_p:.2e} vs unpatched {e_u:.2e}"
+    return report

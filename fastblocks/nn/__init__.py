@@ -1,0 +1,9 @@
+"""Fused modules used by :func:`fastblocks.patch` (and usable directly)."""
+
+from .activation import HardSwish, MemoryEfficientAct, SiLU
+from .attention import EfficientChannelAttention, SqueezeExcite, SqueezeExciteWithNorm
+from .batchnorm import AbsorbedBatchNorm2d, BatchNormAct2d
+from .dwconv import DWConvBNAct
+
+__all__ = ["DWConvBNAct", "BatchNormAct2d", "AbsorbedBatchNorm2d", "SqueezeExcite", "SqueezeExciteWithNorm",
+           "EfficientChannelAttention", "MemoryEfficientAct", "SiLU", "HardSwish"]

@@ -1,0 +1,37 @@
+"""Memory-efficient activation modules (save the input only)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from .._act import canonical_act
+
+
+class MemoryEfficientAct(nn.Module):
+    """Element-wise activation through ``fastblocks.ops.activation``: saves x only for backward,
+    where PyTorch's autograd for e.g. x * sigmoid(x) would keep extra tensors."""
+
+    def __init__(self, act: str = "silu", backend: Optional[str] = None) -> None:
+        super().__init__()
+        self.act = canonical_act(act)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.activation(x, self.act, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return repr(self.act)
+
+
+def SiLU(backend: Optional[str] = None) -> MemoryEfficientAct:  # noqa: N802  (module-like factory)
+    """Memory-efficient SiLU / swish module."""
+    return MemoryEfficientAct("silu", backend)
+
+
+def HardSwish(backend: Optional[str] = None) -> MemoryEfficientAct:  # noqa: N802
+    """Memory-efficient hard-swish module."""
+    return MemoryEfficientAct("hardswish", backend)

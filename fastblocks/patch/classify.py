@@ -1,0 +1,127 @@
+"""What a module is, as far as fusion is concerned: activation / gate names, depthwise-conv geometry,
+plain-BatchNorm checks. Exact type matches only: subclasses may change forward, so they are skipped."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import nn
+
+from ..nn._common import has_hooks
+
+
+def qualname(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_ACTS = {
+    "torch.nn.modules.activation.SiLU": "silu",
+    "torch.nn.modules.activation.ReLU": "relu",
+    "torch.nn.modules.activation.ReLU6": "relu6",
+    "torch.nn.modules.activation.Hardswish": "hardswish",
+    "torch.nn.modules.linear.Identity": "identity",
+    "timm.layers.activations.Swish": "silu",
+    "timm.layers.activations.HardSwish": "hardswish",
+    "timm.layers.activations_me.SwishMe": "silu",
+    "timm.layers.activations_me.HardSwishMe": "hardswish",
+    "efficientnet_pytorch.utils.Swish": "silu",
+    "efficientnet_pytorch.utils.MemoryEfficientSwish": "silu",
+    "fastblocks.nn.activation.MemoryEfficientAct": None,  # resolved from the instance below
+}
+
+_GATES = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.activation.Hardsigmoid": "hard_sigmoid",
+    "timm.layers.activations.Sigmoid": "sigmoid",
+    "timm.layers.activations.HardSigmoid": "hard_sigmoid",
+    "timm.layers.activations_me.HardSigmoidMe": "hard_sigmoid",
+}
+
+# Activations worth replacing by a memory-efficient module when standing alone (ReLU-like ones
+# already save a single tensor in PyTorch).
+STANDALONE_GAIN = {"silu", "hardswish"}
+
+BATCHNORMS = ("torch.nn.modules.batchnorm.BatchNorm2d", "timm.layers.norm_act.BatchNormAct2d")
+
+
+def act_name(module: Optional[nn.Module]) -> Optional[str]:
+    """Canonical activation name of an activation module, None if not a known one."""
+    if module is None:
+        return "identity"
+    key = qualname(module)
+    if key == "fastblocks.nn.activation.MemoryEfficientAct":
+        return module.act
+    if key == "timm.layers.create_act.GELU" or has_hooks(module):
+        return None
+    return _ACTS.get(key)
+
+
+def gate_name(module: nn.Module) -> Optional[str]:
+    return None if has_hooks(module) else _GATES.get(qualname(module))
+
+
+def batchnorm_problem(bn: nn.Module) -> Optional[str]:
+    """None when ``bn`` is a BatchNorm2d (or timm BatchNormAct2d) fastblocks reproduces exactly."""
+    key = qualname(bn)
+    if key == "torch.nn.modules.batchnorm.SyncBatchNorm":
+        return "SyncBatchNorm: cross-process statistics are not fused yet"
+    if "Frozen" in type(bn).__name__:
+        return f"frozen BatchNorm ({type(bn).__name__}) is left as is"
+    if key not in BATCHNORMS:
+        return f"{type(bn).__name__} is not a plain BatchNorm2d (subclass or custom norm)"
+    if has_hooks(bn):
+        return "module has hooks"
+    if key == "timm.layers.norm_act.BatchNormAct2d":
+        drop = getattr(bn, "drop", None)
+        if drop is not None and act_name(drop) != "identity":
+            return "BatchNormAct2d with dropout"
+        if act_name(getattr(bn, "act", None)) is None:
+            return f"BatchNormAct2d with an unsupported activation ({type(bn.act).__name__})"
+    return None
+
+
+def bn_act_of(bn: nn.Module) -> str:
+    """The activation a BatchNorm module applies itself (timm BatchNormAct2d), else identity."""
+    if qualname(bn) == "timm.layers.norm_act.BatchNormAct2d":
+        return act_name(getattr(bn, "act", None)) or "identity"
+    return "identity"
+
+
+def depthwise_problem(conv: nn.Module) -> Optional[str]:
+    """None when ``conv`` is a depthwise conv the fused op reproduces exactly."""
+    key = qualname(conv)
+    if key not in ("torch.nn.modules.conv.Conv2d", "timm.layers.conv2d_same.Conv2dSame",
+                   "efficientnet_pytorch.utils.Conv2dStaticSamePadding",
+                   "efficientnet_pytorch.utils.Conv2dDynamicSamePadding"):
+        return f"{type(conv).__name__} is not a plain Conv2d"
+    if has_hooks(conv):
+        return "module has hooks"
+    c = conv.in_channels
+    if conv.groups != c or conv.out_channels != c:
+        return "not depthwise (groups != channels or channel multiplier != 1)"
+    k = conv.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0:
+        return f"kernel {k} is not square and odd"
+    if conv.dilation != (1, 1):
+        return f"dilation {conv.dilation} is not supported"
+    if conv.stride[0] != conv.stride[1] or conv.stride[0] not in (1, 2):
+        return f"stride {conv.stride} is not supported"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode {conv.padding_mode!r} is not supported"
+    if conv_padding(conv) is None:
+        return f"padding {conv.padding} has no fused equivalent"
+    return None
+
+
+def conv_padding(conv: nn.Module) -> Optional[Union[str, int]]:
+    """The fused op's padding argument equivalent to the conv's own padding, or None."""
+    key = qualname(conv)
+    if key in ("timm.layers.conv2d_same.Conv2dSame", "efficientnet_pytorch.utils.Conv2dDynamicSamePadding"):
+        return "tf_same"
+    if key == "efficientnet_pytorch.utils.Conv2dStaticSamePadding":
+        return "static"  # checked per input size by the block rule
+    if isinstance(conv.padding, str):  # PyTorch "same" (stride 1, odd k: k//2 per side) / "valid"
+        return {"same": "same", "valid": 0}.get(conv.padding)
+    ph, pw = conv.padding
+    return ph if ph == pw else None

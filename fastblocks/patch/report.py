@@ -1,0 +1,60 @@
+"""PatchReport: what fastblocks.patch changed in a model and what it left alone, and why."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Replaced:
+    path: str          # module path in the model ("blocks.1.0.conv_dw")
+    original: str      # original class name(s)
+    replacement: str   # fastblocks class
+    detail: str = ""   # e.g. "+ bn2 (silu)"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    original: str
+    reason: str
+
+
+@dataclass
+class PatchReport:
+    """Returned by :func:`fastblocks.patch`. ``replaced`` / ``skipped`` are lists of records;
+    ``str(report)`` is a readable table."""
+
+    model: str = ""
+    backend: str = "auto"
+    replaced: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    already_patched: bool = False
+
+    def counts(self) -> dict:
+        """Number of replacements per fastblocks class."""
+        return dict(Counter(r.replacement for r in self.replaced))
+
+    def __len__(self) -> int:
+        return len(self.replaced)
+
+    def __str__(self) -> str:
+        head = f"fastblocks.patch({self.model}, backend={self.backend!r}): "
+        if self.already_patched and not self.replaced:
+            return head + "already patched, nothing new to fuse"
+        lines = [head + f"{len(self.replaced)} replaced, {len(self.skipped)} skipped"]
+        rows = [(r.path, r.original, r.replacement + (f" {r.detail}" if r.detail else "")) for r in self.replaced]
+        rows += [(s.path, s.original, f"skipped: {s.reason}") for s in self.skipped]
+        if rows:
+            w0 = max(len("module"), *(len(r[0]) for r in rows))
+            w1 = max(len("original"), *(len(r[1]) for r in rows))
+            lines.append(f"  {'module':<{w0}}  {'original':<{w1}}  result")
+            lines += [f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+        if self.replaced:
+            lines.append("  totals: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.counts().items())))
+        else:
+            lines.append("  nothing to fuse in this model")
+        return "\n".join(lines)
+
+    __repr__ = __str__

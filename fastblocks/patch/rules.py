@@ -1,0 +1,286 @@
+"""The one registry of patch rules. Each rule says what it matches and what it builds.
+
+Rules run in order on every module of the model (parents before children); the first rule that
+handles a module wins. Block rules (which know a block's forward order) come before leaf rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import nn
+
+from ..nn import (AbsorbedBatchNorm2d, BatchNormAct2d, DWConvBNAct, EfficientChannelAttention,
+                  MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm)
+from ..nn._common import has_hooks
+from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding,
+                       depthwise_problem, gate_name, qualname)
+from .effnet_block import fused_class
+from .patcher import Patcher, join, parent_path
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    family: str
+    matches: str  # human-readable: what the rule recognises
+    apply: Callable[[Patcher, str, nn.Module, Optional[nn.Module], Optional[str]], bool]
+
+
+# ----------------------------------------------------------------------------- shared builders
+
+def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name: str,
+               act_module_name: Optional[str] = None) -> bool:
+    """parent.<conv_name> (depthwise) + parent.<bn_name> (+ parent.<act_module_name>) -> DWConvBNAct.
+    Returns False (after recording the reason) when the pattern is not exactly fusable."""
+    conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+    conv_path = join(path, conv_name)
+    reason = depthwise_problem(conv)
+    if reason is not None:
+        if qualname(conv).endswith("MixedConv2d"):
+            reason = "MixedConv2d splits channels over kernel sizes; per-group fusion is not implemented"
+        p.skip(conv_path, conv, reason)
+        return False
+    reason = batchnorm_problem(bn)
+    if reason is not None:
+        p.skip(join(path, bn_name), bn, reason)
+        return False
+    act = bn_act_of(bn)
+    act_module = parent._modules.get(act_module_name) if act_module_name else None
+    if act_module is not None:
+        if act != "identity":
+            return False
+        act = act_name(act_module)
+    holder = AbsorbedBatchNorm2d.from_batchnorm(bn)
+    fused = DWConvBNAct(conv.weight, conv.bias, holder, conv.stride[0], conv_padding(conv), act,
+                        backend=p.backend)
+    fused.train(conv.training)
+    p.replace(parent, conv_name, fused)
+    p.replace(parent, bn_name, holder)
+    detail = f"+ {bn_name}" + (f" + {act_module_name}" if act_module is not None else "") + f" (act={act})"
+    if act_module is not None:
+        p.replace(parent, act_module_name, nn.Identity())
+    p.record(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", "DWConvBNAct", detail)
+    return True
+
+
+def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_name: Optional[str] = None) -> bool:
+    bn = parent._modules[bn_name]
+    reason = batchnorm_problem(bn)
+    if reason is not None:
+        p.skip(join(path, bn_name), bn, reason)
+        return False
+    act = bn_act_of(bn)
+    act_module = parent._modules.get(act_module_name) if act_module_name else None
+    if act_module is not None:
+        act = act_name(act_module)
+    if act == "identity" and not p.fuse_lone_bn:
+        p.skip(join(path, bn_name), bn, "no activation follows: nothing to save (fuse_lone_bn=True fuses it)")
+        return False
+    p.replace(parent, bn_name, BatchNormAct2d.from_batchnorm(bn, act, backend=p.backend))
+    if act_module is not None:
+        p.replace(parent, act_module_name, nn.Identity())
+    detail = (f"+ {act_module_name} " if act_module is not None else "") + f"(act={act})"
+    p.record(join(path, bn_name), type(bn).__name__, "BatchNormAct2d", detail)
+    return True
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        m, (BatchNormAct2d, AbsorbedBatchNorm2d))
+
+
+# ----------------------------------------------------------------------------- block rules
+
+def efficientnet_pytorch_mbconv(p, path, module, parent, name):
+    if qualname(module) != "efficientnet_pytorch.model.MBConvBlock":
+        return False
+    if has_hooks(module):
+        p.skip(path, module, "module has hooks")
+        return True
+    reasons = [depthwise_problem(module._depthwise_conv), act_name(module._swish) != "silu" and "unknown swish"]
+    reasons += [batchnorm_problem(getattr(module, n)) for n in ("_bn0", "_bn1") if hasattr(module, n)]
+    reasons = [r for r in reasons if r]
+    if reasons:
+        p.skip(path, module, "; ".join(reasons))
+        return True
+    p.swap_class(module, fused_class(type(module)))
+    module._fastblocks_backend = p.backend
+    p.claim(*(getattr(module, n, None) for n in ("_bn0", "_bn1", "_swish", "_depthwise_conv",
+                                                  "_se_reduce", "_se_expand")))
+    parts = (["bn0+swish"] if module._block_args.expand_ratio != 1 else []) + ["dwconv+bn1+swish"]
+    parts += ["SE"] if module.has_se else []
+    p.record(path, "MBConvBlock", "FusedMBConvBlock", "(" + ", ".join(parts) + ")")
+    return True
+
+
+def efficientnet_pytorch_stem_head(p, path, module, parent, name):
+    """EfficientNet.extract_features: swish(bn0(conv_stem)) ... swish(bn1(conv_head)); the one
+    _swish module is used exactly there, so both BNs take the activation."""
+    if qualname(module) != "efficientnet_pytorch.model.EfficientNet" or has_hooks(module):
+        return False
+    if act_name(module._swish) != "silu" or batchnorm_problem(module._bn0) or batchnorm_problem(module._bn1):
+        return False
+    for bn_name in ("_bn0", "_bn1"):
+        bn = module._modules[bn_name]
+        p.replace(module, bn_name, BatchNormAct2d.from_batchnorm(bn, "silu", backend=p.backend))
+        p.record(join(path, bn_name), type(bn).__name__, "BatchNormAct2d", "+ _swish (act=silu)")
+    p.replace(module, "_swish", nn.Identity())
+    return False  # children still get their own rules
+
+
+_TIMM_DW_BLOCKS = {
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": ("conv_dw", "bn1"),
+    "timm.models._efficientnet_blocks.InvertedResidual": ("conv_dw", "bn2"),
+    "timm.layers.conv_bn_act.ConvNormAct": ("conv", "bn"),
+}
+
+
+def timm_dw_blocks(p, path, module, parent, name):
+    names = _TIMM_DW_BLOCKS.get(qualname(module))
+    if names is None or has_hooks(module):
+        return False
+    conv_name, bn_name = names
+    conv = module._modules.get(conv_name)
+    if conv is None or getattr(conv, "groups", 0) == 1:
+        return False  # not depthwise (e.g. a pointwise ConvNormAct): leaf rules handle its BN
+    fuse_dw_bn(p, path, module, conv_name, bn_name)
+    return False
+
+
+_SEQUENTIALS = ("torch.nn.modules.container.Sequential", "torchvision.ops.misc.Conv2dNormActivation")
+
+
+def sequential_chains(p, path, module, parent, name):
+    """In a Sequential (plain, or torchvision's Conv2dNormActivation): dwconv, BN[, act] -> DWConvBNAct;
+    BN, act -> BatchNormAct2d."""
+    if qualname(module) not in _SEQUENTIALS or has_hooks(module):
+        return False
+    names = list(module._modules)
+    i = 0
+    while i < len(names):
+        child = module._modules[names[i]]
+        nxt = module._modules.get(names[i + 1]) if i + 1 < len(names) else None
+        after = module._modules.get(names[i + 2]) if i + 2 < len(names) else None
+        if isinstance(child, nn.Conv2d) and child.groups > 1 and nxt is not None and _is_bn(nxt):
+            act_child = names[i + 2] if after is not None and act_name(after) not in (None, "identity") else None
+            if fuse_dw_bn(p, path, module, names[i], names[i + 1], act_child):
+                i += 3 if act_child else 2
+                continue
+        if _is_bn(child) and nxt is not None and act_name(nxt) not in (None, "identity") and \
+                bn_act_of(child) == "identity":
+            if fuse_bn(p, path, module, names[i], names[i + 1]):
+                i += 2
+                continue
+        i += 1
+    return False
+
+
+# ----------------------------------------------------------------------------- leaf rules
+
+def batchnorm_leaf(p, path, module, parent, name):
+    if parent is None or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return False
+    if isinstance(module, (BatchNormAct2d, AbsorbedBatchNorm2d)):
+        return True
+    fuse_bn(p, parent_path(path), parent, name)
+    return True
+
+
+def _se_gate_act(p, path, module, act_attr, gate_attr):
+    act = act_name(getattr(module, act_attr))
+    gate = gate_name(getattr(module, gate_attr))
+    if act is None or gate is None:
+        p.skip(path, module, f"unsupported SE activation / gate ({type(getattr(module, act_attr)).__name__}, "
+                             f"{type(getattr(module, gate_attr)).__name__})")
+    return act, gate
+
+
+def squeeze_excite_leaf(p, path, module, parent, name):
+    key = qualname(module)
+    if parent is None:
+        return False
+    if key == "timm.models._efficientnet_blocks.SqueezeExcite":
+        names, act_attr, gate_attr = ("conv_reduce", "conv_expand"), "act1", "gate"
+    elif key == "timm.layers.squeeze_excite.SEModule":
+        if module.add_maxpool:
+            p.skip(path, module, "SEModule with add_maxpool")
+            return True
+        names, act_attr, gate_attr = ("fc1", "fc2"), "act", "gate"
+    elif key == "torchvision.ops.misc.SqueezeExcitation":
+        names, act_attr, gate_attr = ("fc1", "fc2"), "activation", "scale_activation"
+    elif key == "fastblocks.zoo.layers.SqueezeExcite":
+        names, act_attr, gate_attr = ("fc1", "fc2"), "act", "gate"
+    else:
+        return False
+    if has_hooks(module):
+        p.skip(path, module, "module has hooks")
+        return True
+    act, gate = _se_gate_act(p, path, module, act_attr, gate_attr)
+    if act is None or gate is None:
+        return True
+    reduce, expand = (module._modules[n] for n in names)
+    if key == "timm.layers.squeeze_excite.SEModule" and act_name(module.bn) != "identity":
+        new = SqueezeExciteWithNorm(reduce, module.bn, module.act, expand, gate, backend=p.backend)
+        p.replace(parent, name, new)
+        p.claim(module.bn, module.act)
+        p.record(path, type(module).__name__, "SqueezeExciteWithNorm", f"(BN inside SE, gate={gate})")
+        return True
+    p.replace(parent, name, SqueezeExcite(reduce, expand, act, gate, names, backend=p.backend))
+    p.claim(reduce, expand)
+    p.record(path, type(module).__name__, "SqueezeExcite", f"(act={act}, gate={gate})")
+    return True
+
+
+def eca_leaf(p, path, module, parent, name):
+    key = qualname(module)
+    if parent is None or key not in ("timm.layers.eca.EcaModule", "fastblocks.zoo.layers.EcaLayer",
+                                     "timm.layers.eca.CecaModule"):
+        return False
+    if key == "timm.layers.eca.CecaModule":
+        p.skip(path, module, "circular-padded ECA (CecaModule) is not fused")
+        return True
+    if has_hooks(module):
+        p.skip(path, module, "module has hooks")
+        return True
+    gate = "sigmoid" if key == "fastblocks.zoo.layers.EcaLayer" else gate_name(module.gate)
+    conv = module.conv
+    if getattr(module, "conv2", None) is not None or gate is None or conv.bias is not None or \
+            conv.padding[0] != (conv.kernel_size[0] - 1) // 2 or conv.padding_mode != "zeros":
+        p.skip(path, module, "ECA variant (MLP, bias, padding or gate) without a fused equivalent")
+        return True
+    p.replace(parent, name, EfficientChannelAttention(conv, gate, backend=p.backend))
+    p.claim(conv)
+    p.record(path, type(module).__name__, "EfficientChannelAttention", f"(k={conv.kernel_size[0]})")
+    return True
+
+
+def activation_leaf(p, path, module, parent, name):
+    if parent is None or isinstance(module, MemoryEfficientAct):
+        return False
+    act = act_name(module)
+    if act not in STANDALONE_GAIN:
+        return False
+    p.replace(parent, name, MemoryEfficientAct(act, backend=p.backend))
+    p.record(path, type(module).__name__, "MemoryEfficientAct", f"({act})")
+    return True
+
+
+RULES = [
+    Rule("efficientnet_pytorch.MBConvBlock", "efficientnet_pytorch",
+         "MBConvBlock: expand BN+swish, depthwise Conv2dStaticSamePadding+BN+swish, inline SE", efficientnet_pytorch_mbconv),
+    Rule("efficientnet_pytorch.EfficientNet", "efficientnet_pytorch",
+         "stem / head BN followed by the shared _swish", efficientnet_pytorch_stem_head),
+    Rule("timm.efficientnet_blocks", "timm",
+         "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d",
+         timm_dw_blocks),
+    Rule("sequential", "torchvision / zoo / generic",
+         "Sequential or Conv2dNormActivation: depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
+    Rule("batchnorm", "generic", "BatchNorm2d / timm BatchNormAct2d (act inside)", batchnorm_leaf),
+    Rule("squeeze_excite", "timm / torchvision / zoo",
+         "timm SqueezeExcite, timm SEModule (+BN: ReXNet), torchvision SqueezeExcitation, zoo SqueezeExcite",
+         squeeze_excite_leaf),
+    Rule("eca", "timm / zoo", "timm EcaModule, zoo EcaLayer", eca_leaf),
+    Rule("activation", "generic", "standalone SiLU / Swish / Hardswish modules", activation_leaf),
+]

@@ -1,0 +1,127 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastblocks as fb
+
+timm = pytest.importorskip("timm")
+tv = pytest.importorskip("torchvision")
+
+
+def small_model():
+    torch.manual_seed(0)
+    return timm.create_model("mobilenetv3_large_100", num_classes=5)
+
+
+def test_report_is_data_and_a_table():
+    model = small_model()
+    report = fb.patch(model)
+    assert isinstance(report, fb.PatchReport)
+    assert report.replaced and all(r.path and r.replacement for r in report.replaced)
+    assert all(s.reason for s in report.skipped)
+    text = str(report)
+    assert "DWConvBNAct" in text and "skipped" in text and "totals" in text
+
+
+def test_idempotent():
+    model = small_model()
+    first = fb.patch(model)
+    modules = dict(model.named_modules())
+    second = fb.patch(model)
+    assert len(second.replaced) == 0 and second.already_patched and len(first.replaced) > 0
+    assert dict(model.named_modules()).keys() == modules.keys()
+    assert all(modules[k] is m for k, m in model.named_modules())
+
+
+def test_unpatch_restores_exact_objects_and_current_tensors():
+    model = small_model()
+    before = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    fb.patch(model)
+    with torch.no_grad():  # training while patched must survive unpatch
+        for p in model.parameters():
+            p.add_(1.0)
+    fb.unpatch(model)
+    after = dict(model.named_modules())
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert type(model.blocks[1][0].conv_dw) is nn.Conv2d
+
+
+def test_unpatch_after_moving_dtype_keeps_buffers():
+    model = small_model()
+    fb.patch(model)
+    model.double()
+    model.train()
+    model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    patched_state = {k: v.clone() for k, v in model.state_dict().items()}
+    fb.unpatch(model)
+    for k, v in model.state_dict().items():
+        assert v.dtype == patched_state[k].dtype and torch.equal(v, patched_state[k]), k
+
+
+def test_state_dict_round_trip_strict():
+    plain = small_model()
+    patched = copy.deepcopy(plain)
+    fb.patch(patched)
+    patched.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(patched.state_dict(), strict=True)
+    assert plain.state_dict().keys() == patched.state_dict().keys()
+
+
+def test_keeps_training_flag_and_dtype():
+    model = small_model().eval().to(torch.float64)
+    fb.patch(model)
+    assert not any(m.training for m in model.modules())
+    out = model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_models_without_fusable_blocks_unchanged(name):
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(num_classes=3)
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    report = fb.patch(model)
+    assert report.replaced == []
+    assert [(n, type(m)) for n, m in model.named_modules()] == before
+    assert "nothing to fuse" in str(report)
+
+
+def test_hooks_subclasses_and_unusual_convs_are_skipped_with_reasons():
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.SiLU(),        # fused
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False), nn.BatchNorm2d(4), nn.ReLU(),  # dilation
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), MyBN(4), nn.ReLU(),                    # subclass
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.ReLU(),          # hooked BN
+    )
+    model[10].register_forward_hook(lambda *a: None)
+    report = fb.patch(model)
+    reasons = " | ".join(s.reason for s in report.skipped)
+    assert [r.path for r in report.replaced if r.replacement == "DWConvBNAct"] == ["0"]
+    assert "dilation" in reasons and "not a plain BatchNorm2d" in reasons and "hooks" in reasons
+    assert type(model[10]) is nn.BatchNorm2d
+
+
+def test_compiled_patched_model_matches():
+    torch._dynamo.reset()
+    model = small_model().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        fb.patch(model, backend="eager")
+        compiled = torch.compile(model, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fb.patch("resnet")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fb.patch(nn.Sequential(), backend="fastest")

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+tv = pytest.importorskip("torchvision")
+
+from utils import check_patch_equivalence  # noqa: E402
+
+CASES = {
+    # 16 MBConv: 16 dw, 16 SE; BN+SiLU in Conv2dNormActivation: stem, 15 expansions, head
+    "efficientnet_b0": {"DWConvBNAct": 16, "SqueezeExcite": 16, "BatchNormAct2d": 17},
+    # 17 inverted residuals; BN+ReLU6: stem, 16 expansions, last conv
+    "mobilenet_v2": {"DWConvBNAct": 17, "BatchNormAct2d": 18},
+    # 15 dw; 8 SE (hardsigmoid); BN+act: stem, 14 expansions, last conv
+    "mobilenet_v3_large": {"DWConvBNAct": 15, "SqueezeExcite": 8, "BatchNormAct2d": 16},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_patched_matches_unpatched(name):
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(num_classes=10)
+    report = check_patch_equivalence(model)
+    counts = report.counts()
+    for kind, n in CASES[name].items():
+        assert counts.get(kind, 0) == n, f"{name}: {kind} x{counts.get(kind, 0)} != {n}\n{report}"
