@@ -56,7 +56,7 @@ def extensions():
     if not cpp and not use_cuda:
         return [], {}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     macros = []
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
                   include_dirs=[os.path.join(ROOT, "csrc")])

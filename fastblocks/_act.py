@@ -16,22 +16,21 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 Grad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# ATen's own backward kernels: one pass each, identical to PyTorch autograd at every point.
 def _silu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(u)
-    return g * s * (1 + u * (1 - s))
+    return torch.ops.aten.silu_backward(g, u)
 
 
 def _relu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.where(u > 0, g, torch.zeros_like(g))
+    return torch.ops.aten.threshold_backward(g, u, 0)
 
 
 def _relu6_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.where((u > 0) & (u < 6), g, torch.zeros_like(g))
+    return torch.ops.aten.hardtanh_backward(g, u, 0.0, 6.0)
 
 
 def _hardswish_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    mid = g * (u / 3 + 0.5)
-    return torch.where(u < -3, torch.zeros_like(g), torch.where(u <= 3, mid, g))
+    return torch.ops.aten.hardswish_backward(g, u)
 
 
 def _sigmoid_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

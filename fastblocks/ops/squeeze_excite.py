@@ -9,7 +9,9 @@ import torch
 from .. import _dispatch
 from .._act import canonical_act, canonical_gate
 from .._validate import check_input, check_optional, check_tensor, memory_format_of
+from .._recompute import offer
 from ..backends import reference
+from ..backends.eager._gating import gate_scale_forward
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
@@ -102,4 +104,6 @@ def squeeze_excite(x: Tensor, reduce_weight: Tensor, reduce_bias: Optional[Tenso
     name = _dispatch.requested(backend)
     if name == "reference":
         return reference.squeeze_excite(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate)
-    return _forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate, name)[0]
+    y, _, logits = _forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate, name)
+    offer(y, gate_scale_forward, (x, logits), (gate,))
+    return y

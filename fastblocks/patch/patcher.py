@@ -8,6 +8,7 @@ from typing import Optional
 from torch import nn
 
 from .. import _dispatch
+from .._recompute import recompute_scope
 from .report import PatchReport, Replaced, Skipped
 
 _UNDO = "_fastblocks_undo"
@@ -56,6 +57,22 @@ def parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+_SCOPED: dict = {}
+
+
+def scoped_class(cls: type) -> type:
+    """``cls`` with its forward run inside :func:`fastblocks._recompute.recompute_scope` (created
+    once per class; same name, so reprs and type names read as before)."""
+    if cls not in _SCOPED:
+        def forward(self, *args, **kwargs):
+            with recompute_scope():
+                return cls.forward(self, *args, **kwargs)
+
+        _SCOPED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                   "__qualname__": cls.__qualname__, "_fastblocks_scoped": True})
+    return _SCOPED[cls]
+
+
 def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False) -> PatchReport:
     """Swap fused fastblocks modules into ``model`` in place and report what changed.
 
@@ -63,7 +80,9 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     :mod:`fastblocks.patch.rules`): depthwise conv + BN + act, BN + act, squeeze-excite, ECA and
     SiLU / hard-swish. Only exactly-equivalent patterns are fused; anything else is listed in
     ``report.skipped`` with the reason. Parameter and buffer names (state_dict keys) and tensors
-    are unchanged; ``model.training`` is kept. Idempotent. ``backend`` is stored on the fused
+    are unchanged; ``model.training`` is kept. Idempotent. The model's class is swapped for a
+    same-named subclass whose forward enables recompute-on-load between fused ops (so a patched
+    model pickles by state_dict, not as a whole object). ``backend`` is stored on the fused
     modules (``"auto"`` resolves per call). ``fuse_lone_bn=True`` also replaces BatchNorms with no
     activation after them (no memory gain; useful for synchronised BN).
     """
@@ -90,6 +109,9 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
         for rule in RULES:
             if rule.apply(patcher, path, module, parent, name):
                 break
+    if report.replaced and not getattr(type(model), "_fastblocks_scoped", False):
+        # Recompute-on-load across fused ops needs a scope around the model's forward.
+        patcher.swap_class(model, scoped_class(type(model)))
     report.already_patched = already
     return report
 

@@ -16,53 +16,54 @@ def acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    return t[None, :, None, None]
-
-
-def _affine(bn_weight, bn_bias, var, eps, like):
-    """(gamma, beta) in the accumulation dtype, ones / zeros when the BN is not affine."""
-    dt = like.dtype
-    gamma = bn_weight.to(dt) if bn_weight is not None else torch.ones_like(var, dtype=dt)
-    beta = bn_bias.to(dt) if bn_bias is not None else torch.zeros_like(var, dtype=dt)
-    return gamma, beta
+def _compute_view(z: torch.Tensor, *params):
+    """z (upcast to float32 for half inputs) and params in its dtype, for ATen's BN kernels."""
+    za = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    return (za,) + tuple(p.to(za.dtype) if p is not None else None for p in params)
 
 
 def bn_stats(z: torch.Tensor, training: bool, running_mean, running_var):
     """Per-channel (mean, biased var) in the accumulation dtype: batch stats or running stats."""
     dt = acc_dtype(z)
     if training:
-        var, mean = torch.var_mean(z.to(dt), dim=(0, 2, 3), unbiased=False)
-        return mean, var
+        za, = _compute_view(z)
+        var, mean = torch.var_mean(za, dim=(0, 2, 3), unbiased=False)
+        return mean.to(dt), var.to(dt)
     return running_mean.to(dt).clone(), running_var.to(dt).clone()
 
 
+def bn_act_train_forward(z, bn_weight, bn_bias, eps, act):
+    """(y, mean, biased var) of act(BN(z)) with batch statistics, one ATen BN pass plus the act."""
+    za, gamma, beta = _compute_view(z, bn_weight, bn_bias)
+    u, mean, invstd = torch.native_batch_norm(za, gamma, beta, None, None, True, 0.0, eps)
+    # var from invstd in float64: exact to float32 rounding for the running-variance update.
+    var = (invstd.double().pow(-2) - eps).clamp_min(0).to(invstd.dtype)
+    y = act_forward(act, u).to(z.dtype)
+    return y.contiguous(memory_format=memory_format_of(z)), mean.to(acc_dtype(z)), var.to(acc_dtype(z))
+
+
 def bn_act_forward(z, bn_weight, bn_bias, mean, var, eps, act):
-    """act(BN(z)) in z's dtype and memory format; arithmetic in the accumulation dtype."""
-    za = z.to(mean.dtype)
-    gamma, beta = _affine(bn_weight, bn_bias, var, eps, mean)
-    scale = gamma * torch.rsqrt(var + eps)
-    u = za * _per_channel(scale) + _per_channel(beta - mean * scale)
+    """act(BN(z)) normalised with the given per-channel mean / var, in z's dtype and memory format."""
+    za, gamma, beta, m, v = _compute_view(z, bn_weight, bn_bias, mean, var)
+    u = torch.batch_norm(za, gamma, beta, m, v, False, 0.0, eps, False)
     y = act_forward(act, u).to(z.dtype)
     return y.contiguous(memory_format=memory_format_of(z))
 
 
 def bn_act_backward(z, dy, bn_weight, bn_bias, mean, var, eps, training, act):
     """(dz, dgamma, dbeta) of y = act(BN(z)), recomputing BN(z) from z and the saved stats."""
-    dt = mean.dtype
-    za, dya = z.to(dt), dy.to(dt)
-    gamma, beta = _affine(bn_weight, bn_bias, var, eps, mean)
-    invstd = torch.rsqrt(var + eps)
-    zhat = (za - _per_channel(mean)) * _per_channel(invstd)
-    du = act_backward(act, zhat * _per_channel(gamma) + _per_channel(beta), dya)
-    dbeta = du.sum((0, 2, 3))
-    dgamma = (du * zhat).sum((0, 2, 3))
-    g_invstd = _per_channel(gamma * invstd)
+    za, gamma, beta, m, v = _compute_view(z, bn_weight, bn_bias, mean, var)
+    u = torch.batch_norm(za, gamma, beta, m, v, False, 0.0, eps, False)
+    du = act_backward(act, u, dy.to(za.dtype))
+    del u
+    affine = bn_weight is not None
     if training:
-        count = z.numel() // z.shape[1]
-        dz = g_invstd * (du - _per_channel(dbeta / count) - zhat * _per_channel(dgamma / count))
+        invstd = torch.rsqrt(v + eps)
+        dz, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            du, za, gamma, None, None, m, invstd, True, eps, [True, affine, affine])
     else:
-        dz = du * g_invstd
+        dz, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            du, za, gamma, m, v, None, None, False, eps, [True, affine, affine])
     return dz.to(z.dtype).contiguous(memory_format=memory_format_of(z)), dgamma, dbeta
 
 

@@ -1,13 +1,16 @@
 """Eager dwconv_bn_act: conv -> BN -> act; backward recomputes the conv output from x."""
 
 from ..._dispatch import BackendImpl, register_impl
-from ._common import bn_act_backward, bn_act_forward, bn_stats, dwconv_backward, dwconv_forward
+from ._common import (bn_act_backward, bn_act_forward, bn_act_train_forward, bn_stats, dwconv_backward,
+                      dwconv_forward)
 
 
 def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
             stride, padding_mode, padding, dilation, training, eps, act):
     z = dwconv_forward(x, weight, conv_bias, stride, padding_mode, padding, dilation)
-    mean, var = bn_stats(z, training, running_mean, running_var)
+    if training:
+        return bn_act_train_forward(z, bn_weight, bn_bias, eps, act)
+    mean, var = bn_stats(z, False, running_mean, running_var)
     return bn_act_forward(z, bn_weight, bn_bias, mean, var, eps, act), mean, var
 
 

@@ -1,0 +1,83 @@
+// fastblocks_cpu::act_forward / act_backward: silu, hardswish, relu, relu6, identity over dense
+// memory of any shape (memory-efficient activation: backward recomputes from x).
+// silu uses a vectorisable exp (about 2 ulp in float32); float64 uses std::exp.
+#include "fb_cpu.h"
+#include "fb_cpu_ops.h"
+
+namespace fastblocks {
+namespace cpu {
+
+// The kernels, compiled once per target (see fb_cpu.h).
+namespace isa_default {
+#define FB_VBYTES 32
+#include "fb_cpu_math.h"
+#include "activation_kernels.h"
+#undef FB_VBYTES
+}  // namespace isa_default
+
+#if FB_HAVE_AVX2_CLONE
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#define FB_VBYTES 32
+#include "fb_cpu_math.h"
+#include "activation_kernels.h"
+#undef FB_VBYTES
+}  // namespace isa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace isa_avx512 {
+#define FB_VBYTES 64
+#include "fb_cpu_math.h"
+#include "activation_kernels.h"
+#undef FB_VBYTES
+}  // namespace isa_avx512
+#pragma GCC pop_options
+#endif
+
+namespace {
+void check_any(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", x.device());
+  auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, op, ": ", name,
+              " must be float32, float64, bfloat16 or float16, got ", t);
+}
+
+// x itself when its memory is dense (any permutation), else a contiguous copy.
+at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
+}  // namespace
+
+at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
+  const char* op = "fastblocks_cpu::act_forward";
+  check_any(x_in, op, "x");
+  const Act act = parse_act(act_name);
+  const at::Tensor x = dense(x_in);
+  at::Tensor y = at::empty_like(x);  // same strides as the dense x
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "act_forward", [&] {
+    FB_ISA_CALL(act_forward_flat<scalar_t>, x.const_data_ptr<scalar_t>(), x.numel(), act,
+                y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+at::Tensor act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, c10::string_view act_name) {
+  const char* op = "fastblocks_cpu::act_backward";
+  check_any(x_in, op, "x");
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), op, ": dy must have x's shape ", x_in.sizes(), ", got ",
+              dy_in.sizes());
+  const Act act = parse_act(act_name);
+  const at::Tensor x = dense(x_in);
+  at::Tensor dy = dy_in.to(x.scalar_type());
+  if (dy.strides() != x.strides()) dy = at::empty_like(x).copy_(dy);
+  at::Tensor dx = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "act_backward", [&] {
+    FB_ISA_CALL(act_backward_flat<scalar_t>, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                x.numel(), act, dx.mutable_data_ptr<scalar_t>());
+  });
+  return dx;
+}
+
+}  // namespace cpu
+}  // namespace fastblocks

@@ -1,0 +1,269 @@
+// Depthwise conv + BN + act kernel passes on channels-last (NHWC) data.
+// NO include guard: included by dwconv_bn_act_cpu.cpp once per ISA namespace, after
+// fb_cpu_math.h. All passes are deterministic: reductions go to per-block partials (a fixed
+// partition of the N * H_out output rows) that the host combines in block order.
+//
+// Weights are tap-major: wt[(kh * K + kw) * C + c] in the accumulation dtype.
+
+// out[c] = init[c] + sum_t xs[t][c] * ws[t][c] for c in [c0, c0 + NV * lanes): NV accumulator
+// vectors held in registers across all taps.
+template <int NV, typename in_t, typename acc_t>
+inline void gather_block(const in_t* const* xs, const acc_t* const* ws, int nt, const acc_t* init, acc_t* out,
+                         int64_t c0) {
+  using V = typename VecOf<acc_t>::type;
+  constexpr int L = VecOf<acc_t>::lanes;
+  V acc[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) acc[v] = vload<acc_t>(init + c0 + v * L);
+  for (int t = 0; t < nt; ++t) {
+    const in_t* xp = xs[t] + c0;
+    const acc_t* wp = ws[t] + c0;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[v] += vload<acc_t>(xp + v * L) * vload<acc_t>(wp + v * L);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) vstore(out + c0 + v * L, acc[v]);
+}
+
+// One output pixel of a depthwise "gather" over nt taps, all C channels.
+template <typename in_t, typename acc_t>
+inline void gather_pixel(const in_t* const* xs, const acc_t* const* ws, int nt, const acc_t* __restrict__ init,
+                         acc_t* __restrict__ out, int64_t C) {
+  constexpr int L = VecOf<acc_t>::lanes;
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= C; c0 += 4 * L) gather_block<4>(xs, ws, nt, init, out, c0);
+  for (; c0 + L <= C; c0 += L) gather_block<1>(xs, ws, nt, init, out, c0);
+  for (int64_t c = c0; c < C; ++c) {
+    acc_t a = init[c];
+    for (int t = 0; t < nt; ++t) a += static_cast<acc_t>(xs[t][c]) * ws[t][c];
+    out[c] = a;
+  }
+}
+
+// Interior block of OWB output pixels [ow0, ow0 + OWB) of row oh whose taps are all inside the
+// image horizontally (rows kh in [kh0, kh1) are the valid ones): per channel vector, OWB
+// accumulators stay in registers and each weight vector is loaded once for the OWB pixels.
+template <int OWB, typename scalar_t, typename acc_t>
+inline void conv_block_interior(const scalar_t* xn, const acc_t* wt, const acc_t* init, const ConvGeo& g,
+                                int64_t oh, int64_t ow0, int64_t kh0, int64_t kh1, acc_t* buf) {
+  using V = typename VecOf<acc_t>::type;
+  constexpr int L = VecOf<acc_t>::lanes;
+  const int64_t C = g.C, K = g.K, S = g.S;
+  const int64_t xrow = g.W * C, x0 = ((oh * S - g.top) * g.W + ow0 * S - g.left) * C;
+  int64_t c = 0;
+  for (; c + L <= C; c += L) {
+    V acc[OWB];
+    const V b = vload<acc_t>(init + c);
+#pragma GCC unroll 8
+    for (int j = 0; j < OWB; ++j) acc[j] = b;
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const scalar_t* xr = xn + x0 + kh * xrow + c;
+      const acc_t* wr = wt + kh * K * C + c;
+      for (int64_t kw = 0; kw < K; ++kw) {
+        const V w = vload<acc_t>(wr + kw * C);
+#pragma GCC unroll 8
+        for (int j = 0; j < OWB; ++j) acc[j] += vload<acc_t>(xr + (j * S + kw) * C) * w;
+      }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < OWB; ++j) vstore(buf + (ow0 + j) * C + c, acc[j]);
+  }
+  for (; c < C; ++c) {
+    for (int j = 0; j < OWB; ++j) {
+      acc_t a = init[c];
+      for (int64_t kh = kh0; kh < kh1; ++kh)
+        for (int64_t kw = 0; kw < K; ++kw)
+          a += static_cast<acc_t>(xn[x0 + kh * xrow + (j * S + kw) * C + c]) * wt[(kh * K + kw) * C + c];
+      buf[(ow0 + j) * C + c] = a;
+    }
+  }
+}
+
+// buf[ow * C + c] = init[c] + conv(x)[oh, ow, c] for one output row of image xn (H x W x C).
+// Border pixels gather their valid taps; interior pixels go through conv_block_interior.
+template <typename scalar_t, typename acc_t>
+inline void conv_row(const scalar_t* xn, const acc_t* wt, const acc_t* init, const ConvGeo& g, int64_t oh,
+                     acc_t* buf) {
+  const scalar_t* xs[kMaxTaps];
+  const acc_t* ws[kMaxTaps];
+  const int64_t C = g.C, K = g.K, S = g.S;
+  const int64_t kh0 = std::max<int64_t>(0, g.top - oh * S), kh1 = std::min<int64_t>(K, g.H + g.top - oh * S);
+  // Interior: ow * S - left >= 0 and ow * S - left + K - 1 < W.
+  const int64_t lo = std::min<int64_t>(g.Wo, g.left > 0 ? (g.left + S - 1) / S : 0);
+  const int64_t hi = g.W - K + g.left >= 0 ? std::min<int64_t>(g.Wo, (g.W - K + g.left) / S + 1) : 0;
+  constexpr int OWB = 4;
+  auto border = [&](int64_t ow) {
+    int nt = 0;
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const int64_t ih = oh * S - g.top + kh;
+      for (int64_t kw = 0; kw < K; ++kw) {
+        const int64_t iw = ow * S - g.left + kw;
+        if (iw < 0 || iw >= g.W) continue;
+        xs[nt] = xn + (ih * g.W + iw) * C;
+        ws[nt] = wt + (kh * K + kw) * C;
+        ++nt;
+      }
+    }
+    gather_pixel(xs, ws, nt, init, buf + ow * C, C);
+  };
+  int64_t ow = 0;
+  for (; ow < std::min(lo, g.Wo); ++ow) border(ow);
+  for (; ow + OWB <= hi; ow += OWB) conv_block_interior<OWB>(xn, wt, init, g, oh, ow, kh0, kh1, buf);
+  for (; ow < hi; ++ow) conv_block_interior<1>(xn, wt, init, g, oh, ow, kh0, kh1, buf);
+  for (; ow < g.Wo; ++ow) border(ow);
+}
+
+// dwacc[(kh * K + kw) * C + c] += sum_ow dz[ow, c] * x[ih, iw, c] for one output row.
+template <typename scalar_t, typename acc_t>
+inline void dweight_row(const scalar_t* xn, const acc_t* dzr, const ConvGeo& g, int64_t oh, acc_t* dwacc) {
+  const int64_t C = g.C, K = g.K;
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    const acc_t* dp = dzr + ow * C;
+    for (int64_t kh = 0; kh < K; ++kh) {
+      const int64_t ih = oh * g.S - g.top + kh;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t kw = 0; kw < K; ++kw) {
+        const int64_t iw = ow * g.S - g.left + kw;
+        if (iw < 0 || iw >= g.W) continue;
+        fma_row(dwacc + (kh * K + kw) * C, dp, xn + (ih * g.W + iw) * C, C);
+      }
+    }
+  }
+}
+
+// Training forward, pass 1: per-block (mean, M2) of the conv output without bias.
+template <typename scalar_t>
+void dw_stats_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt, const ConvGeo& g, int64_t R,
+                   double* mean_b, double* m2_b, int64_t* counts) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> buf(g.Wo * C), zero(C, acc_t(0)), rm(C), rm2(C);
+    for (int64_t b = b0; b < b1; ++b) {
+      double* bm = mean_b + b * C;
+      double* bm2 = m2_b + b * C;
+      std::fill(bm, bm + C, 0.0);
+      std::fill(bm2, bm2 + C, 0.0);
+      int64_t cnt = 0;
+      for (int64_t r = b * R; r < std::min(rows, (b + 1) * R); ++r) {
+        const int64_t n = r / g.Ho, oh = r % g.Ho;
+        conv_row(x + n * g.H * g.W * C, wt, zero.data(), g, oh, buf.data());
+        row_stats(buf.data(), g.Wo, C, rm.data(), rm2.data());
+        chan_merge(bm, bm2, cnt, rm.data(), rm2.data(), g.Wo, C);
+      }
+      counts[b] = cnt;
+    }
+  });
+}
+
+// Forward (eval, and training pass 2): y = act(conv(x; wt) + shift), BN folded into wt / shift.
+template <typename scalar_t>
+void dw_apply_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt,
+                   const typename AccOf<scalar_t>::type* shift, const ConvGeo& g, Act act, scalar_t* y) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  const int64_t rows = g.N * g.Ho, C = g.C, row_len = g.Wo * C;
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> buf(row_len);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.Ho, oh = r % g.Ho;
+        conv_row(x + n * g.H * g.W * C, wt, shift, g, oh, buf.data());
+        act_row<A, acc_t>(buf.data(), row_len, y + r * row_len);
+      }
+    });
+  });
+}
+
+// Backward, per output row: zc = conv(x) + cb - mean (init = cb - mean, so mean passed as zero),
+// du = act'(BN) * dy with sums. Pass 1 (training) only reduces: red[b][0..2][C] = sum du,
+// sum du*zhat, sum zhat. Pass 2 (dz != nullptr or dw != nullptr) also forms
+// dz = k1 * (du - k2 - zc * k3), stores it (dz_full, when dx is needed) and reduces dweight.
+template <typename scalar_t>
+void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const typename AccOf<scalar_t>::type* wt,
+                      const typename AccOf<scalar_t>::type* zinit, const typename AccOf<scalar_t>::type* invstd,
+                      const typename AccOf<scalar_t>::type* gamma, const typename AccOf<scalar_t>::type* beta,
+                      const typename AccOf<scalar_t>::type* k1, const typename AccOf<scalar_t>::type* k2,
+                      const typename AccOf<scalar_t>::type* k3, const ConvGeo& g, Act act, int64_t R,
+                      double* red, bool form_dz, typename AccOf<scalar_t>::type* dz_full, double* dw_part) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C, row_len = g.Wo * C, KK = g.K * g.K;
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<acc_t> zc(row_len), du(row_len), dzb(form_dz && dz_full == nullptr ? row_len : 0);
+      std::vector<acc_t> zero(C, acc_t(0)), s(3 * C), dwacc(dw_part ? KK * C : 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(s.begin(), s.end(), acc_t(0));
+        std::fill(dwacc.begin(), dwacc.end(), acc_t(0));
+        for (int64_t r = b * R; r < std::min(rows, (b + 1) * R); ++r) {
+          const int64_t n = r / g.Ho, oh = r % g.Ho;
+          const scalar_t* xn = x + n * g.H * g.W * C;
+          conv_row(xn, wt, zinit, g, oh, zc.data());
+          bn_du_row<A, acc_t>(zc.data(), dy + r * row_len, g.Wo, C, zero.data(), invstd, gamma, beta, du.data(),
+                              s.data(), s.data() + C, s.data() + 2 * C);
+          if (!form_dz) continue;
+          acc_t* dzr = dz_full != nullptr ? dz_full + r * row_len : dzb.data();
+          dz_row(du.data(), zc.data(), g.Wo, C, zero.data(), k1, k2, k3, dzr);
+          if (dw_part != nullptr) dweight_row(xn, dzr, g, oh, dwacc.data());
+        }
+        if (red != nullptr) {
+          double* rb = red + b * 3 * C;
+          for (int64_t j = 0; j < 3 * C; ++j) rb[j] = static_cast<double>(s[j]);
+        }
+        if (dw_part != nullptr) {
+          double* db = dw_part + b * KK * C;
+          for (int64_t j = 0; j < KK * C; ++j) db[j] = static_cast<double>(dwacc[j]);
+        }
+      }
+    });
+  });
+}
+
+// dx[n, ih, iw, c] = sum over taps of dz[n, oh, ow, c] * w[kh, kw, c] (transposed depthwise conv,
+// gathered per input pixel so that each thread owns its output rows).
+// With stride 1 and 0 <= pads <= K - 1 this is a conv of dz with the flipped weights wflip.
+template <typename scalar_t>
+void dw_dx_pass(const typename AccOf<scalar_t>::type* dz, const typename AccOf<scalar_t>::type* wt,
+                const typename AccOf<scalar_t>::type* wflip, const ConvGeo& g, scalar_t* dx) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  const int64_t rows = g.N * g.H, C = g.C, K = g.K, S = g.S;
+  if (S == 1 && g.top >= 0 && g.top <= K - 1 && g.left >= 0 && g.left <= K - 1) {
+    const ConvGeo t{g.N, C, g.Ho, g.Wo, K, 1, g.H, g.W, K - 1 - g.top, K - 1 - g.left};
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> buf(g.W * C), zero(C, acc_t(0));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.H, ih = r % g.H;
+        conv_row(dz + n * g.Ho * g.Wo * C, wflip, zero.data(), t, ih, buf.data());
+        convert_row<acc_t>(buf.data(), g.W * C, dx + r * g.W * C);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> buf(g.W * C), zero(C, acc_t(0));
+    const acc_t* xs[kMaxTaps];
+    const acc_t* ws[kMaxTaps];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.H, ih = r % g.H;
+      const acc_t* dzn = dz + n * g.Ho * g.Wo * C;
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        int nt = 0;
+        for (int64_t kh = 0; kh < K; ++kh) {
+          const int64_t th = ih + g.top - kh;
+          if (th < 0 || th % S != 0 || th / S >= g.Ho) continue;
+          const int64_t oh = th / S;
+          for (int64_t kw = 0; kw < K; ++kw) {
+            const int64_t tw = iw + g.left - kw;
+            if (tw < 0 || tw % S != 0 || tw / S >= g.Wo) continue;
+            xs[nt] = dzn + (oh * g.Wo + tw / S) * C;
+            ws[nt] = wt + (kh * K + kw) * C;
+            ++nt;
+          }
+        }
+        gather_pixel(xs, ws, nt, zero.data(), buf.data() + iw * C, C);
+      }
+      convert_row<acc_t>(buf.data(), g.W * C, dx + r * g.W * C);
+    }
+  });
+}

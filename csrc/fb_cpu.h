@@ -1,0 +1,200 @@
+// Host-side helpers shared by the CPU kernels (csrc/*_cpu.cpp): argument checks, padding
+// arithmetic, activation names, ISA selection, deterministic reduction of per-block partials.
+//
+// Kernel loops live in csrc/*_kernels.h (+ fb_cpu_math.h), which each *_cpu.cpp includes three
+// times: for the baseline ISA (32-byte GCC vectors lowered to SSE2), under
+// `#pragma GCC target("avx2,fma")` (32-byte vectors) and under an AVX-512 target (64-byte vectors),
+// the last two on x86-64 GCC only. isa_level() picks the best copy the CPU runs at first use;
+// FASTBLOCKS_CPU_ISA=default|avx2 caps it (the tests run every copy this way).
+#pragma once
+
+// The baseline copy passes 32/64-byte vectors between inline functions: no ABI is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <string>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define FB_HAVE_AVX2_CLONE 1
+#else
+#define FB_HAVE_AVX2_CLONE 0
+#endif
+
+// Calls isa_avx512::fn(...), isa_avx2::fn(...) or isa_default::fn(...) (namespaces of the
+// including *_cpu.cpp) by the CPU's capability (see isa_level).
+#if FB_HAVE_AVX2_CLONE
+#define FB_ISA_CALL(fn, ...)                                                                     \
+  (::fastblocks::cpu::isa_level() >= 2   ? isa_avx512::fn(__VA_ARGS__)                           \
+   : ::fastblocks::cpu::isa_level() == 1 ? isa_avx2::fn(__VA_ARGS__)                             \
+                                         : isa_default::fn(__VA_ARGS__))
+#else
+#define FB_ISA_CALL(fn, ...) isa_default::fn(__VA_ARGS__)
+#endif
+
+// The x86-64 copies use `#pragma GCC target("avx2,fma")` and
+// `#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")` (literal strings: GCC does
+// not expand macros there).
+
+namespace fastblocks {
+namespace cpu {
+
+// Activation codes shared with the kernels (the kernels switch on them once per call).
+enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4 };
+
+inline Act parse_act(c10::string_view name) {
+  if (name == "silu") return Act::Silu;
+  if (name == "relu") return Act::Relu;
+  if (name == "relu6") return Act::Relu6;
+  if (name == "hardswish") return Act::Hardswish;
+  if (name == "identity") return Act::Identity;
+  TORCH_CHECK(false, "fastblocks_cpu: act must be one of silu, relu, relu6, hardswish, identity; got '",
+              std::string(name), "'");
+}
+
+// Which copy of the kernels runs: 2 = AVX-512 (F/VL/BW/DQ), 1 = AVX2 + FMA, 0 = baseline.
+// FASTBLOCKS_CPU_ISA=default|avx2|avx512 caps it (e.g. to test the other copies).
+inline int isa_level() {
+#if FB_HAVE_AVX2_CLONE
+  static const int value = [] {
+    __builtin_cpu_init();
+    int level = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
+    if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      level = 2;
+    const char* env = std::getenv("FASTBLOCKS_CPU_ISA");
+    if (env != nullptr) {
+      const std::string cap(env);
+      if (cap == "default") level = 0;
+      if (cap == "avx2") level = std::min(level, 1);
+    }
+    return level;
+  }();
+  return value;
+#else
+  return 0;
+#endif
+}
+
+// Memory format contract of the package: channels_last iff not contiguous but channels_last
+// contiguous (fastblocks._validate.memory_format_of).
+inline bool is_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::ScalarType acc_type_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_x(const at::Tensor& x, const char* op, const char* name = "x") {
+  TORCH_CHECK(x.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 4, op, ": ", name, " must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, op, ": ", name,
+              " must be float32, float64, bfloat16 or float16, got ", t);
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(a.device().is_cpu(), op, ": ", name, " must be a CPU tensor");
+  TORCH_CHECK(a.sizes() == x.sizes(), op, ": ", name, " must have shape ", x.sizes(), ", got ", a.sizes());
+}
+
+// A (C,) parameter as a contiguous tensor of the accumulation dtype, or `fill` when absent.
+inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t c, at::ScalarType acc, double fill,
+                              const char* op, const char* name) {
+  if (!t.has_value() || !t->defined()) return at::empty({c}, at::TensorOptions().dtype(acc)).fill_(fill);
+  TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be a CPU tensor");
+  TORCH_CHECK(t->numel() == c, op, ": ", name, " must have ", c, " elements, got ", t->numel());
+  return t->reshape({c}).to(acc).contiguous();
+}
+
+// Geometry of a depthwise k x k conv on channels-last data (dilation 1).
+constexpr int kMaxTaps = 49;  // k <= 7
+struct ConvGeo {
+  int64_t N, C, H, W, K, S, Ho, Wo, top, left;
+};
+
+struct Pads {
+  int64_t top, bottom, left, right;
+};
+
+// (top, bottom, left, right) of a k x k conv (dilation 1), as fastblocks._validate.conv_pads.
+inline Pads conv_pads(c10::string_view mode, int64_t padding, int64_t k, int64_t stride, int64_t h, int64_t w) {
+  if (mode == "explicit") return {padding, padding, padding, padding};
+  if (mode == "same") return {(k - 1) / 2, (k - 1) / 2, (k - 1) / 2, (k - 1) / 2};
+  TORCH_CHECK(mode == "tf_same", "fastblocks_cpu: padding_mode must be same, tf_same or explicit, got '",
+              std::string(mode), "'");
+  auto split = [&](int64_t size, int64_t& before, int64_t& after) {
+    int64_t out = (size + stride - 1) / stride;
+    int64_t total = std::max<int64_t>((out - 1) * stride + k - size, 0);
+    before = total / 2;
+    after = total - total / 2;
+  };
+  Pads p{};
+  split(h, p.top, p.bottom);
+  split(w, p.left, p.right);
+  return p;
+}
+
+// Per-channel (mean, biased variance) from per-block partials, combined in a fixed order
+// (Chan et al.): deterministic whatever the thread count. mean_b / m2_b: [nblocks][C] doubles,
+// m2_b around the block's own mean; counts[b] elements per channel in block b.
+inline void combine_blocks(const std::vector<double>& mean_b, const std::vector<double>& m2_b,
+                           const std::vector<int64_t>& counts, int64_t c, double* mean, double* var) {
+  const int64_t nb = static_cast<int64_t>(counts.size());
+  int64_t total = 0;
+  for (auto n : counts) total += n;
+  at::parallel_for(0, c, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      double s = 0;
+      for (int64_t b = 0; b < nb; ++b) s += mean_b[b * c + ch] * static_cast<double>(counts[b]);
+      const double m = s / static_cast<double>(total);
+      double m2 = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        const double d = mean_b[b * c + ch] - m;
+        m2 += m2_b[b * c + ch] + d * d * static_cast<double>(counts[b]);
+      }
+      mean[ch] = m;
+      var[ch] = m2 / static_cast<double>(total);
+    }
+  });
+}
+
+// Column sums of a [nblocks][len] double array, in block order (deterministic).
+inline void sum_blocks(const std::vector<double>& part, int64_t nb, int64_t len, double* out) {
+  at::parallel_for(0, len, 256, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      double s = 0;
+      for (int64_t b = 0; b < nb; ++b) s += part[b * len + j];
+      out[j] = s;
+    }
+  });
+}
+
+// Fixed partition of `rows` rows of `per_row` elements per channel into blocks of at least
+// `min_per_block` elements per channel (independent of the thread count).
+inline int64_t rows_per_block(int64_t per_row, int64_t min_per_block = 32) {
+  return std::max<int64_t>(1, (min_per_block + per_row - 1) / std::max<int64_t>(per_row, 1));
+}
+
+}  // namespace cpu
+}  // namespace fastblocks

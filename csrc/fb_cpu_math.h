@@ -1,0 +1,365 @@
+// Element-wise math and row helpers for the CPU kernels.
+//
+// NO include guard on purpose: a *_cpu.cpp includes this inside each ISA namespace
+// (fastblocks::cpu::isa_default, fastblocks::cpu::isa_avx2) so that every loop is compiled once
+// per target and inlined into that target's kernels. Standard / ATen headers come from fb_cpu.h,
+// included before (at global scope).
+//
+// Conventions: acc_t is float (double for double inputs). Hot loops go through vloop(): explicit
+// GCC vector types for float accumulation (branch-free: selects instead of ifs, so that silu's exp
+// and the activation kinks vectorise), scalar code for the tail and for double.
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// FB_VBYTES-byte vectors (GCC vector extensions; the including file sets FB_VBYTES to 32 or 64
+// before each inclusion): zmm / ymm registers in the AVX-512 / AVX2 copies, xmm otherwise.
+#ifndef FB_VBYTES
+#define FB_VBYTES 32
+#endif
+constexpr int kVL = FB_VBYTES / 4;  // float lanes
+typedef float fb_vf __attribute__((vector_size(FB_VBYTES)));
+typedef double fb_vd __attribute__((vector_size(FB_VBYTES)));
+typedef uint16_t fb_vu16 __attribute__((vector_size(FB_VBYTES / 2)));
+typedef uint32_t fb_vu32 __attribute__((vector_size(FB_VBYTES)));
+typedef int32_t fb_vi __attribute__((vector_size(FB_VBYTES)));
+
+template <typename acc_t>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = fb_vf;
+  static constexpr int lanes = kVL;
+};
+template <>
+struct VecOf<double> {
+  using type = fb_vd;
+  static constexpr int lanes = kVL / 2;
+};
+
+// lanes consecutive elements of p as an acc_t vector (unaligned load, converted).
+template <typename acc_t, typename in_t>
+inline typename VecOf<acc_t>::type vload(const in_t* p) {
+  using V = typename VecOf<acc_t>::type;
+  V v;
+  if constexpr (std::is_same_v<in_t, acc_t>) {
+    std::memcpy(&v, p, sizeof(V));
+  } else if constexpr (std::is_same_v<in_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    fb_vu16 h;
+    std::memcpy(&h, p, sizeof(h));
+    const fb_vu32 w = __builtin_convertvector(h, fb_vu32) << 16;
+    std::memcpy(&v, &w, sizeof(V));
+  } else {
+    for (int i = 0; i < VecOf<acc_t>::lanes; ++i) v[i] = static_cast<acc_t>(p[i]);
+  }
+  return v;
+}
+
+template <typename acc_t>
+inline void vstore(acc_t* p, typename VecOf<acc_t>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+struct IsVec : std::false_type {};
+template <>
+struct IsVec<fb_vf> : std::true_type {};
+
+// T (an acc_t scalar or an fb_vf of kVL floats) from p[0 .. lanes), converted.
+template <typename T, typename in_t>
+inline T ld(const in_t* p) {
+  if constexpr (IsVec<T>::value) {
+    return vload<float>(p);
+  } else {
+    return static_cast<T>(*p);
+  }
+}
+
+template <typename T, typename out_t>
+inline void st(out_t* p, T v) {
+  if constexpr (IsVec<T>::value) {
+    if constexpr (std::is_same_v<out_t, float>) {
+      std::memcpy(p, &v, sizeof(v));
+    } else if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+      // Round to nearest even, NaN -> 0x7FC0: what c10::BFloat16(float) does, vectorised.
+      fb_vu32 b;
+      std::memcpy(&b, &v, sizeof(b));
+      fb_vu32 r = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+      r = (v != v) ? (fb_vu32{} + 0x7FC0u) : r;
+      const fb_vu16 h = __builtin_convertvector(r, fb_vu16);
+      std::memcpy(p, &h, sizeof(h));
+    } else {
+      for (int k = 0; k < kVL; ++k) p[k] = static_cast<out_t>(v[k]);
+    }
+  } else {
+    *p = static_cast<out_t>(v);
+  }
+}
+
+// Broadcast a scalar (use float literals: exact in float and double).
+template <typename T>
+inline T bc(float s) {
+  return T{} + static_cast<std::conditional_t<IsVec<T>::value, float, T>>(s);
+}
+template <typename T>
+inline T vmin(T a, T b) {
+  return a < b ? a : b;
+}
+template <typename T>
+inline T vmax(T a, T b) {
+  return a > b ? a : b;
+}
+inline float hsum(fb_vf v) {
+  float s = 0;
+  for (int k = 0; k < kVL; ++k) s += v[k];
+  return s;
+}
+
+// Calls body(i, T{}) with T = fb_vf on blocks of kVL (float accumulation), then T = acc_t on the
+// tail (and on everything for double). The vector path is branch-free (selects, no ifs).
+template <typename acc_t, typename F>
+inline void vloop(int64_t n, F&& body) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (; i + kVL <= n; i += kVL) body(i, fb_vf{});
+  }
+  for (; i < n; ++i) body(i, acc_t{});
+}
+
+// exp for float: Cephes-style range reduction + degree-6 polynomial (about 2 ulp), inputs clamped
+// to the normal range. The vector version is the same arithmetic, branch-free.
+inline fb_vf fb_exp(fb_vf x) {
+  x = vmin(vmax(x, bc<fb_vf>(-87.0f)), bc<fb_vf>(88.0f));
+  const fb_vf t = x * 1.44269504088896341f + 0.5f;
+  fb_vf fx = __builtin_convertvector(__builtin_convertvector(t, fb_vi), fb_vf);
+  fx = fx > t ? fx - 1.0f : fx;  // floor
+  fb_vf r = x - fx * 0.693359375f;
+  r = r + fx * 2.12194440e-4f;
+  const fb_vf r2 = r * r;
+  fb_vf p = bc<fb_vf>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const fb_vi bits = (__builtin_convertvector(fx, fb_vi) + 127) << 23;
+  fb_vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline float fb_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - fx * 0.693359375f;
+  r = r + fx * 2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double fb_exp(double x) { return std::exp(x); }
+
+template <typename T>
+inline T fb_sigmoid(T u) {
+  return bc<T>(1.0f) / (bc<T>(1.0f) + fb_exp(-u));
+}
+
+// T: acc_t scalar or fb_vf.
+template <Act A, typename T>
+inline T act_fwd(T u) {
+  const T zero = bc<T>(0.0f);
+  if constexpr (A == Act::Silu) {
+    return u * fb_sigmoid(u);
+  } else if constexpr (A == Act::Relu) {
+    return u > zero ? u : zero;
+  } else if constexpr (A == Act::Relu6) {
+    return vmin(vmax(u, zero), bc<T>(6.0f));
+  } else if constexpr (A == Act::Hardswish) {
+    return u * vmin(vmax(u + bc<T>(3.0f), zero), bc<T>(6.0f)) / bc<T>(6.0f);
+  } else {
+    return u;
+  }
+}
+
+// d act(u) / du * g, from the pre-activation u (matches fastblocks._act / ATen's formulas).
+template <Act A, typename T>
+inline T act_bwd(T u, T g) {
+  const T zero = bc<T>(0.0f);
+  if constexpr (A == Act::Silu) {
+    const T s = fb_sigmoid(u);
+    return g * s * (bc<T>(1.0f) + u * (bc<T>(1.0f) - s));
+  } else if constexpr (A == Act::Relu) {
+    return u > zero ? g : zero;
+  } else if constexpr (A == Act::Relu6) {
+    return ((u > zero) & (u < bc<T>(6.0f))) ? g : zero;
+  } else if constexpr (A == Act::Hardswish) {
+    const T mid = g * (u / bc<T>(3.0f) + bc<T>(0.5f));
+    return u < bc<T>(-3.0f) ? zero : (u <= bc<T>(3.0f) ? mid : g);
+  } else {
+    return g;
+  }
+}
+
+// Calls f(std::integral_constant<Act, A>{}) for the runtime activation `act`.
+template <typename F>
+inline void dispatch_act(Act act, F&& f) {
+  switch (act) {
+    case Act::Silu: f(std::integral_constant<Act, Act::Silu>{}); break;
+    case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); break;
+    case Act::Relu6: f(std::integral_constant<Act, Act::Relu6>{}); break;
+    case Act::Hardswish: f(std::integral_constant<Act, Act::Hardswish>{}); break;
+    default: f(std::integral_constant<Act, Act::Identity>{}); break;
+  }
+}
+
+// y[i] = act(x[i]), any input / output types, arithmetic in acc_t.
+template <Act A, typename acc_t, typename in_t, typename out_t>
+inline void act_row(const in_t* __restrict__ x, int64_t n, out_t* __restrict__ y) {
+  vloop<acc_t>(n, [&](int64_t i, auto z) {
+    using T = decltype(z);
+    st(y + i, act_fwd<A>(ld<T>(x + i)));
+  });
+}
+
+// dx[i] = act'(x[i]) * dy[i].
+template <Act A, typename acc_t, typename in_t, typename out_t>
+inline void act_grad_row(const in_t* __restrict__ x, const in_t* __restrict__ dy, int64_t n, out_t* __restrict__ dx) {
+  vloop<acc_t>(n, [&](int64_t i, auto z) {
+    using T = decltype(z);
+    st(dx + i, act_bwd<A>(ld<T>(x + i), ld<T>(dy + i)));
+  });
+}
+
+// Channels-last row of npix pixels x C channels: y = act(x * scale[c] + shift[c]).
+template <Act A, typename acc_t, typename in_t, typename out_t>
+inline void affine_act_row(const in_t* __restrict__ x, int64_t npix, int64_t C, const acc_t* __restrict__ scale,
+                           const acc_t* __restrict__ shift, out_t* __restrict__ y) {
+  for (int64_t p = 0; p < npix; ++p) {
+    const in_t* xp = x + p * C;
+    out_t* yp = y + p * C;
+    vloop<acc_t>(C, [&](int64_t c, auto z) {
+      using T = decltype(z);
+      st(yp + c, act_fwd<A>(ld<T>(xp + c) * ld<T>(scale + c) + ld<T>(shift + c)));
+    });
+  }
+}
+
+// Plane of n elements with one channel's scalars: y = act(x * sc + sh).
+template <Act A, typename acc_t, typename in_t, typename out_t>
+inline void affine_act_plane(const in_t* __restrict__ x, int64_t n, acc_t sc, acc_t sh, out_t* __restrict__ y) {
+  vloop<acc_t>(n, [&](int64_t i, auto z) {
+    using T = decltype(z);
+    st(y + i, act_fwd<A>(ld<T>(x + i) * (T{} + sc) + (T{} + sh)));
+  });
+}
+
+// Row statistics of a channels-last row (npix x C): per-channel mean and M2 around that mean.
+template <typename acc_t, typename in_t>
+inline void row_stats(const in_t* __restrict__ x, int64_t npix, int64_t C, acc_t* __restrict__ mean,
+                      acc_t* __restrict__ m2) {
+  for (int64_t c = 0; c < C; ++c) mean[c] = acc_t(0), m2[c] = acc_t(0);
+  for (int64_t p = 0; p < npix; ++p) {
+    const in_t* xp = x + p * C;
+    vloop<acc_t>(C, [&](int64_t c, auto z) {
+      using T = decltype(z);
+      st(mean + c, ld<T>(mean + c) + ld<T>(xp + c));
+    });
+  }
+  const acc_t inv = acc_t(1) / static_cast<acc_t>(npix);
+  for (int64_t c = 0; c < C; ++c) mean[c] *= inv;
+  for (int64_t p = 0; p < npix; ++p) {
+    const in_t* xp = x + p * C;
+    vloop<acc_t>(C, [&](int64_t c, auto z) {
+      using T = decltype(z);
+      const T d = ld<T>(xp + c) - ld<T>(mean + c);
+      st(m2 + c, ld<T>(m2 + c) + d * d);
+    });
+  }
+}
+
+// Merge a row's (mean, M2, count) into a block's running (mean, M2, count), in double.
+template <typename acc_t>
+inline void chan_merge(double* __restrict__ bmean, double* __restrict__ bm2, int64_t& bcount,
+                       const acc_t* __restrict__ rmean, const acc_t* __restrict__ rm2, int64_t rcount, int64_t C) {
+  const double na = static_cast<double>(bcount), nb = static_cast<double>(rcount);
+  const double wb = nb / (na + nb), wab = na * nb / (na + nb);
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = static_cast<double>(rmean[c]) - bmean[c];
+    bmean[c] += d * wb;
+    bm2[c] += static_cast<double>(rm2[c]) + d * d * wab;
+  }
+  bcount += rcount;
+}
+
+// Backward through act(BN(z)) for a channels-last row:
+//   zhat = (z - mean) * invstd, u = gamma * zhat + beta, du = act'(u) * dy;
+// writes du, and accumulates sum(du), sum(du * zhat), sum(zhat) per channel.
+template <Act A, typename acc_t, typename zc_t, typename dy_t>
+inline void bn_du_row(const zc_t* __restrict__ zc, const dy_t* __restrict__ dy, int64_t npix, int64_t C,
+                      const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
+                      const acc_t* __restrict__ gamma, const acc_t* __restrict__ beta, acc_t* __restrict__ du,
+                      acc_t* __restrict__ s_du, acc_t* __restrict__ s_duz, acc_t* __restrict__ s_z) {
+  for (int64_t p = 0; p < npix; ++p) {
+    const zc_t* zp = zc + p * C;
+    const dy_t* gp = dy + p * C;
+    acc_t* dp = du + p * C;
+    vloop<acc_t>(C, [&](int64_t c, auto z) {
+      using T = decltype(z);
+      const T zh = (ld<T>(zp + c) - ld<T>(mean + c)) * ld<T>(invstd + c);
+      const T d = act_bwd<A>(zh * ld<T>(gamma + c) + ld<T>(beta + c), ld<T>(gp + c));
+      st(dp + c, d);
+      st(s_du + c, ld<T>(s_du + c) + d);
+      st(s_duz + c, ld<T>(s_duz + c) + d * zh);
+      st(s_z + c, ld<T>(s_z + c) + zh);
+    });
+  }
+}
+
+// dz = k1[c] * (du - k2[c] - (z - mean[c]) * k3[c]) for a channels-last row.
+template <typename acc_t, typename z_t, typename out_t>
+inline void dz_row(const acc_t* __restrict__ du, const z_t* __restrict__ z, int64_t npix, int64_t C,
+                   const acc_t* __restrict__ mean, const acc_t* __restrict__ k1, const acc_t* __restrict__ k2,
+                   const acc_t* __restrict__ k3, out_t* __restrict__ dz) {
+  for (int64_t p = 0; p < npix; ++p) {
+    const acc_t* dp = du + p * C;
+    const z_t* zp = z + p * C;
+    out_t* op = dz + p * C;
+    vloop<acc_t>(C, [&](int64_t c, auto zz) {
+      using T = decltype(zz);
+      st(op + c, ld<T>(k1 + c) * (ld<T>(dp + c) - ld<T>(k2 + c) - (ld<T>(zp + c) - ld<T>(mean + c)) * ld<T>(k3 + c)));
+    });
+  }
+}
+
+// a[i] += b[i] * x[i].
+template <typename acc_t, typename b_t, typename in_t>
+inline void fma_row(acc_t* __restrict__ a, const b_t* __restrict__ b, const in_t* __restrict__ x, int64_t n) {
+  vloop<acc_t>(n, [&](int64_t i, auto z) {
+    using T = decltype(z);
+    st(a + i, ld<T>(a + i) + ld<T>(b + i) * ld<T>(x + i));
+  });
+}
+
+// y[i] = x[i] converted.
+template <typename acc_t, typename in_t, typename out_t>
+inline void convert_row(const in_t* __restrict__ x, int64_t n, out_t* __restrict__ y) {
+  vloop<acc_t>(n, [&](int64_t i, auto z) {
+    using T = decltype(z);
+    st(y + i, ld<T>(x + i));
+  });
+}

@@ -1,0 +1,88 @@
+"""Recompute-on-load across ops: keep a cheap recipe instead of a full-size activation.
+
+Inside :func:`recompute_scope` (entered by patched models around their forward), fused ops
+*offer* their output with a recipe (e.g. y = act(BN(x)) from x and per-channel stats, or
+y = x * gate(logits)). When autograd later saves such a tensor for backward - typically as the
+input of the next conv - the saved-tensor hook stores the recipe (whose sources are saved anyway)
+instead, and recomputes the tensor when backward unpacks it. This is how a patched MBConv keeps
+neither the expansion activation nor the SE output, only the expansion conv output and the
+depthwise output.
+
+Outside a scope, under torch.compile (whose partitioner already recomputes) or without grad
+mode, offering is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import Callable, Iterator
+
+import torch
+
+from . import utils
+
+
+class _Recipe:
+    __slots__ = ("fn", "args", "extra")
+
+    def __init__(self, fn: Callable, args: tuple, extra: tuple):
+        self.fn, self.args, self.extra = fn, args, extra
+
+    def materialise(self) -> torch.Tensor:
+        return self.fn(*(_unpack(a) for a in self.args), *self.extra)
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.depth = 0
+        self.offers: dict = {}
+
+
+_STATE = _State()
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = ()) -> None:
+    """Declare that ``y == fn(*sources, *extra)``; used only if something saves ``y`` in this scope."""
+    if _STATE.depth == 0 or not torch.is_grad_enabled() or _compiling():
+        return
+    _STATE.offers[id(y)] = (weakref.ref(y), y._version, sources, fn, extra)
+
+
+def _pack(t: torch.Tensor):
+    entry = _STATE.offers.get(id(t))
+    # Only the unmodified tensor equals its recipe: an in-place op (x += shortcut, ReLU(inplace))
+    # bumps the version counter, and then the tensor itself is saved.
+    if entry is not None and entry[0]() is t and entry[1] == t._version:
+        _, _, sources, fn, extra = entry
+        return _Recipe(fn, tuple(_pack(s) if isinstance(s, torch.Tensor) else s for s in sources), extra)
+    utils.notify_saved(t)
+    return t
+
+
+def _unpack(obj):
+    return obj.materialise() if isinstance(obj, _Recipe) else obj
+
+
+@contextlib.contextmanager
+def recompute_scope() -> Iterator[None]:
+    """Activate recompute-on-load for the fused ops run inside (no-op under torch.compile / no_grad)."""
+    if _compiling() or not torch.is_grad_enabled():
+        yield
+        return
+    _STATE.depth += 1
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+            yield
+    finally:
+        _STATE.depth -= 1
+        if _STATE.depth == 0:
+            _STATE.offers.clear()

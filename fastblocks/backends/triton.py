@@ -1,0 +1,234 @@
+"""The ``triton`` backend: fused Triton kernels (``kernels/*.py``) for every fastblocks op.
+
+Available when Triton imports and either CUDA is available or ``TRITON_INTERPRET=1`` (then the
+kernels run on CPU tensors through Triton's interpreter; that is how CI tests them). Forward /
+backward signatures and return conventions are the eager backend's, op by op; gradients that
+``mask`` does not request are returned as None. Saved for backward: what the custom ops save
+(inputs and per-channel / per-(n, c) statistics), nothing full-size besides x.
+
+``FASTBLOCKS_POISON=1`` fills every kernel output with NaN before the kernels run (tests set it,
+so an element a kernel fails to write shows up as NaN).
+
+Squeeze-excite / ECA: the pooling, scale and scale-backward passes are kernels; the tiny (N, C)
+MLP / 1-D conv between them stays in PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .._act import act_backward, act_forward, gate_backward
+from .._dispatch import BackendImpl, register_backend, register_impl
+from .._validate import conv_out_size, conv_pads
+
+NAME = "triton"
+_LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _availability() -> str | None:
+    if not (_interpret() or torch.cuda.is_available()):
+        return "needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    try:
+        _kernels("_common")
+    except Exception as err:  # a broken kernels package must say so, not vanish
+        return f"the Triton kernels failed to import: {err!r}"
+    return None
+
+
+def _kernels(name: str):
+    """Import kernels.<name> lazily (keeps ``import fastblocks`` free of triton)."""
+    return importlib.import_module(f"kernels.{name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# supports(): None, or why this backend cannot run the call
+# ----------------------------------------------------------------------------------------------
+
+def _tensor_reason(x: torch.Tensor) -> str | None:
+    if _interpret():
+        if x.device.type != "cpu":
+            return f"TRITON_INTERPRET=1 runs the kernels on CPU tensors, got a {x.device.type} tensor"
+    elif x.device.type != "cuda":
+        return f"needs CUDA tensors, got a {x.device.type} tensor"
+    if x.dtype not in _LOW_PRECISION and not (x.dtype == torch.float64 and _interpret()):
+        return f"dtype {x.dtype} is not supported (float16 / bfloat16 / float32; float64 only under the interpreter)"
+    if x.dim() == 4 and x[0].numel() > _INT32_MAX:
+        return "one sample has more than 2**31 elements"
+    return None
+
+
+def _dwconv_supports(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
+                     stride, padding_mode, padding, dilation, training, eps, act):
+    reason = _tensor_reason(x)
+    if reason:
+        return reason
+    k = weight.shape[-1]
+    if k not in (3, 5, 7):
+        return f"kernel size {k} is not supported (3, 5, 7)"
+    if stride not in (1, 2):
+        return f"stride {stride} is not supported (1, 2)"
+    if dilation != 1:
+        return f"dilation {dilation} is not supported"
+    return None
+
+
+def _x_supports(x, *args):
+    return _tensor_reason(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# dwconv_bn_act / bn_act
+# ----------------------------------------------------------------------------------------------
+
+def _geometry(x, k, stride, padding_mode, padding, dilation):
+    h, w = x.shape[2], x.shape[3]
+    top, bottom, left, right = conv_pads(padding_mode, padding, k, stride, dilation, h, w)
+    return top, left, conv_out_size(h, top, bottom, k, stride, dilation), conv_out_size(w, left, right, k, stride, dilation)
+
+
+def dwconv_bn_act_forward(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
+                          stride, padding_mode, padding, dilation, training, eps, act):
+    top, left, ho, wo = _geometry(x, weight.shape[-1], stride, padding_mode, padding, dilation)
+    return _kernels("dwconv_bn_act").forward(x, weight, conv_bias, bn_weight, bn_bias, running_mean,
+                                             running_var, stride, top, left, ho, wo, training, eps, act)
+
+
+def dwconv_bn_act_backward(dy, x, weight, bn_weight, bn_bias, conv_bias, mean, var,
+                           stride, padding_mode, padding, dilation, training, eps, act, mask):
+    top, left, _, _ = _geometry(x, weight.shape[-1], stride, padding_mode, padding, dilation)
+    need = [bool(m) for m in mask]
+    return _kernels("dwconv_bn_act").backward(
+        dy, x, weight, conv_bias, bn_weight, bn_bias, mean, var, stride, top, left, training, eps, act,
+        need_dx=need[0], need_dw=need[1], need_dgamma=need[2] and bn_weight is not None,
+        need_dbeta=need[3] and bn_bias is not None, need_dbias=need[4] and conv_bias is not None)
+
+
+def bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act):
+    return _kernels("bn_act").forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act)
+
+
+def bn_act_backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act, mask):
+    need = [bool(m) for m in mask]
+    return _kernels("bn_act").backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act,
+                                       need[0], need[1] and bn_weight is not None,
+                                       need[2] and bn_bias is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# gate_scale, squeeze_excite, eca
+# ----------------------------------------------------------------------------------------------
+
+def _acc(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def gate_scale_forward(x, logits, gate):
+    return _kernels("gate_scale").scale_forward(x, logits, gate)
+
+
+def gate_scale_backward(dy, x, logits, gate, mask):
+    dx, dgate = _kernels("gate_scale").scale_backward(dy, x, logits, gate, bool(mask[0]), bool(mask[1]))
+    dlogits = gate_backward(gate, logits.to(_acc(x)).reshape(dgate.shape), dgate) if mask[1] else None
+    return dx, dlogits
+
+
+def _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias):
+    dt = pooled.dtype
+    wr = reduce_weight.reshape(reduce_weight.shape[0], -1).to(dt)
+    we = expand_weight.reshape(expand_weight.shape[0], -1).to(dt)
+    br = reduce_bias.to(dt) if reduce_bias is not None else None
+    be = expand_bias.to(dt) if expand_bias is not None else None
+    return wr, br, we, be
+
+
+def squeeze_excite_forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
+    gs = _kernels("gate_scale")
+    pooled = gs.pool(x)
+    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
+    logits = F.linear(act_forward(act, F.linear(pooled, wr, br)), we, be)
+    return gs.scale_forward(x, logits, gate), pooled, logits
+
+
+def squeeze_excite_backward(dy, x, pooled, logits, reduce_weight, reduce_bias, expand_weight,
+                            expand_bias, act, gate, mask):
+    gs = _kernels("gate_scale")
+    # Pass 1 over (dy, x): sum_hw(dy * x) per (n, c). The MLP backward is (N, C)-sized torch.
+    _, dgate = gs.scale_backward(dy, x, logits, gate, need_dx=False, need_dgate=True)
+    dlogits = gate_backward(gate, logits.to(dgate.dtype), dgate)
+    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
+    hidden_pre = F.linear(pooled, wr, br)
+    hidden = act_forward(act, hidden_pre)
+    d_hidden_pre = act_backward(act, hidden_pre, dlogits @ we)
+    grads = [None, d_hidden_pre.t() @ pooled, d_hidden_pre.sum(0), dlogits.t() @ hidden, dlogits.sum(0)]
+    if mask[0]:
+        # Pass 2 over dy: dx = dy * gate + d(mean_hw) / HW, written once.
+        hw = x.shape[2] * x.shape[3]
+        grads[0], _ = gs.scale_backward(dy, x, logits, gate, need_dx=True, need_dgate=False,
+                                        add=(d_hidden_pre @ wr) / hw)
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
+def _eca_pad(conv_weight):
+    return (conv_weight.shape[-1] - 1) // 2
+
+
+def eca_forward(x, conv_weight, gate):
+    gs = _kernels("gate_scale")
+    pooled = gs.pool(x)
+    w = conv_weight.to(pooled.dtype)
+    logits = F.conv1d(pooled.unsqueeze(1), w, padding=_eca_pad(conv_weight)).squeeze(1)
+    return gs.scale_forward(x, logits, gate), pooled, logits
+
+
+def eca_backward(dy, x, pooled, logits, conv_weight, gate, mask):
+    gs = _kernels("gate_scale")
+    _, dgate = gs.scale_backward(dy, x, logits, gate, need_dx=False, need_dgate=True)
+    dlogits = gate_backward(gate, logits.to(dgate.dtype), dgate)
+    w = conv_weight.to(pooled.dtype)
+    d_pooled, d_w, _ = torch.ops.aten.convolution_backward(
+        dlogits.unsqueeze(1), pooled.unsqueeze(1), w, None, [1], [_eca_pad(conv_weight)], [1],
+        False, [0], 1, [bool(mask[0]), bool(mask[1]), False])
+    dx = None
+    if mask[0]:
+        hw = x.shape[2] * x.shape[3]
+        dx, _ = gs.scale_backward(dy, x, logits, gate, need_dx=True, need_dgate=False,
+                                  add=d_pooled.squeeze(1) / hw)
+    return dx, (d_w if mask[1] else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# activation
+# ----------------------------------------------------------------------------------------------
+
+def activation_forward(x, act):
+    return _kernels("activation").forward(x, act)
+
+
+def activation_backward(dy, x, act):
+    return _kernels("activation").backward(dy, x, act)
+
+
+def _activation_supports(x, act):
+    return _tensor_reason(x)
+
+
+register_backend(NAME, _availability)
+register_impl("dwconv_bn_act", NAME, BackendImpl(dwconv_bn_act_forward, dwconv_bn_act_backward, _dwconv_supports))
+register_impl("bn_act", NAME, BackendImpl(bn_act_forward, bn_act_backward, _x_supports))
+register_impl("gate_scale", NAME, BackendImpl(gate_scale_forward, gate_scale_backward, _x_supports))
+register_impl("squeeze_excite", NAME, BackendImpl(squeeze_excite_forward, squeeze_excite_backward, _x_supports))
+register_impl("eca", NAME, BackendImpl(eca_forward, eca_backward, _x_supports))
+register_impl("activation", NAME, BackendImpl(activation_forward, activation_backward, _activation_supports))

@@ -1,0 +1,205 @@
+"""Helpers shared by the Triton kernels: interpreter detection, autotune wrapper, poisoned
+allocation, activation / gate math and the deterministic row-reduction kernels.
+
+Everything here uses Triton APIs present in Triton 3.6 (the GPU machine) and 3.8 (CI, where the
+kernels run under ``TRITON_INTERPRET=1`` on CPU tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Read once, like triton.jit does when it decides whether to build an InterpretedFunction.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+# Environment variable that overrides the fixed block sizes used under the interpreter, e.g.
+# "BH=2,BW=4,BC=2" (tests use it to put block boundaries inside tiny tensors).
+INTERP_BLOCKS_ENV = "FASTBLOCKS_TRITON_INTERP_BLOCKS"
+
+
+def poison_enabled() -> bool:
+    return os.environ.get("FASTBLOCKS_POISON", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def empty(shape, dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """torch.empty, filled with NaN when FASTBLOCKS_POISON=1 (so unwritten elements show)."""
+    t = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if poison_enabled():
+        t.fill_(float("nan"))
+    return t
+
+
+def empty_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
+    """torch.empty_like (strides preserved for dense tensors), poisoned like :func:`empty`."""
+    t = torch.empty_like(x, dtype=dtype)
+    if poison_enabled():
+        t.fill_(float("nan"))
+    return t
+
+
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation / statistics dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def device_guard(x: torch.Tensor):
+    """Make x's CUDA device current while launching (Triton launches on the current device)."""
+    if x.device.type == "cuda":
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device: torch.device) -> int:
+    """How many programs a reduction pass should launch to fill the device (tiny under the
+    interpreter, where every program costs Python time)."""
+    if device.type != "cuda":
+        return 3
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return 4 * _sm_count(index)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+def spatially_flat(t: torch.Tensor) -> bool:
+    """True when (H, W) of a 4-D tensor can be walked as one flat index p with stride W-stride."""
+    return t.shape[2] == 1 or t.shape[3] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+
+class _FixedConfig:
+    """Stand-in for triton.autotune under the interpreter: one fixed config, no benchmarking.
+
+    Block sizes can be overridden per call through FASTBLOCKS_TRITON_INTERP_BLOCKS."""
+
+    def __init__(self, fn, config: triton.Config):
+        self.fn = fn
+        self.config = config
+
+    def kwargs(self) -> dict:
+        kw = dict(self.config.kwargs)
+        spec = os.environ.get(INTERP_BLOCKS_ENV, "").strip()
+        if spec:
+            for item in spec.split(","):
+                name, value = item.split("=")
+                if name.strip() in kw:
+                    kw[name.strip()] = int(value)
+        return kw
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            return self.fn[grid](*args, **kwargs, **self.kwargs())
+        return launch
+
+
+def autotune(configs, key, interp_config: triton.Config):
+    """``triton.autotune(configs, key)`` on a GPU; a single fixed config under TRITON_INTERPRET."""
+    def decorate(fn):
+        if INTERPRET:
+            return _FixedConfig(fn, interp_config)
+        return triton.autotune(configs=configs, key=key)(fn)
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation / gate math (u: pre-activation in the accumulation dtype). Backward formulas match
+# fastblocks/_act.py (ATen's backward kernels), boundary points included.
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def act_fwd(u, ACT: tl.constexpr):
+    if ACT == "silu":
+        out = u / (1.0 + tl.exp(-u))
+    elif ACT == "relu":
+        out = tl.where(u > 0.0, u, 0.0)
+    elif ACT == "relu6":
+        out = tl.minimum(tl.where(u > 0.0, u, 0.0), 6.0)
+    elif ACT == "hardswish":
+        out = u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
+    else:
+        out = u
+    return out
+
+
+@triton.jit
+def act_bwd(u, g, ACT: tl.constexpr):
+    """d act(u) / du * g."""
+    if ACT == "silu":
+        s = 1.0 / (1.0 + tl.exp(-u))
+        out = g * s * (1.0 + u * (1.0 - s))
+    elif ACT == "relu":
+        out = tl.where(u > 0.0, g, 0.0)
+    elif ACT == "relu6":
+        out = tl.where((u > 0.0) & (u < 6.0), g, 0.0)
+    elif ACT == "hardswish":
+        out = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, g * (u / 3.0 + 0.5), g))
+    else:
+        out = g
+    return out
+
+
+@triton.jit
+def gate_fwd(u, GATE: tl.constexpr):
+    if GATE == "sigmoid":
+        out = 1.0 / (1.0 + tl.exp(-u))
+    else:  # hard_sigmoid = relu6(u + 3) / 6
+        out = tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic reductions of per-program partial results (no atomics: a fixed loop order).
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _sum_rows_kernel(in_ptr, out_ptr, R, M, BR: tl.constexpr, BM: tl.constexpr, ACC: tl.constexpr):
+    """out[m] = sum_r in[r, m] for a contiguous (R, M) buffer; one program per BM columns."""
+    pid = tl.program_id(0)
+    offs_m = pid * BM + tl.arange(0, BM)
+    mask_m = offs_m < M
+    acc = tl.zeros([BR, BM], dtype=ACC)
+    for r0 in range(0, R, BR):
+        offs_r = r0 + tl.arange(0, BR)
+        mask = (offs_r < R)[:, None] & mask_m[None, :]
+        ptrs = in_ptr + offs_r.to(tl.int64)[:, None] * M + offs_m[None, :]
+        acc += tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + offs_m, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=mask_m)
+
+
+def sum_rows(partial: torch.Tensor) -> torch.Tensor:
+    """Sum a (R, ...) partial buffer over its first dimension, deterministically."""
+    r = partial.shape[0]
+    rest = partial.shape[1:]
+    if r == 1:
+        return partial[0].clone()
+    flat = partial.reshape(r, -1)
+    m = flat.shape[1]
+    out = empty((m,), partial.dtype, partial.device)
+    bm = 128 if INTERPRET else 256
+    br = 8 if INTERPRET else 16
+    with device_guard(partial):
+        _sum_rows_kernel[(triton.cdiv(m, bm),)](flat, out, r, m, BR=br, BM=bm, ACC=acc_tl_dtype(partial.dtype))
+    return out.reshape(rest)

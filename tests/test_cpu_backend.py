@@ -1,0 +1,339 @@
+"""The ``cpu`` backend (fused C++ kernels in fastblocks._C) against the float64 reference.
+
+Skipped as a whole when the extension is not built (``python setup.py build_ext --inplace``).
+"""
+
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("fastblocks._C", reason="fastblocks._C extension not built (python setup.py build_ext --inplace)")
+
+import fastblocks as fb  # noqa: E402
+from fastblocks import _dispatch  # noqa: E402
+from fastblocks.backends import cpu as cpu_backend  # noqa: E402
+from utils import compare_with_reference, rand_positive, randn  # noqa: E402
+
+if cpu_backend.available() is not None:
+    pytest.skip(f"cpu backend unavailable: {cpu_backend.available()}", allow_module_level=True)
+
+ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
+GATES = ["sigmoid", "hard_sigmoid"]
+LAYOUTS = ["channels_last", "nchw"]
+
+
+def layout(t, name):
+    return t.contiguous(memory_format=torch.channels_last) if name == "channels_last" else t.contiguous()
+
+
+# ------------------------------------------------------------------------------- registration
+def test_kernel_ops_registered_for_cpu_dispatch_key():
+    for name in cpu_backend.KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_cpu::{name}", "CPU"), name
+        assert not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_cpu::{name}", "CUDA"), name
+    assert "cpu" in fb.available_backends()
+
+
+def test_auto_prefers_cpu_and_falls_back_for_unsupported_kernel_size():
+    x = torch.randn(2, 4, 9, 9)
+    args = (x, torch.randn(4, 1, 3, 3), None, None, None, None, None, 1, "same", 0, 1, True, 1e-5, "silu")
+    assert _dispatch.impl_for("dwconv_bn_act", "auto", x.device, args) is _dispatch._REGISTRY["dwconv_bn_act"]["cpu"]
+    w9 = torch.randn(4, 1, 9, 9)
+    args9 = (x, w9) + args[2:]
+    assert "k=9" in cpu_backend._dwconv_supports(*args9)
+    assert _dispatch.impl_for("dwconv_bn_act", "auto", x.device, args9) is _dispatch._REGISTRY["dwconv_bn_act"]["eager"]
+    with pytest.raises(fb.BackendUnavailableError, match="k=9"):
+        fb.ops.dwconv_bn_act(x, w9, None, None, None, None, training=True, backend="cpu")
+    y = fb.ops.dwconv_bn_act(x, w9, None, None, None, None, training=True, backend="auto")
+    assert y.shape == x.shape
+
+
+def test_kernel_input_checks_have_clear_messages():
+    x = torch.randn(2, 4, 9, 9)
+    with pytest.raises(RuntimeError, match="kernel size must be 3, 5 or 7"):
+        torch.ops.fastblocks_cpu.dwconv_bn_act_forward(x, torch.randn(4, 1, 9, 9), None, None, None, None, None,
+                                                       1, "same", 0, True, 1e-5, "silu")
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        torch.ops.fastblocks_cpu.act_forward(x, "gelu")
+    with pytest.raises(RuntimeError, match="needs running_mean"):
+        torch.ops.fastblocks_cpu.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
+
+
+# ------------------------------------------------------------------------------- dwconv_bn_act
+def dw_inputs(n, c, h, w, k, seed, affine=True, running=True, conv_bias=False, fmt="channels_last", **config):
+    inputs = dict(
+        x=layout(randn(n, c, h, w, seed=seed), fmt),
+        weight=randn(c, 1, k, k, seed=seed + 1, scale=0.5),
+        bn_weight=rand_positive(c, seed=seed + 2) if affine else None,
+        bn_bias=randn(c, seed=seed + 3) if affine else None,
+        running_mean=randn(c, seed=seed + 4, scale=0.1) if running else None,
+        running_var=rand_positive(c, seed=seed + 5) if running else None,
+        conv_bias=randn(c, seed=seed + 6) if conv_bias else None,
+    )
+    inputs.update(config)
+    return inputs
+
+
+def dw_call(**kw):
+    pos = [kw.pop(k) for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+    return fb.ops.dwconv_bn_act(*pos, **kw)
+
+
+DW_GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False], LAYOUTS))
+
+
+@pytest.mark.parametrize("k,stride,padding,training,fmt", DW_GRID)
+def test_dwconv_matches_reference(k, stride, padding, training, fmt):
+    act = ACTS[(k + stride + len(str(padding)) + training) % len(ACTS)]
+    inputs = dw_inputs(2, 5, 9, 7, k, seed=k * 10 + stride, fmt=fmt, stride=stride, padding=padding,
+                       training=training, act=act, momentum=0.3)
+    compare_with_reference(dw_call, inputs, torch.float32, "cpu")
+
+
+# C = 40 / 19: full 32-channel register blocks, single vectors and a scalar tail; W wide enough for
+# the interior 4-pixel blocks; batch 1; odd sizes with stride 2.
+@pytest.mark.parametrize("n,c,h,w,k,stride,padding", [
+    (1, 3, 7, 9, 3, 2, "tf_same"), (1, 1, 5, 5, 5, 1, "same"), (4, 17, 11, 13, 7, 2, "tf_same"),
+    (2, 40, 9, 23, 3, 1, "same"), (1, 19, 12, 17, 5, 2, 1), (2, 40, 6, 21, 7, 1, "tf_same"),
+])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_dwconv_odd_shapes_and_channel_tails(n, c, h, w, k, stride, padding, fmt):
+    for training in (True, False):
+        inputs = dw_inputs(n, c, h, w, k, seed=n + c, fmt=fmt, stride=stride, padding=padding, training=training)
+        compare_with_reference(dw_call, inputs, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("affine,running,conv_bias", [(True, True, False), (False, True, True),
+                                                      (True, False, True), (False, False, False)])
+def test_dwconv_acts_affine_running_stats(act, affine, running, conv_bias):
+    for training in (True, False) if running else (True,):
+        inputs = dw_inputs(3, 12, 8, 10, 3, seed=7, affine=affine, running=running, conv_bias=conv_bias,
+                           training=training, act=act, eps=1e-3)
+        compare_with_reference(dw_call, inputs, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("needs", [("x",), ("weight",), ("bn_weight",), ("conv_bias",), ("x", "bn_bias")])
+@pytest.mark.parametrize("training", [True, False])
+def test_dwconv_partial_grad_masks(needs, training):
+    inputs = dw_inputs(2, 9, 8, 8, 5, seed=3, conv_bias=True, training=training, stride=2)
+    compare_with_reference(dw_call, inputs, torch.float32, "cpu", grad_names=list(needs))
+
+
+# ------------------------------------------------------------------------------- bn_act
+def bn_inputs(n, c, h, w, seed, fmt, affine=True, **config):
+    inputs = dict(x=layout(randn(n, c, h, w, seed=seed, scale=2.0, offset=0.5), fmt),
+                  bn_weight=rand_positive(c, seed=seed + 1) if affine else None,
+                  bn_bias=randn(c, seed=seed + 2) if affine else None,
+                  running_mean=randn(c, seed=seed + 3, scale=0.1), running_var=rand_positive(c, seed=seed + 4))
+    inputs.update(config)
+    return inputs
+
+
+def bn_call(**kw):
+    pos = [kw.pop(k) for k in ("x", "bn_weight", "bn_bias", "running_mean", "running_var")]
+    return fb.ops.bn_act(*pos, **kw)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_bn_act_matches_reference(act, training, fmt):
+    for n, c, h, w, affine in [(2, 5, 9, 7, True), (1, 19, 6, 5, False), (3, 40, 4, 3, True)]:
+        inputs = bn_inputs(n, c, h, w, seed=c, fmt=fmt, affine=affine, training=training, act=act, momentum=0.2)
+        compare_with_reference(bn_call, inputs, torch.float32, "cpu")
+
+
+def test_bn_act_large_plane_statistics():
+    # Planes longer than the kernels' float accumulation chunks (NCHW) and rows spanning blocks.
+    for fmt in LAYOUTS:
+        inputs = bn_inputs(2, 3, 50, 47, seed=5, fmt=fmt, training=True, act="silu")
+        compare_with_reference(bn_call, inputs, torch.float32, "cpu")
+
+
+# ------------------------------------------------------------------------------- SE / ECA / gate_scale
+def se_call(**kw):
+    x = kw.pop("x")
+    return fb.ops.squeeze_excite(x, kw.pop("reduce_weight"), kw.pop("reduce_bias"), kw.pop("expand_weight"),
+                                 kw.pop("expand_bias"), **kw)
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("bias,conv_shape", [(True, False), (False, True)])
+def test_squeeze_excite_matches_reference(act, gate, fmt, bias, conv_shape):
+    n, c, r, h, w = 2, 19, 5, 9, 7
+    rw, ew = randn(r, c, seed=2, scale=0.5), randn(c, r, seed=3, scale=0.5)
+    if conv_shape:
+        rw, ew = rw[:, :, None, None], ew[:, :, None, None]
+    inputs = dict(x=layout(randn(n, c, h, w, seed=1), fmt), reduce_weight=rw,
+                  reduce_bias=randn(r, seed=4) if bias else None, expand_weight=ew,
+                  expand_bias=randn(c, seed=5) if bias else None, act=act, gate=gate)
+    compare_with_reference(se_call, inputs, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_eca_matches_reference(k, gate, fmt):
+    inputs = dict(x=layout(randn(3, 40, 7, 9, seed=k), fmt), conv_weight=randn(1, 1, k, seed=k + 1), gate=gate)
+    compare_with_reference(lambda x, conv_weight, gate: fb.ops.eca(x, conv_weight, gate=gate), inputs,
+                           torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 40, 3, 70)])
+def test_gate_scale_matches_reference(gate, fmt, shape):
+    n, c = shape[:2]
+    inputs = dict(x=layout(randn(*shape, seed=1), fmt), logits=randn(n, c, seed=2, scale=2.0), gate=gate)
+    compare_with_reference(lambda x, logits, gate: fb.ops.gate_scale(x, logits, gate=gate), inputs,
+                           torch.float32, "cpu")
+    # dx not requested: only the logits gradient
+    compare_with_reference(lambda x, logits, gate: fb.ops.gate_scale(x, logits, gate=gate), inputs,
+                           torch.float32, "cpu", grad_names=["logits"])
+
+
+# ------------------------------------------------------------------------------- activation
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape,fmt", [((2, 5, 9, 7), "channels_last"), ((2, 5, 9, 7), "nchw"), ((3, 1001), None),
+                                       ((37,), None)])
+def test_activation_matches_reference(act, shape, fmt):
+    x = randn(*shape, seed=3, scale=4.0)
+    if fmt is not None:
+        x = layout(x, fmt)
+    compare_with_reference(lambda x, act: fb.ops.activation(x, act), dict(x=x, act=act), torch.float32, "cpu")
+
+
+def test_activation_on_non_dense_input():
+    x = torch.randn(6, 10)[:, ::2]
+    y = fb.ops.silu(x, backend="cpu")
+    torch.testing.assert_close(y, torch.nn.functional.silu(x), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- layouts, dtypes
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_memory_format_preserved(fmt):
+    x = layout(torch.randn(2, 8, 9, 9), fmt).requires_grad_()
+    w, g, b = torch.randn(8, 1, 3, 3), torch.rand(8) + 0.5, torch.randn(8)
+    cl = fmt == "channels_last"
+    outs = [fb.ops.dwconv_bn_act(x, w, g, b, None, None, stride=2, training=True, backend="cpu"),
+            fb.ops.bn_act(x, g, b, None, None, training=True, backend="cpu"),
+            fb.ops.gate_scale(x, torch.randn(2, 8), backend="cpu"),
+            fb.ops.eca(x, torch.randn(1, 1, 3), backend="cpu"),
+            fb.ops.silu(x, backend="cpu")]
+    for y in outs:
+        assert y.is_contiguous(memory_format=torch.channels_last) == cl and y.is_contiguous() != cl
+        x.grad = None
+        y.sum().backward()
+        assert x.grad.is_contiguous(memory_format=torch.channels_last) == cl
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_low_precision(dtype, fmt):
+    for training in (True, False):
+        inputs = dw_inputs(2, 19, 10, 13, 5, seed=3, fmt=fmt, stride=2, training=training)
+        compare_with_reference(dw_call, inputs, dtype, "cpu", param_dtype=torch.float32,
+                               grad_names=["x", "weight", "bn_weight", "bn_bias"], x_dtype_names=("x", "weight"))
+        compare_with_reference(bn_call, bn_inputs(2, 19, 6, 5, seed=4, fmt=fmt, training=training), dtype, "cpu",
+                               param_dtype=torch.float32)
+    inputs = dict(x=layout(randn(2, 19, 6, 5, seed=1), fmt), logits=randn(2, 19, seed=2), gate="sigmoid")
+    compare_with_reference(lambda x, logits, gate: fb.ops.gate_scale(x, logits, gate=gate), inputs, dtype, "cpu",
+                           param_dtype=torch.float32)
+    compare_with_reference(lambda x: fb.ops.silu(x), dict(x=randn(3, 70, seed=5)), dtype, "cpu")
+
+
+def test_training_statistics_are_deterministic_across_thread_counts():
+    x = torch.randn(4, 40, 33, 29).contiguous(memory_format=torch.channels_last)
+    w, g, b = torch.randn(40, 1, 5, 5), torch.rand(40) + 0.5, torch.randn(40)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.fastblocks_cpu.dwconv_bn_act_forward(x, w, g, b, None, None, None, 1, "same", 0,
+                                                                       True, 1e-5, "silu"))
+    finally:
+        torch.set_num_threads(before)
+    for y, mean, var in outs[1:]:
+        assert torch.equal(y, outs[0][0]) and torch.equal(mean, outs[0][1]) and torch.equal(var, outs[0][2])
+
+
+# ------------------------------------------------------------------------------- float64 gradcheck
+@pytest.mark.parametrize("padding,stride,training,affine,k", [
+    ("same", 1, True, True, 3), ("same", 2, False, True, 5), ("tf_same", 2, True, False, 3),
+    ("tf_same", 1, False, False, 7), (1, 2, True, True, 3), (0, 1, False, True, 3),
+])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_gradcheck_dwconv(padding, stride, training, affine, k, fmt):
+    c = 3
+    x = layout(randn(2, c, 6, 7, seed=1), fmt).requires_grad_()
+    w, cb = randn(c, 1, k, k, seed=2).requires_grad_(), randn(c, seed=5).requires_grad_()
+    gamma = rand_positive(c, seed=3).requires_grad_() if affine else None
+    beta = randn(c, seed=4).requires_grad_() if affine else None
+    rm, rv = randn(c, seed=6, scale=0.1), rand_positive(c, seed=7)
+
+    def f(x, w, cb, *affine_params):
+        g, b = affine_params if affine_params else (None, None)
+        return fb.ops.dwconv_bn_act(x, w, g, b, rm.clone(), rv.clone(), conv_bias=cb, stride=stride,
+                                    padding=padding, training=training, act="silu", backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, w, cb) + ((gamma, beta) if affine else ()))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_gradcheck_bn_act(training, fmt):
+    x = layout(randn(2, 3, 4, 5, seed=1), fmt).requires_grad_()
+    g, b = rand_positive(3, seed=2).requires_grad_(), randn(3, seed=3).requires_grad_()
+    rm, rv = randn(3, seed=4, scale=0.1), rand_positive(3, seed=5)
+    f = lambda x, g, b: fb.ops.bn_act(x, g, b, rm.clone(), rv.clone(), training=training, act="hardswish",  # noqa
+                                      backend="cpu")
+    assert torch.autograd.gradcheck(f, (x, g, b))
+
+
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_gradcheck_gating_ops(fmt):
+    x = layout(randn(2, 6, 3, 4, seed=1), fmt).requires_grad_()
+    rw, rb = randn(2, 6, seed=2).requires_grad_(), randn(2, seed=3).requires_grad_()
+    ew, eb = randn(6, 2, seed=4).requires_grad_(), randn(6, seed=5).requires_grad_()
+    se = lambda *a: fb.ops.squeeze_excite(*a, act="silu", backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(se, (x, rw, rb, ew, eb))
+    cw = randn(1, 1, 3, seed=6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: fb.ops.eca(x, w, backend="cpu"), (x, cw))
+    logits = randn(2, 6, seed=7).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, lg: fb.ops.gate_scale(x, lg, gate="sigmoid", backend="cpu"),
+                                    (x, logits))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck_activation(act):
+    x = randn(3, 7, seed=8, scale=3.0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: fb.ops.activation(x, act, backend="cpu"), (x,))
+
+
+def test_opcheck_with_cpu_backend():
+    x = torch.randn(2, 4, 7, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, g, b = torch.randn(4, 1, 3, 3).requires_grad_(), torch.rand(4) + 0.5, torch.randn(4)
+    torch.library.opcheck(torch.ops.fastblocks.dwconv_bn_act.default,
+                          (x, w, g, b, None, None, None, 2, "tf_same", 0, 1, True, 1e-5, "silu", "cpu"))
+    torch.library.opcheck(torch.ops.fastblocks.bn_act.default, (x, g, b, None, None, True, 1e-5, "relu", "cpu"))
+    torch.library.opcheck(torch.ops.fastblocks.gate_scale.default, (x, torch.randn(2, 4), "sigmoid", "cpu"))
+
+
+def test_bfloat16_rounding_matches_torch_bit_exactly():
+    # Kernels compute in float32 and round to bfloat16 (vectorised round-to-nearest-even); NaN stays
+    # NaN (c10's canonical 0x7FC0 pattern), inf stays inf.
+    x = (torch.randn(2, 3, 5, 67) * 100).bfloat16()
+    x.view(-1)[::13] = float("nan")
+    x.view(-1)[1::17] = float("inf")
+    g = torch.rand(2, 3) + 0.5
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        y = torch.ops.fastblocks_cpu.channel_scale(t, g, None)
+        expected = (t.float() * g[:, :, None, None]).bfloat16()
+        nan = expected.isnan()
+        assert torch.equal(y.isnan(), nan)
+        assert torch.equal(y[~nan].view(torch.int16), expected[~nan].view(torch.int16))

@@ -1,0 +1,111 @@
+"""The ``triton`` backend on a CUDA GPU, realistic shapes (skipped without CUDA).
+
+Same checks as ``test_triton_interpreter.py`` (its ``run_case`` builds the float64 inputs and calls
+``utils.compare_with_reference``), compiled for the GPU instead of interpreted: the depthwise
+layers of EfficientNet-B0 (batch 8, bf16 / fp32, channels_last and NCHW, train and eval), SE / ECA
+at B0 sizes, activations on large tensors, plus bitwise determinism, with FASTBLOCKS_POISON=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from test_triton_interpreter import run_case
+
+pytestmark = pytest.mark.gpu
+
+# EfficientNet-B0 depthwise layers: (C, H = W of the input, k, stride).
+B0_DW = [(32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1),
+         (240, 28, 3, 2), (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 2), (1152, 7, 5, 1),
+         (1152, 7, 3, 1)]
+BATCH = 8
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_triton(monkeypatch):
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("TRITON_INTERPRET is set in this process: GPU tests need compiled kernels")
+    import fastblocks as fb
+    if "triton" not in fb.available_backends():
+        pytest.skip("the triton backend is not available here")
+    monkeypatch.setenv("FASTBLOCKS_POISON", "1")
+
+
+@pytest.mark.parametrize("c,h,k,stride", B0_DW)
+@pytest.mark.parametrize("training", [True, False])
+def test_b0_dwconv_bf16_channels_last(c, h, k, stride, training):
+    spec = dict(op="dwconv_bn_act", shape=(BATCH, c, h, h), k=k, stride=stride,
+                padding="tf_same" if stride == 2 else "same", training=training, act="silu", cl=True,
+                dtype="bfloat16", conv_bias=False)
+    run_case(spec, device="cuda")
+
+
+@pytest.mark.parametrize("c,h,k,stride", [B0_DW[1], B0_DW[4], B0_DW[9]])
+@pytest.mark.parametrize("cl", [True, False])
+def test_b0_dwconv_fp32(c, h, k, stride, cl):
+    spec = dict(op="dwconv_bn_act", shape=(4, c, h + 1, h - 1), k=k, stride=stride, padding="same",
+                training=True, act="hardswish", cl=cl, dtype="float32", conv_bias=True)
+    run_case(spec, device="cuda")
+
+
+@pytest.mark.parametrize("act", ["silu", "relu", "relu6", "hardswish", "identity"])
+def test_dwconv_acts_fp16_nchw(act):
+    spec = dict(op="dwconv_bn_act", shape=(BATCH, 40, 29, 31), k=7, stride=2, padding=2, training=True,
+                act=act, cl=False, dtype="float16")
+    run_case(spec, device="cuda")
+
+
+@pytest.mark.parametrize("c,h", [(32, 112), (192, 28), (1280, 7)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype,cl", [("bfloat16", True), ("float32", False)])
+def test_bn_act(c, h, training, dtype, cl):
+    spec = dict(op="bn_act", shape=(BATCH, c, h, h), training=training, act="silu", cl=cl, dtype=dtype)
+    run_case(spec, device="cuda")
+
+
+@pytest.mark.parametrize("c,r,h", [(96, 4, 112), (240, 10, 28), (672, 28, 14), (1152, 48, 7)])
+@pytest.mark.parametrize("dtype,cl", [("bfloat16", True), ("float32", False)])
+def test_squeeze_excite(c, r, h, dtype, cl):
+    spec = dict(op="squeeze_excite", shape=(BATCH, c, h, h), r=r, act="silu", gate="sigmoid", cl=cl, dtype=dtype)
+    run_case(spec, device="cuda")
+
+
+@pytest.mark.parametrize("c,h", [(64, 56), (512, 7)])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+def test_eca_and_gate_scale(c, h, gate):
+    run_case(dict(op="eca", shape=(BATCH, c, h, h), k=5, gate=gate, cl=True, dtype="bfloat16"), device="cuda")
+    run_case(dict(op="gate_scale", shape=(BATCH, c, h, h), gate=gate, cl=False, dtype="float32"), device="cuda")
+
+
+@pytest.mark.parametrize("act", ["silu", "hardswish", "relu6"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_activation_large(act, dtype):
+    run_case(dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype, cl=True), device="cuda")
+
+
+@pytest.mark.parametrize("case", ["determinism", "layouts", "large_values", "unsupported", "opcheck"])
+def test_structure(case):
+    run_case(dict(op=case), device="cuda")
+
+
+def test_determinism_b0_layer():
+    """Bitwise identical results on a realistic layer (no atomics, fixed reduction order)."""
+    import fastblocks as fb
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, 144, 56, 56, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(144, 1, 5, 5, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = (torch.rand(144, device="cuda") + 0.5).requires_grad_()
+    b = torch.randn(144, device="cuda", requires_grad=True)
+    dy = torch.randn(BATCH, 144, 28, 28, device="cuda", dtype=torch.bfloat16)
+    runs = []
+    for _ in range(2):
+        rm, rv = torch.zeros(144, device="cuda"), torch.ones(144, device="cuda")
+        y = fb.ops.dwconv_bn_act(x, w, g, b, rm, rv, stride=2, padding="tf_same", training=True, backend="triton")
+        grads = torch.autograd.grad(y, (x, w, g, b), dy)
+        runs.append((y, *grads, rm, rv))
+    for a, b_ in zip(*runs):
+        assert torch.equal(a, b_)
