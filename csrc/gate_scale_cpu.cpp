@@ -12,34 +12,8 @@ namespace fastblocks {
 namespace cpu {
 
 // The kernels, compiled once per target (see fb_cpu.h).
-namespace isa_default {
-#define FB_VBYTES 32
-#include "fb_cpu_math.h"
-#include "gate_scale_kernels.h"
-#undef FB_VBYTES
-}  // namespace isa_default
-
-#if FB_HAVE_AVX2_CLONE
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#define FB_VBYTES 32
-#include "fb_cpu_math.h"
-#include "gate_scale_kernels.h"
-#undef FB_VBYTES
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
-namespace isa_avx512 {
-#define FB_VBYTES 64
-#include "fb_cpu_math.h"
-#include "gate_scale_kernels.h"
-#undef FB_VBYTES
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define FB_KERNELS_HEADER "gate_scale_kernels.h"
+#include "fb_cpu_isa_clones.h"
 
 namespace {
 
