@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .._act import act_backward, act_forward, gate_backward, gate_forward
+from .._act import gate_backward, gate_forward
 from .._dispatch import BackendImpl, register_backend, register_impl
+from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
 
 KERNEL_OPS = ("act_forward", "act_backward", "bn_act_forward", "bn_act_backward", "dwconv_bn_act_forward",
               "dwconv_bn_act_backward", "channel_pool", "channel_scale", "channel_scale_backward")
@@ -140,19 +140,9 @@ def _gating_supports(x, *args):
     return _check_x(x)
 
 
-def _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias):
-    dt = pooled.dtype
-    wr = reduce_weight.reshape(reduce_weight.shape[0], -1).to(dt)
-    we = expand_weight.reshape(expand_weight.shape[0], -1).to(dt)
-    br = reduce_bias.to(dt) if reduce_bias is not None else None
-    be = expand_bias.to(dt) if expand_bias is not None else None
-    return wr, br, we, be
-
-
 def _se_forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
     pooled = _ops.channel_pool(x)
-    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
-    logits = F.linear(act_forward(act, F.linear(pooled, wr, br)), we, be)
+    logits = se_logits(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias, act)
     return _ops.channel_scale(x, gate_forward(gate, logits).contiguous(), None), pooled, logits
 
 
@@ -160,27 +150,17 @@ def _se_backward(dy, x, pooled, logits, reduce_weight, reduce_bias, expand_weigh
     g = gate_forward(gate, logits).contiguous()
     _, s = _ops.channel_scale_backward(dy, x, g, False)  # one pass: sum_hw dy * x
     dlogits = gate_backward(gate, logits, s)
-    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
-    hidden_pre = F.linear(pooled, wr, br)
-    d_we = dlogits.t() @ act_forward(act, hidden_pre)
-    d_be = dlogits.sum(0)
-    d_hidden_pre = act_backward(act, hidden_pre, dlogits @ we)
-    d_wr = d_hidden_pre.t() @ pooled
-    d_br = d_hidden_pre.sum(0)
+    d_pooled, d_wr, d_br, d_we, d_be = se_logits_backward(pooled, dlogits, reduce_weight, reduce_bias,
+                                                          expand_weight, expand_bias, act)
     dx = None
     if mask[0]:  # dx = dy * gate + d(pooled) / (H * W), one pass
-        dx = _ops.channel_scale(dy, g, (d_hidden_pre @ wr) / (x.shape[2] * x.shape[3]))
+        dx = _ops.channel_scale(dy, g, d_pooled / (x.shape[2] * x.shape[3]))
     return dx, d_wr, d_br, d_we, d_be
-
-
-def _eca_pad(conv_weight):
-    return (conv_weight.shape[-1] - 1) // 2
 
 
 def _eca_forward(x, conv_weight, gate):
     pooled = _ops.channel_pool(x)
-    w = conv_weight.to(pooled.dtype)
-    logits = F.conv1d(pooled.unsqueeze(1), w, padding=_eca_pad(conv_weight)).squeeze(1)
+    logits = eca_logits(pooled, conv_weight)
     return _ops.channel_scale(x, gate_forward(gate, logits).contiguous(), None), pooled, logits
 
 
@@ -188,13 +168,10 @@ def _eca_backward(dy, x, pooled, logits, conv_weight, gate, mask):
     g = gate_forward(gate, logits).contiguous()
     _, s = _ops.channel_scale_backward(dy, x, g, False)
     dlogits = gate_backward(gate, logits, s)
-    w = conv_weight.to(pooled.dtype)
-    d_pooled, d_w, _ = torch.ops.aten.convolution_backward(
-        dlogits.unsqueeze(1), pooled.unsqueeze(1), w, None, [1], [_eca_pad(conv_weight)], [1],
-        False, [0], 1, [bool(mask[0]), bool(mask[1]), False])
+    d_pooled, d_w = eca_logits_backward(pooled, dlogits, conv_weight, mask[0], mask[1])
     dx = None
     if mask[0]:
-        dx = _ops.channel_scale(dy, g, d_pooled.squeeze(1) / (x.shape[2] * x.shape[3]))
+        dx = _ops.channel_scale(dy, g, d_pooled / (x.shape[2] * x.shape[3]))
     return dx, d_w
 
 

@@ -6,11 +6,11 @@ saves (conv output, BN output, activation output, ...), which is what fastblocks
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .._act import act_forward, gate_forward
 from .._validate import conv_pads
+from .excite import eca_logits, se_logits
 
 
 def depthwise_conv(x, weight, conv_bias, stride, padding_mode, padding, dilation):
@@ -40,22 +40,9 @@ def gate_scale(x, logits, gate):
     return x * gate_forward(gate, logits)[:, :, None, None]
 
 
-def se_logits(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias, act):
-    """The SE bottleneck on pooled (N,C): FC (C->R) -> act -> FC (R->C); weights (R,C[,1,1]) / (C,R[,1,1])."""
-    hidden = F.linear(pooled, reduce_weight.reshape(reduce_weight.shape[0], -1), reduce_bias)
-    hidden = act_forward(act, hidden)
-    return F.linear(hidden, expand_weight.reshape(expand_weight.shape[0], -1), expand_bias)
-
-
 def squeeze_excite(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
     logits = se_logits(x.mean((2, 3)), reduce_weight, reduce_bias, expand_weight, expand_bias, act)
     return gate_scale(x, logits, gate)
-
-
-def eca_logits(pooled, conv_weight):
-    """ECA's 1-D conv across channels of pooled (N,C), zero padded to keep C."""
-    k = conv_weight.shape[-1]
-    return F.conv1d(pooled.unsqueeze(1), conv_weight, padding=(k - 1) // 2).squeeze(1)
 
 
 def eca(x, conv_weight, gate):

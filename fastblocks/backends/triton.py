@@ -19,10 +19,10 @@ import importlib
 import os
 
 import torch
-import torch.nn.functional as F
 
-from .._act import act_backward, act_forward, gate_backward
+from .._act import gate_backward
 from .._dispatch import BackendImpl, register_backend, register_impl
+from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
 from .._validate import conv_out_size, conv_pads
 
 NAME = "triton"
@@ -145,20 +145,10 @@ def gate_scale_backward(dy, x, logits, gate, mask):
     return dx, dlogits
 
 
-def _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias):
-    dt = pooled.dtype
-    wr = reduce_weight.reshape(reduce_weight.shape[0], -1).to(dt)
-    we = expand_weight.reshape(expand_weight.shape[0], -1).to(dt)
-    br = reduce_bias.to(dt) if reduce_bias is not None else None
-    be = expand_bias.to(dt) if expand_bias is not None else None
-    return wr, br, we, be
-
-
 def squeeze_excite_forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
     gs = _kernels("gate_scale")
     pooled = gs.pool(x)
-    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
-    logits = F.linear(act_forward(act, F.linear(pooled, wr, br)), we, be)
+    logits = se_logits(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias, act)
     return gs.scale_forward(x, logits, gate), pooled, logits
 
 
@@ -168,28 +158,21 @@ def squeeze_excite_backward(dy, x, pooled, logits, reduce_weight, reduce_bias, e
     # Pass 1 over (dy, x): sum_hw(dy * x) per (n, c). The MLP backward is (N, C)-sized torch.
     _, dgate = gs.scale_backward(dy, x, logits, gate, need_dx=False, need_dgate=True)
     dlogits = gate_backward(gate, logits.to(dgate.dtype), dgate)
-    wr, br, we, be = _se_params(pooled, reduce_weight, reduce_bias, expand_weight, expand_bias)
-    hidden_pre = F.linear(pooled, wr, br)
-    hidden = act_forward(act, hidden_pre)
-    d_hidden_pre = act_backward(act, hidden_pre, dlogits @ we)
-    grads = [None, d_hidden_pre.t() @ pooled, d_hidden_pre.sum(0), dlogits.t() @ hidden, dlogits.sum(0)]
+    d_pooled, d_wr, d_br, d_we, d_be = se_logits_backward(pooled, dlogits, reduce_weight, reduce_bias,
+                                                          expand_weight, expand_bias, act)
+    grads = [None, d_wr, d_br, d_we, d_be]
     if mask[0]:
         # Pass 2 over dy: dx = dy * gate + d(mean_hw) / HW, written once.
         hw = x.shape[2] * x.shape[3]
         grads[0], _ = gs.scale_backward(dy, x, logits, gate, need_dx=True, need_dgate=False,
-                                        add=(d_hidden_pre @ wr) / hw)
+                                        add=d_pooled / hw)
     return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-def _eca_pad(conv_weight):
-    return (conv_weight.shape[-1] - 1) // 2
 
 
 def eca_forward(x, conv_weight, gate):
     gs = _kernels("gate_scale")
     pooled = gs.pool(x)
-    w = conv_weight.to(pooled.dtype)
-    logits = F.conv1d(pooled.unsqueeze(1), w, padding=_eca_pad(conv_weight)).squeeze(1)
+    logits = eca_logits(pooled, conv_weight)
     return gs.scale_forward(x, logits, gate), pooled, logits
 
 
@@ -197,15 +180,12 @@ def eca_backward(dy, x, pooled, logits, conv_weight, gate, mask):
     gs = _kernels("gate_scale")
     _, dgate = gs.scale_backward(dy, x, logits, gate, need_dx=False, need_dgate=True)
     dlogits = gate_backward(gate, logits.to(dgate.dtype), dgate)
-    w = conv_weight.to(pooled.dtype)
-    d_pooled, d_w, _ = torch.ops.aten.convolution_backward(
-        dlogits.unsqueeze(1), pooled.unsqueeze(1), w, None, [1], [_eca_pad(conv_weight)], [1],
-        False, [0], 1, [bool(mask[0]), bool(mask[1]), False])
+    d_pooled, d_w = eca_logits_backward(pooled, dlogits, conv_weight, mask[0], mask[1])
     dx = None
     if mask[0]:
         hw = x.shape[2] * x.shape[3]
         dx, _ = gs.scale_backward(dy, x, logits, gate, need_dx=True, need_dgate=False,
-                                  add=d_pooled.squeeze(1) / hw)
+                                  add=d_pooled / hw)
     return dx, (d_w if mask[1] else None)
 
 
