@@ -10,7 +10,8 @@ from fastblocks._validate import conv_out_size, conv_pads, padding_spec
 from utils import compare_with_reference, rand_positive, randn
 
 BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a failure is reproducible, never flaky).
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -125,3 +125,29 @@ def test_bad_arguments():
         fb.patch("resnet")
     with pytest.raises(ValueError, match="backend must be one of"):
         fb.patch(nn.Sequential(), backend="fastest")
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+@pytest.mark.parametrize("track", [True, False])
+def test_batchnorm_momentum_none_and_num_batches_tracked(momentum, track):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False),
+                          nn.BatchNorm2d(6, momentum=momentum, track_running_stats=track), nn.SiLU(),
+                          nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6, momentum=momentum, track_running_stats=track),
+                          nn.ReLU6()).double()
+    patched = copy.deepcopy(model)
+    report = fb.patch(patched, backend="eager")
+    assert report.counts() == {"DWConvBNAct": 1, "BatchNormAct2d": 1}
+    for step in range(3):
+        x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+        for m in (model, patched):
+            m.train()
+            m(x).sum().backward()
+    for (n, a), (_, b) in zip(model.state_dict().items(), patched.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=n)
+    for a, b in zip(model.parameters(), patched.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10)
+    model.eval()
+    patched.eval()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(patched(x), model(x), rtol=1e-10, atol=1e-12)
