@@ -32,8 +32,10 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
 	exit $$rc
 
+# The benchmark harness (benchmarks/run.py) is issue 7 and does not exist yet: fail clearly.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run --device cpu --quick
+	@if [ -f benchmarks/run.py ]; then $(BIN)/python -m benchmarks.run --device cpu --quick; \
+	else echo "make bench: benchmarks/run.py is not written yet (issue 7)" >&2; exit 1; fi
 
 clean:
 	rm -rf build *.egg-info fastblocks/_C*.so
