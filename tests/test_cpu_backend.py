@@ -3,6 +3,7 @@
 Skipped as a whole when the extension is not built (``python setup.py build_ext --inplace``).
 """
 
+import functools
 import itertools
 
 import pytest
@@ -13,7 +14,11 @@ pytest.importorskip("fastblocks._C", reason="fastblocks._C extension not built (
 import fastblocks as fb  # noqa: E402
 from fastblocks import _dispatch  # noqa: E402
 from fastblocks.backends import cpu as cpu_backend  # noqa: E402
-from utils import compare_with_reference, rand_positive, randn  # noqa: E402
+from utils import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
+from utils import dwconv_inputs  # noqa: E402
+
+# channels_last is the cpu backend's fast path, so it is these tests' default layout.
+dw_inputs = functools.partial(dwconv_inputs, fmt="channels_last")
 
 if cpu_backend.available() is not None:
     pytest.skip(f"cpu backend unavailable: {cpu_backend.available()}", allow_module_level=True)
@@ -21,10 +26,6 @@ if cpu_backend.available() is not None:
 ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 GATES = ["sigmoid", "hard_sigmoid"]
 LAYOUTS = ["channels_last", "nchw"]
-
-
-def layout(t, name):
-    return t.contiguous(memory_format=torch.channels_last) if name == "channels_last" else t.contiguous()
 
 
 # ------------------------------------------------------------------------------- registration
@@ -61,25 +62,6 @@ def test_kernel_input_checks_have_clear_messages():
 
 
 # ------------------------------------------------------------------------------- dwconv_bn_act
-def dw_inputs(n, c, h, w, k, seed, affine=True, running=True, conv_bias=False, fmt="channels_last", **config):
-    inputs = dict(
-        x=layout(randn(n, c, h, w, seed=seed), fmt),
-        weight=randn(c, 1, k, k, seed=seed + 1, scale=0.5),
-        bn_weight=rand_positive(c, seed=seed + 2) if affine else None,
-        bn_bias=randn(c, seed=seed + 3) if affine else None,
-        running_mean=randn(c, seed=seed + 4, scale=0.1) if running else None,
-        running_var=rand_positive(c, seed=seed + 5) if running else None,
-        conv_bias=randn(c, seed=seed + 6) if conv_bias else None,
-    )
-    inputs.update(config)
-    return inputs
-
-
-def dw_call(**kw):
-    pos = [kw.pop(k) for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
-    return fb.ops.dwconv_bn_act(*pos, **kw)
-
-
 DW_GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False], LAYOUTS))
 
 

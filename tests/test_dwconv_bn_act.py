@@ -4,30 +4,10 @@ import pytest
 import torch
 
 import fastblocks as fb
-from utils import compare_with_reference, rand_positive, randn
+from utils import compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
 
 ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
-
-
-def make_inputs(n, c, h, w, k, seed, affine=True, running=True, conv_bias=False, **config):
-    inputs = dict(
-        x=randn(n, c, h, w, seed=seed),
-        weight=randn(c, 1, k, k, seed=seed + 1, scale=0.5),
-        bn_weight=rand_positive(c, seed=seed + 2) if affine else None,
-        bn_bias=randn(c, seed=seed + 3) if affine else None,
-        running_mean=randn(c, seed=seed + 4, scale=0.1) if running else None,
-        running_var=rand_positive(c, seed=seed + 5) if running else None,
-        conv_bias=randn(c, seed=seed + 6) if conv_bias else None,
-    )
-    inputs.update(config)
-    return inputs
-
-
-def call(**kw):
-    kw = {k: v for k, v in kw.items()}
-    pos = [kw.pop(k) for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
-    return fb.ops.dwconv_bn_act(*pos, **kw)
 
 
 GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False]))

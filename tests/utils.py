@@ -100,6 +100,32 @@ def rand_positive(*shape, seed: int, dtype=torch.float64) -> torch.Tensor:
     return torch.rand(*shape, generator=gen, dtype=dtype) + 0.5
 
 
+def layout(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    """t in "channels_last" or contiguous ("nchw") memory."""
+    return t.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else t.contiguous()
+
+
+def dwconv_inputs(n, c, h, w, k, seed, affine=True, running=True, conv_bias=False, fmt="nchw", **config) -> dict:
+    """float64 master inputs of fastblocks.ops.dwconv_bn_act (x in ``fmt``) plus keyword ``config``."""
+    inputs = dict(
+        x=layout(randn(n, c, h, w, seed=seed), fmt),
+        weight=randn(c, 1, k, k, seed=seed + 1, scale=0.5),
+        bn_weight=rand_positive(c, seed=seed + 2) if affine else None,
+        bn_bias=randn(c, seed=seed + 3) if affine else None,
+        running_mean=randn(c, seed=seed + 4, scale=0.1) if running else None,
+        running_var=rand_positive(c, seed=seed + 5) if running else None,
+        conv_bias=randn(c, seed=seed + 6) if conv_bias else None,
+    )
+    inputs.update(config)
+    return inputs
+
+
+def dwconv_call(**kw) -> torch.Tensor:
+    """fastblocks.ops.dwconv_bn_act from a :func:`dwconv_inputs` dict (for compare_with_reference)."""
+    pos = [kw.pop(k) for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+    return fb.ops.dwconv_bn_act(*pos, **kw)
+
+
 def _train_step(model, x, seed):
     torch.manual_seed(seed)  # dropout / drop-connect draw the same masks for every model
     out = model(x)
