@@ -22,13 +22,9 @@ def _compute_view(z: torch.Tensor, *params):
     return (za,) + tuple(p.to(za.dtype) if p is not None else None for p in params)
 
 
-def bn_stats(z: torch.Tensor, training: bool, running_mean, running_var):
-    """Per-channel (mean, biased var) in the accumulation dtype: batch stats or running stats."""
-    dt = acc_dtype(z)
-    if training:
-        za, = _compute_view(z)
-        var, mean = torch.var_mean(za, dim=(0, 2, 3), unbiased=False)
-        return mean.to(dt), var.to(dt)
+def running_stats(running_mean, running_var, like: torch.Tensor):
+    """Copies of the running (mean, var) in the accumulation dtype (eval-mode statistics)."""
+    dt = acc_dtype(like)
     return running_mean.to(dt).clone(), running_var.to(dt).clone()
 
 

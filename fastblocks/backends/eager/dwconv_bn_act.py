@@ -1,7 +1,7 @@
 """Eager dwconv_bn_act: conv -> BN -> act; backward recomputes the conv output from x."""
 
 from ..._dispatch import BackendImpl, register_impl
-from ._common import (bn_act_backward, bn_act_forward, bn_act_train_forward, bn_stats, dwconv_backward,
+from ._common import (bn_act_backward, bn_act_forward, bn_act_train_forward, running_stats, dwconv_backward,
                       dwconv_forward)
 
 
@@ -10,7 +10,7 @@ def forward(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
     z = dwconv_forward(x, weight, conv_bias, stride, padding_mode, padding, dilation)
     if training:
         return bn_act_train_forward(z, bn_weight, bn_bias, eps, act)
-    mean, var = bn_stats(z, False, running_mean, running_var)
+    mean, var = running_stats(running_mean, running_var, z)
     return bn_act_forward(z, bn_weight, bn_bias, mean, var, eps, act), mean, var
 
 
