@@ -7,8 +7,10 @@ Resolution order for every op call:
 3. the environment variable ``FASTBLOCKS_BACKEND`` (read once, at import),
 4. ``"auto"``.
 
-``"auto"`` walks :data:`AUTO_PREFERENCE` for the tensor's device and takes the first backend that
-is available and supports the call's configuration. A backend named explicitly that cannot run the
+``"auto"`` takes the first backend that is available and supports the call's configuration, in the
+order measured for this (device, op, input layout, phase) in :data:`fastblocks._auto_table.AUTO_TABLE`
+(generated from committed benchmark results by ``python -m benchmarks.auto_table``), followed by the
+device's default order :data:`AUTO_PREFERENCE` for backends the table does not rank. A backend named explicitly that cannot run the
 call raises :class:`BackendUnavailableError`; it is never silently replaced by another.
 
 ``"reference"`` is the plain PyTorch composition (autograd through ATen ops); every other backend
@@ -29,11 +31,15 @@ import torch
 BACKENDS = ("reference", "eager", "cpu", "triton", "cuda")
 SELECTABLE = BACKENDS + ("auto",)
 
-# Fastest first, per device type. Kept in one place so a benchmark-derived table can replace it.
+# Default order per device type, for calls the benchmark-derived AUTO_TABLE does not cover. On CUDA
+# the Triton kernels come first: they are tested in CI under the interpreter, while the CUDA C++
+# kernels only compile there (no GPU has run them yet).
 AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
-    "cuda": ("cuda", "triton", "eager"),
+    "cuda": ("triton", "cuda", "eager"),
     "cpu": ("cpu", "eager"),
 }
+# ops whose forward arguments say whether they train: op -> index of the `training` argument
+_TRAINING_ARG: dict[str, int] = {}
 AUTO_FALLBACK = ("eager",)
 
 
@@ -76,6 +82,25 @@ def register_impl(op: str, backend: str, impl: BackendImpl) -> None:
     if backend not in BACKENDS or backend == "reference":
         raise ValueError(f"cannot register an implementation for backend {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = impl
+
+
+def register_training_arg(op: str, index: int) -> None:
+    """Declare which forward argument of ``op`` is its ``training`` flag (selects the table phase)."""
+    _TRAINING_ARG[op] = index
+
+
+def auto_order(op: str, device: torch.device, args: tuple) -> tuple[str, ...]:
+    """The backends ``auto`` tries for this call, fastest first."""
+    from ._auto_table import AUTO_TABLE
+
+    x = args[0]
+    layout = "channels_last" if (x.dim() == 4 and not x.is_contiguous()
+                                 and x.is_contiguous(memory_format=torch.channels_last)) else "nchw"
+    index = _TRAINING_ARG.get(op)
+    phase = "any" if index is None else ("train" if args[index] else "eval")
+    default = AUTO_PREFERENCE.get(device.type, AUTO_FALLBACK)
+    measured = AUTO_TABLE.get((device.type, op, layout, phase), ())
+    return tuple(dict.fromkeys(measured + default))
 
 
 def _unavailable_reason(name: str) -> str | None:
@@ -141,7 +166,7 @@ def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendIm
     """Resolve ``name`` (possibly ``"auto"``) to the implementation that runs ``op`` on ``args``."""
     impls = _REGISTRY.get(op, {})
     if name == "auto":
-        order = AUTO_PREFERENCE.get(device.type, AUTO_FALLBACK)
+        order = auto_order(op, device, args)
         for candidate in order:
             impl = impls.get(candidate)
             if impl is None or _unavailable_reason(candidate) is not None:

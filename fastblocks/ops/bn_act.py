@@ -65,6 +65,7 @@ def _autograd_backward(ctx, dy, _dmean, _dvar):
     return tuple(from_slot(g, m) for g, m in zip(grads, mask)) + (None,) * 6
 
 
+_dispatch.register_training_arg(OP, 5)
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 

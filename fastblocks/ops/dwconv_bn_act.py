@@ -92,6 +92,7 @@ def _autograd_backward(ctx, dy, _dmean, _dvar):
     return (dx, dw, dgamma, dbeta, None, None, db) + (None,) * 8
 
 
+_dispatch.register_training_arg(OP, 11)
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 

@@ -1,0 +1,182 @@
+"""Op-level benchmark: each fused op on real layer shapes, three modes, every variant.
+
+Modes: ``eval`` (forward, no grad, running statistics), ``train_fwd`` (forward with autograd
+recording, batch statistics), ``train_fwd_bwd`` (forward + backward to x and every parameter).
+Variants: ``reference`` (plain PyTorch composition, eager), ``compile`` (torch.compile of that same
+reference module) and each available fastblocks backend. Every variant is checked against a
+float64 run of the reference on the same inputs before it is timed; a variant that fails the check
+is reported, not timed.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import fastblocks as fb
+from fastblocks.utils import saved_tensor_bytes
+
+from .cases import OpCase, iter_with_bn, set_backend, set_training, to_float64
+from .timing import copies_to_defeat_l2, time_calls
+
+MODES = ("eval", "train_fwd", "train_fwd_bwd")
+# rel. error bounds (CONVENTIONS numerics table): forward, gradients
+TOLERANCE = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-4),
+             torch.float16: (1e-2, 2e-2), torch.bfloat16: (1e-2, 2e-2)}
+
+
+def minimal_bytes(op: str, mode: str, x_bytes: int, y_bytes: int) -> int:
+    """Bytes a fused implementation must move, counting full-size tensors only ((N, C) vectors
+    and weights are negligible). Statistics need a pass over the input before normalising, so a
+    training forward reads x twice; a backward reads x and dy once for the per-channel reductions
+    and again to write dx (conv output and activation are recomputed, never stored). SE / ECA read
+    x once to pool and once to scale."""
+    two_pass = op in ("dwconv_bn_act", "bn_act")
+    gated = op in ("squeeze_excite", "eca")
+    x_reads = 2 if gated or (two_pass and mode != "eval") else 1
+    fwd = x_reads * x_bytes + y_bytes
+    if mode != "train_fwd_bwd":
+        return fwd
+    dy_bytes, dx_bytes = y_bytes, x_bytes
+    if two_pass:
+        bwd = 2 * x_bytes + 2 * dy_bytes + dx_bytes
+    elif gated or op == "gate_scale":
+        bwd = x_bytes + 2 * dy_bytes + dx_bytes
+    else:  # activation
+        bwd = x_bytes + dy_bytes + dx_bytes
+    return fwd + bwd
+
+
+@dataclass
+class Inputs:
+    x: torch.Tensor
+    dy: Optional[torch.Tensor]
+
+
+def _make_inputs(case: OpCase, module: torch.nn.Module, batch: int, device: str, dtype: torch.dtype,
+                 memory_format, seed: int) -> Inputs:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    c, h, w = case.shape
+    x = torch.randn(batch, c, h, w, generator=g, dtype=torch.float32)
+    x = x.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        set_training(module, False)
+        y = module(x)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    return Inputs(x, dy.contiguous(memory_format=memory_format))
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _run(module, mode: str, inp: Inputs, params: list) -> list[torch.Tensor]:
+    """The op call for ``mode``; returns [y] or [y, dx, *dparams]."""
+    if mode == "eval":
+        with torch.no_grad():
+            return [module(inp.x)]
+    x = inp.x.detach().requires_grad_(True)
+    y = module(x)
+    if mode == "train_fwd":
+        return [y]
+    grads = torch.autograd.grad(y, [x] + params, inp.dy)
+    return [y] + list(grads)
+
+
+def _params(module) -> list:
+    seen, out = set(), []
+    for m in iter_with_bn(module):
+        for p in m.parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def _check(outs: list, refs: list, dtype: torch.dtype) -> Optional[str]:
+    fwd_tol, grad_tol = TOLERANCE[dtype]
+    for i, (a, b) in enumerate(zip(outs, refs)):
+        tol = fwd_tol if i == 0 else grad_tol
+        err = _rel_err(a, b)
+        if not err <= tol:
+            what = "output" if i == 0 else f"gradient {i - 1}"
+            return f"{what} rel. error {err:.2e} > {tol:.0e}"
+    return None
+
+
+class VariantFactory:
+    """Builds the module each variant times; compiled modules are cached per (case, mode)."""
+
+    def __init__(self, backends: list[str], with_compile: bool):
+        self.backends = backends
+        self.with_compile = with_compile
+
+    def names(self) -> list[str]:
+        return ["reference"] + (["compile"] if self.with_compile else []) + self.backends
+
+    @staticmethod
+    def build(name: str, base: torch.nn.Module, training: bool):
+        m = copy.deepcopy(base)
+        set_training(m, training)
+        set_backend(m, "reference" if name in ("reference", "compile") else name)
+        if name == "compile":
+            return m, torch.compile(m, dynamic=False)
+        return m, m
+
+
+def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: torch.dtype, batch: int,
+               memory_format, modes: tuple, quick: bool, copy_bps: Optional[float],
+               on_row: Callable[[dict], None]) -> None:
+    base = case.instantiate(device, dtype)
+    layout = "channels_last" if memory_format == torch.channels_last else "nchw"
+    first = _make_inputs(case, base, batch, device, dtype, memory_format, seed=0)
+    x_bytes = first.x.numel() * first.x.element_size()
+    y_bytes = first.dy.numel() * first.dy.element_size()
+    n_sets = copies_to_defeat_l2(device, x_bytes + y_bytes)
+    inputs = [first] + [_make_inputs(case, base, batch, device, dtype, memory_format, seed=s)
+                        for s in range(1, n_sets)]
+    for mode in modes:
+        training = mode != "eval"
+        ref64, _ = VariantFactory.build("reference", base, training)
+        ref64 = to_float64(ref64)
+        ref_in = Inputs(first.x.double(), first.dy.double())
+        expected = _run(ref64, mode, ref_in, _params(ref64))
+        base_row = dict(op=case.op, label=case.label, model=case.model, path=case.path, shape=list(case.shape),
+                        config=case.config, also_in=[f"{m}:{p}" for m, p in case.also_in], mode=mode,
+                        batch=batch, dtype=str(dtype).replace("torch.", ""), layout=layout,
+                        min_bytes=minimal_bytes(case.op, mode, x_bytes, y_bytes))
+        for name in factory.names():
+            row = dict(base_row, variant=name)
+            try:
+                owner, fn = VariantFactory.build(name, base, training)
+                params = _params(owner)
+                outs = _run(fn, mode, first, params)
+                problem = _check(outs, expected, dtype)
+                if problem is not None:
+                    row.update(status="wrong", error=problem)
+                    on_row(row)
+                    continue
+                if mode == "train_fwd" and name != "compile":
+                    row["saved_bytes"] = saved_tensor_bytes(lambda: fn(first.x.detach().requires_grad_(True)))
+                calls = [(lambda inp=inp: _run(fn, mode, inp, params)) for inp in inputs]
+                t = time_calls(device, calls, quick)
+                row.update(status="ok", **t.as_dict())
+                if device == "cuda":
+                    row["bytes_per_s"] = row["min_bytes"] / t.median
+                    if copy_bps:
+                        row["frac_copy_bw"] = row["bytes_per_s"] / copy_bps
+            except fb.BackendUnavailableError as err:
+                row.update(status="n/a", error=str(err).split(": ")[-1])
+            except Exception as err:  # a variant that crashes is a result to report, not a reason to stop
+                row.update(status="error", error=f"{type(err).__name__}: {err}".splitlines()[0][:300])
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                traceback.print_exc()
+            on_row(row)

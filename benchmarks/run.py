@@ -1,0 +1,178 @@
+"""fastblocks benchmarks: ``python -m benchmarks.run --device {cpu,cuda} [--quick] ...``.
+
+Op level: every fused op on the layer shapes of real models (derived by running them), eval
+forward / train forward / train forward+backward, against the eager reference and torch.compile of
+it. Model level: training-step and inference throughput plus memory of whole models (eager,
+torch.compile, patched, patched + torch.compile). Writes benchmarks/results/<slug>.json and .md
+and PNG plots under benchmarks/results/plots/, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+import torch
+
+import fastblocks as fb
+
+from . import report, targets
+from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, collect_cases
+from .model_bench import MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
+from .op_bench import MODES, VariantFactory, bench_case
+from .timing import copy_bandwidth
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _git_commit() -> str:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c.lower() if c.isalnum() else "-" for c in text)
+    return "-".join(p for p in keep.split("-") if p)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="EfficientNet-B0 layer shapes only, fewer models and repeats (GPU: < 8 min)")
+    p.add_argument("--ops", nargs="*", default=None, choices=OPS, help="ops to benchmark (default: all)")
+    p.add_argument("--op-models", nargs="*", default=None, help=f"models giving the op shapes (default {OP_MODELS})")
+    p.add_argument("--limit", type=int, default=None, help="benchmark only the first N op cases (smoke runs)")
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    p.add_argument("--models", nargs="*", default=None,
+                   help=f"model-level benchmarks (default {MODELS}; quick: fewer); pass none to skip")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS, help="model-level variants")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="op-level dtype (default: GPU bfloat16, CPU float32)")
+    p.add_argument("--batch", type=int, default=None, help="op-level batch (default: GPU 128, CPU 8)")
+    p.add_argument("--model-batch", type=int, default=None, help="model-level batch (default: GPU 256, CPU 8)")
+    p.add_argument("--memory-batches", type=int, nargs="*", default=None, help="batches for the memory-vs-batch plot")
+    p.add_argument("--channels-last", action="store_true", help="channels_last inputs and models")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", default=RESULTS, help="results directory")
+    p.add_argument("--tag", default="", help="extra text for the result file name")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    for name in ("batch", "model_batch", "threads", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    gpu = args.device == "cuda"
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    args.batch = args.batch or (128 if gpu else 8)
+    args.model_batch = args.model_batch or (256 if gpu else 8)
+    if args.op_models is None:
+        args.op_models = list(QUICK_OP_MODELS if args.quick else OP_MODELS)
+    if args.models is None:
+        args.models = list(QUICK_MODELS[args.device] if args.quick else MODELS)
+    if args.models == ["none"]:
+        args.models = []
+    if args.memory_batches is None:
+        args.memory_batches = ([32, 64, 128, 256] if gpu else [2, 4, 8, 16])[:3 if args.quick else 4]
+    return args
+
+
+def environment(args: argparse.Namespace, argv: list[str]) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpu = args.device == "cuda"
+    return dict(
+        device=args.device,
+        device_name=torch.cuda.get_device_name() if gpu else f"{_cpu_name()} ({torch.get_num_threads()} threads)",
+        torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        python=platform.python_version(), threads=torch.get_num_threads(),
+        command="python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv),
+        date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=_git_commit(),
+        backends=fb.available_backends(), op_batch=args.batch, model_batch=args.model_batch,
+        dtype=args.dtype, layout="channels_last" if args.channels_last else "nchw", quick=args.quick,
+        op_models=args.op_models)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tqdm import tqdm
+
+    gpu = args.device == "cuda"
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    result = dict(meta=environment(args, argv), op_rows=[], model_rows=[], memory_rows=[])
+    if gpu:
+        result["meta"]["copy_bandwidth"] = copy_bandwidth("cuda")
+    copy_bps = result["meta"].get("copy_bandwidth", {}).get("bytes_per_s")
+
+    backends = [b for b in fb.available_backends() if b != "reference"]
+    if not gpu:
+        backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
+    factory = VariantFactory(backends, with_compile=not args.no_compile)
+    ops = tuple(args.ops) if args.ops else None
+    if ops != ():
+        cases = collect_cases(tuple(args.op_models), ops, progress=lambda s: tqdm.write(f"benchmarks: {s}"))
+        cases = cases[:args.limit] if args.limit else cases
+        for case in tqdm(cases, desc="op cases", unit="case"):
+            bench_case(case, factory, device=args.device, dtype=DTYPES[args.dtype], batch=args.batch,
+                       memory_format=memory_format, modes=tuple(args.modes), quick=args.quick, copy_bps=copy_bps,
+                       on_row=result["op_rows"].append)
+    for name in tqdm(args.models, desc="models", unit="model"):
+        variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
+        ModelBench(name, args.device, args.model_batch, memory_format, args.quick).run(
+            variants, result["model_rows"].append)
+        if args.memory_batches:
+            memory_vs_batch(name, args.device, tuple(args.memory_batches), memory_format, result["memory_rows"].append)
+        if gpu:
+            torch.cuda.empty_cache()
+
+    report.add_ratios(result)
+    result["targets"] = targets.evaluate(result)
+    name = torch.cuda.get_device_name() if gpu else "cpu-" + _cpu_name()
+    slug = "-".join(p for p in (_slug(name), result["meta"]["date"][:10], "quick" if args.quick else "",
+                                "cl" if args.channels_last else "", _slug(args.tag)) if p)
+    json_path, md_path = report.write(result, args.out, slug)
+    print(report.markdown(result))
+    print(f"wrote {json_path}\nwrote {md_path}")
+    failed = [r for r in result["op_rows"] + result["model_rows"] if r.get("status") in ("wrong", "error")]
+    if failed:
+        print(f"{len(failed)} variant(s) failed their correctness check or crashed (see 'status' in the JSON)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

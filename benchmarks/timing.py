@@ -1,0 +1,130 @@
+"""Timers: CUDA events on GPU, torch.utils.benchmark on CPU; both return median / p10 / p90 seconds.
+
+GPU timing follows /work/.library/device/METHOD.md: warm up, then time every call with its own
+pair of events and take quantiles over many calls. When one input set is smaller than the L2
+cache, callers pass several input sets (``calls``) and they are used in turn, so a kernel does not
+read its inputs from L2 left warm by the previous call.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float  # seconds
+    p10: float
+    p90: float
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {"median_s": self.median, "p10_s": self.p10, "p90_s": self.p90, "samples": self.samples}
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(times: Sequence[float]) -> Timing:
+    return Timing(statistics.median(times), _quantile(times, 0.1), _quantile(times, 0.9), len(times))
+
+
+def time_cpu(calls: Sequence[Callable[[], object]], min_run_time: float) -> Timing:
+    """torch.utils.benchmark's blocked_autorange over ``calls`` used in turn (one per run)."""
+    from torch.utils import benchmark
+
+    state = {"i": 0}
+
+    def run_next() -> None:
+        fn = calls[state["i"] % len(calls)]
+        state["i"] += 1
+        fn()
+
+    run_next()  # warm-up (first-call allocations, lazy init)
+    timer = benchmark.Timer(stmt="run_next()", globals={"run_next": run_next},
+                            num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return summarize(measurement.times)
+
+
+def time_cuda(calls: Sequence[Callable[[], object]], warmup_ms: float = 25.0, rep_ms: float = 100.0,
+              max_reps: int = 1000) -> Timing:
+    """Median / p10 / p90 of per-call CUDA-event times, cycling through ``calls``."""
+    torch.cuda.synchronize()
+    n = len(calls)
+    # Estimate one call's time to size warm-up and repetitions.
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    calls[0]()
+    start.record()
+    for i in range(5):
+        calls[i % n]()
+    end.record()
+    torch.cuda.synchronize()
+    estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
+    for i in range(max(1, int(warmup_ms / estimate_ms))):
+        calls[i % n]()
+    reps = int(min(max_reps, max(10, rep_ms / estimate_ms)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        calls[i % n]()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return summarize([s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)])
+
+
+def time_calls(device: str, calls: Sequence[Callable[[], object]], quick: bool) -> Timing:
+    if device == "cuda":
+        return time_cuda(calls, rep_ms=60.0 if quick else 200.0)
+    return time_cpu(calls, min_run_time=0.3 if quick else 1.0)
+
+
+def l2_bytes(device: str) -> int:
+    """L2 cache size of the current GPU (0 on CPU: the CPU rows reuse one input set)."""
+    if device != "cuda":
+        return 0
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return int(getattr(props, "L2_cache_size", 50 * 2**20))
+
+
+def copies_to_defeat_l2(device: str, bytes_per_set: int, limit: int = 8) -> int:
+    """How many distinct input sets to rotate so that consecutive calls do not hit a warm L2."""
+    l2 = l2_bytes(device)
+    if l2 == 0 or bytes_per_set <= 0:
+        return 1
+    return int(min(limit, max(1, -(-3 * l2 // bytes_per_set))))
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> dict:
+    """Measured device-to-device copy bandwidth (bytes read + written per second)."""
+    if device != "cuda":
+        nbytes = min(nbytes, 256 << 20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_calls(device, [lambda: dst.copy_(src)], quick=False)
+    return {"bytes": 2 * nbytes, "median_s": t.median, "bytes_per_s": 2 * nbytes / t.median}
+
+
+def time_repeats(device: str, fn: Callable[[], object], repeats: int, warmup: int = 2) -> Timing:
+    """``repeats`` timed calls of a long-running ``fn`` (a model step): CUDA events on GPU,
+    torch.utils.benchmark (one call per measurement) on CPU."""
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        return time_cuda([fn], warmup_ms=0.0, rep_ms=0.0, max_reps=repeats) if repeats else summarize([0.0])
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return summarize([timer.timeit(1).median for _ in range(repeats)])

@@ -1,0 +1,142 @@
+"""The benchmark harness (not timings: those live in benchmarks/results/): shapes come from the
+models, byte counts, the correctness gate before timing, ratios, targets, the auto table and the
+dispatch that reads it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fastblocks as fb
+from fastblocks import _dispatch
+from benchmarks import auto_table, report, targets
+from benchmarks.cases import collect_cases
+from benchmarks.op_bench import VariantFactory, _check, bench_case, minimal_bytes
+from benchmarks.run import main, parse_args
+
+
+@pytest.fixture(scope="module")
+def effnet_cases():
+    return collect_cases(("efficientnet_b0",))
+
+
+def test_cases_are_the_models_layers(effnet_cases):
+    dw = [c for c in effnet_cases if c.op == "dwconv_bn_act"]
+    # timm efficientnet_b0 has 16 depthwise layers; identical (config, shape) pairs are merged.
+    assert sum(1 + len(c.also_in) for c in dw) == 16
+    assert {c.shape for c in dw} >= {(32, 112, 112), (1152, 7, 7)}
+    assert any("k5 s2" in c.config for c in dw)
+    se = [c for c in effnet_cases if c.op == "squeeze_excite"]
+    assert sum(1 + len(c.also_in) for c in se) == 16
+    assert any(c.op == "activation" and c.config == "silu" for c in effnet_cases)
+    assert len({(c.op, c.config, c.shape) for c in effnet_cases}) == len(effnet_cases)
+
+
+def test_minimal_bytes():
+    x, y = 100, 25  # stride-2 dwconv: y is a quarter of x
+    assert minimal_bytes("dwconv_bn_act", "eval", x, y) == x + y
+    assert minimal_bytes("dwconv_bn_act", "train_fwd", x, y) == 2 * x + y
+    assert minimal_bytes("dwconv_bn_act", "train_fwd_bwd", x, y) == (2 * x + y) + (2 * x + 2 * y + x)
+    assert minimal_bytes("squeeze_excite", "eval", x, x) == 3 * x
+    assert minimal_bytes("activation", "train_fwd_bwd", x, x) == 2 * x + 3 * x
+
+
+def test_correctness_gate_rejects_wrong_results():
+    ref = [torch.ones(10, dtype=torch.float64)]
+    assert _check([torch.ones(10)], ref, torch.float32) is None
+    assert "rel. error" in _check([torch.ones(10) * 1.001], ref, torch.float32)
+    assert "rel. error" in _check([torch.full((10,), float("nan"))], ref, torch.float32)
+    grads = [torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+    assert "gradient 0" in _check([torch.ones(3), torch.ones(3) * 1.01], grads, torch.float32)
+
+
+def test_bench_case_rows(effnet_cases):
+    case = next(c for c in effnet_cases if c.op == "dwconv_bn_act" and c.shape[0] == 1152 and "k3" in c.config)
+    rows = []
+    factory = VariantFactory(["eager"] + (["cpu"] if "cpu" in fb.available_backends() else []), with_compile=False)
+    bench_case(case, factory, device="cpu", dtype=torch.float32, batch=2, memory_format=torch.channels_last,
+               modes=("eval", "train_fwd"), quick=True, copy_bps=None, on_row=rows.append)
+    assert {(r["mode"], r["variant"]) for r in rows} == {(m, v) for m in ("eval", "train_fwd") for v in factory.names()}
+    assert all(r["status"] == "ok" and r["median_s"] > 0 and r["p10_s"] <= r["p90_s"] for r in rows)
+    saved = {r["variant"]: r["saved_bytes"] for r in rows if r["mode"] == "train_fwd"}
+    assert saved["eager"] < saved["reference"]
+
+
+def _row(label, mode, variant, median, op="dwconv_bn_act", layout="nchw"):
+    return dict(op=op, label=label, mode=mode, variant=variant, median_s=median, status="ok", layout=layout)
+
+
+def test_ratios_targets_and_auto_table(tmp_path):
+    rows = [_row("a", "eval", "reference", 2.0), _row("a", "eval", "eager", 1.0), _row("a", "eval", "cpu", 4.0),
+            _row("b", "eval", "reference", 2.0), _row("b", "eval", "eager", 1.0), _row("b", "eval", "cpu", 0.5),
+            _row("a", "train_fwd_bwd", "reference", 1.0), _row("a", "train_fwd_bwd", "cpu", 0.5),
+            _row("a", "train_fwd_bwd", "eager", 2.0),
+            _row("s", "eval", "reference", 1.0, op="squeeze_excite"),
+            _row("s", "eval", "eager", 0.5, op="squeeze_excite"),
+            _row("s", "train_fwd_bwd", "reference", 1.0, op="squeeze_excite"),
+            _row("s", "train_fwd_bwd", "cpu", 0.9, op="squeeze_excite")]
+    meta = dict(device="cpu", op_batch=8, dtype="float32", layout="nchw", date="2026-11-23T00:00:00",
+                device_name="test cpu", command="x", git_commit="x", torch="x", triton=None, cuda=None,
+                threads=2, python="3")
+    result = dict(meta=meta, op_rows=rows, model_rows=[], memory_rows=[])
+    report.add_ratios(result)
+    assert rows[1]["speedup_vs_reference"] == pytest.approx(2.0)
+    assert rows[2]["speedup_vs_reference"] == pytest.approx(0.5)
+    result["targets"] = targets.evaluate(result)
+    dw = next(t for t in result["targets"] if "dwconv_bn_act eval" in t["target"])
+    assert not dw["met"] and "cpu: geomean 1.41x, worst layer 0.50x" in dw["measured"]
+    assert "geomean" in report.markdown(result)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    table, _ = auto_table.table_from([str(path)])
+    # eval: eager geomean 2.0x beats cpu sqrt(0.5 * 4) = 1.41x; train: cpu 2x beats eager 0.5x
+    assert table[("cpu", "dwconv_bn_act", "nchw", "eval")] == ("eager", "cpu")
+    assert table[("cpu", "dwconv_bn_act", "nchw", "train")] == ("cpu", "eager")
+    assert table[("cpu", "squeeze_excite", "nchw", "any")] == ("eager", "cpu")
+    rendered = auto_table.render(*auto_table.table_from([str(path)]))
+    namespace: dict = {}
+    exec(rendered, namespace)
+    assert namespace["AUTO_TABLE"] == table
+
+
+def test_auto_order_reads_the_table(monkeypatch):
+    from fastblocks import _auto_table
+
+    monkeypatch.setattr(_auto_table, "AUTO_TABLE", {("cpu", "dwconv_bn_act", "nchw", "eval"): ("eager", "cpu"),
+                                                    ("cpu", "activation", "channels_last", "any"): ("eager",)})
+    x = torch.randn(2, 3, 4, 4)
+    args = (x,) + (None,) * 10 + (False,)
+    assert _dispatch.auto_order("dwconv_bn_act", x.device, args) == ("eager", "cpu")
+    train = args[:11] + (True,)
+    assert _dispatch.auto_order("dwconv_bn_act", x.device, train) == _dispatch.AUTO_PREFERENCE["cpu"]
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert _dispatch.auto_order("activation", x.device, (cl, "silu"))[0] == "eager"
+    assert _dispatch.auto_order("activation", x.device, (x, "silu")) == _dispatch.AUTO_PREFERENCE["cpu"]
+    # the resolved implementation follows the order
+    impl = _dispatch.impl_for("activation", "auto", x.device, (cl, "silu"))
+    assert impl is _dispatch._REGISTRY["activation"]["eager"]
+
+
+def test_run_writes_results(tmp_path, capsys):
+    rc = main(["--device", "cpu", "--quick", "--ops", "activation", "--modes", "eval", "--models", "none",
+               "--no-compile", "--batch", "1", "--limit", "2", "--memory-batches", "--out", str(tmp_path), "--tag", "test"])
+    assert rc == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    json_file = next(tmp_path.glob("*.json"))
+    result = json.loads(json_file.read_text())
+    assert result["meta"]["command"].startswith("python -m benchmarks.run --device cpu")
+    assert result["meta"]["torch"] == torch.__version__
+    assert {r["variant"] for r in result["op_rows"]} >= {"reference", "eager"}
+    assert all(r["status"] == "ok" for r in result["op_rows"])
+    assert any(f.endswith(".md") for f in files)
+    assert "## Op level" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [(["--batch", "0"], "--batch must be a positive integer"),
+                                           (["--ops", "conv"], "invalid choice")])
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cpu"] + argv)
+    assert message in capsys.readouterr().err
