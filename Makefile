@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fastblocks-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv install build demo test bench clean
+.PHONY: venv install build demo test bench auto-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,14 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
 	exit $$rc
 
-# The benchmark harness (benchmarks/run.py) is issue 7 and does not exist yet: fail clearly.
+# CPU benchmark on record (2 threads, channels_last: the targets' setup); writes benchmarks/results/.
+BENCH_ARGS ?= --device cpu --quick --channels-last --threads 2
 bench: $(STAMP)
-	@if [ -f benchmarks/run.py ]; then $(BIN)/python -m benchmarks.run --device cpu --quick; \
-	else echo "make bench: benchmarks/run.py is not written yet (issue 7)" >&2; exit 1; fi
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Regenerate fastblocks/_auto_table.py (backend="auto" preferences) from benchmarks/results/*.json.
+auto-table: $(STAMP)
+	$(BIN)/python -m benchmarks.auto_table
 
 clean:
 	rm -rf build *.egg-info fastblocks/_C*.so

@@ -28,6 +28,8 @@ from .op_bench import MODES, VariantFactory, bench_case
 from .timing import copy_bandwidth
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --quick: the ops the targets name (torch.compile of every case dominates the run time)
+QUICK_OPS = ("dwconv_bn_act", "squeeze_excite", "activation")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -64,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="EfficientNet-B0 layer shapes only, fewer models and repeats (GPU: < 8 min)")
-    p.add_argument("--ops", nargs="*", default=None, choices=OPS, help="ops to benchmark (default: all)")
+    p.add_argument("--ops", nargs="*", default=None, choices=OPS + ("none",),
+                   help=f"ops to benchmark (default: all; quick: {QUICK_OPS}; none skips the op level)")
     p.add_argument("--op-models", nargs="*", default=None, help=f"models giving the op shapes (default {OP_MODELS})")
     p.add_argument("--limit", type=int, default=None, help="benchmark only the first N op cases (smoke runs)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
@@ -93,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model_batch = args.model_batch or (256 if gpu else 8)
     if args.op_models is None:
         args.op_models = list(QUICK_OP_MODELS if args.quick else OP_MODELS)
+    if args.ops is None and args.quick:
+        args.ops = list(QUICK_OPS)
     if args.models is None:
         args.models = list(QUICK_MODELS[args.device] if args.quick else MODELS)
     if args.models == ["none"]:
@@ -141,7 +146,7 @@ def main(argv=None) -> int:
     if not gpu:
         backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
     factory = VariantFactory(backends, with_compile=not args.no_compile)
-    ops = tuple(args.ops) if args.ops else None
+    ops = None if args.ops is None else tuple(o for o in args.ops if o != "none")
     if ops != ():
         cases = collect_cases(tuple(args.op_models), ops, progress=lambda s: tqdm.write(f"benchmarks: {s}"))
         cases = cases[:args.limit] if args.limit else cases
