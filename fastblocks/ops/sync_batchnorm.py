@@ -18,7 +18,8 @@ Forward (training), per layer:
 
 Saved for backward: x (+ conv weight / bias), the BN affine params, the global mean / var and the
 global count - nothing full-size besides x. Backward recomputes z and BN(z), forms
-du = dy * act'(BN(z)), reduces sum(du) and sum(du * x_hat) locally, **one** ``all_reduce`` of both,
+du = dy * act'(BN(z)), reduces sum(du) and sum(du * x_hat) locally (float64 accumulation),
+**one** ``all_reduce`` of both (float64, 2C values),
 then dz = gamma * invstd * (du - S(du)/N - x_hat * S(du x_hat)/N) (SyncBatchNorm's formula), and dx,
 dW, db through the depthwise conv (ATen ``convolution_backward``). dgamma / dbeta are the *local*
 sums, as in SyncBatchNorm: DDP averages parameter gradients itself, so every gradient equals
@@ -193,18 +194,19 @@ def _backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], bn_weight: Opt
     u = xhat if gamma is None and beta is None else torch.batch_norm(za, gamma, beta, m, v, False, 0.0, eps, False)
     du = act_backward(act, u, dy.to(za.dtype))
     del u
-    sums = torch.cat([du.sum(_DIMS), (du * xhat).sum(_DIMS)])
+    # Per-channel sums accumulated in float64 (as ATen's CPU BN kernels do), one all_reduce.
+    sums = torch.cat([du.sum(_DIMS, dtype=torch.float64), (du * xhat).sum(_DIMS, dtype=torch.float64)])
     c = za.shape[1]
-    dgamma = sums[c:].clone() if need_gamma else None
-    dbeta = sums[:c].clone() if need_beta else None
+    dgamma = sums[c:].to(za.dtype, copy=True) if need_gamma else None
+    dbeta = sums[:c].to(za.dtype, copy=True) if need_beta else None
     dz = None
     if need_x or need_w or need_b:
         _all_reduce(sums, group)  # same condition on every rank: the masks agree across ranks
-        n = count.to(za.dtype)
+        mean_du, mean_du_xhat = (sums / count).to(za.dtype).split(c)
         k = torch.rsqrt(v + eps)
         if gamma is not None:
             k = k * gamma
-        dz = torch.addcmul(du - _view(sums[:c] / n), xhat, _view(-sums[c:] / n)).mul_(_view(k))
+        dz = torch.addcmul(du - _view(mean_du), xhat, _view(-mean_du_xhat)).mul_(_view(k))
     del du, xhat, za
     dx = dw = db = None
     if dz is not None:
