@@ -23,8 +23,7 @@ from torch import nn
 
 import fastblocks as fb
 import _dist_worker as W
-from utils import assert_close_to_reference, check_patch_equivalence, compare_with_reference, dwconv_call, \
-    dwconv_inputs, randn, rel_err
+from utils import check_patch_equivalence, compare_with_reference, dwconv_call, dwconv_inputs, randn, rel_err
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
