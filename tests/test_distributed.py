@@ -303,3 +303,41 @@ def test_group_name_resolution_helpers():
     from fastblocks.ops import sync_batchnorm as sb
     assert sb.group_name(None) == "" and sb.resolve_group("") is None and not sb.need_sync()
     assert hasattr(torch.distributed.distributed_c10d, "_resolve_process_group")
+
+
+def _timm_rexnet():
+    import timm
+    from timm.layers import convert_sync_batchnorm
+    torch.manual_seed(0)
+    return convert_sync_batchnorm(timm.create_model("rexnet_100", num_classes=5))  # SE with a BN inside
+
+
+def _effnet_pytorch():
+    ep = pytest.importorskip("efficientnet_pytorch")
+    torch.manual_seed(0)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(ep.EfficientNet.from_name("efficientnet-b0", num_classes=5))
+
+
+def _tv_effnet():
+    import torchvision
+    torch.manual_seed(0)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(torchvision.models.efficientnet_b0(num_classes=5))
+
+
+@pytest.mark.parametrize("build", [_timm_rexnet, _effnet_pytorch, _tv_effnet])
+def test_patch_leaves_no_syncbatchnorm_in_any_family(build):
+    """Every SyncBatchNorm is replaced (DDP refuses CPU models containing one); without a process
+    group the patched model equals the unpatched one (SyncBN then runs as BN)."""
+    model = build().double()
+    patched = copy.deepcopy(model)
+    report = fb.patch(patched)
+    assert [n for n, m in patched.named_modules() if isinstance(m, nn.SyncBatchNorm)] == [], str(report)
+    assert list(patched.state_dict()) == list(model.state_dict())
+    x = randn(3, 3, 64, 64, seed=5)
+    torch.manual_seed(1)
+    expected = model.train()(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(patched.train()(x), expected, rtol=1e-9, atol=1e-10)
+    fb.unpatch(patched)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in patched.modules()) == \
+        sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
