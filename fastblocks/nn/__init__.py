@@ -2,8 +2,8 @@
 
 from .activation import HardSwish, MemoryEfficientAct, SiLU
 from .attention import EfficientChannelAttention, SqueezeExcite, SqueezeExciteWithNorm
-from .batchnorm import AbsorbedBatchNorm2d, BatchNormAct2d
+from .batchnorm import AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, SyncBatchNormAct2d
 from .dwconv import DWConvBNAct
 
-__all__ = ["DWConvBNAct", "BatchNormAct2d", "AbsorbedBatchNorm2d", "SqueezeExcite", "SqueezeExciteWithNorm",
+__all__ = ["DWConvBNAct", "BatchNormAct2d", "AbsorbedBatchNorm2d", "SyncBatchNormAct2d", "AbsorbedSyncBatchNorm2d", "SqueezeExcite", "SqueezeExciteWithNorm",
            "EfficientChannelAttention", "MemoryEfficientAct", "SiLU", "HardSwish"]

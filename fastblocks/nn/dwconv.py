@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
 from ._common import autocast_input, bn_arguments
 
@@ -54,6 +55,13 @@ class DWConvBNAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.batchnorm
         x, weight, bias = autocast_input(x, self.weight, self.bias)
+        if bn.training and getattr(bn, "synchronised", False) and need_sync(bn.process_group):
+            # SyncBatchNorm absorbed: statistics all-reduced over its process group.
+            args = bn_arguments(bn, True)
+            return ops.sync_dwconv_bn_act(x, weight, args["bn_weight"], args["bn_bias"], args["running_mean"],
+                                          args["running_var"], conv_bias=bias, stride=self.stride,
+                                          padding=self.padding, momentum=args["momentum"], eps=args["eps"],
+                                          act=self.act, process_group=bn.process_group, backend=self.backend)
         return ops.dwconv_bn_act(x, weight, conv_bias=bias, stride=self.stride, padding=self.padding,
                                  act=self.act, backend=self.backend, **bn_arguments(bn, bn.training))
 

@@ -96,28 +96,11 @@ _dispatch.register_training_arg(OP, 11)
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-                  running_mean: Optional[Tensor], running_var: Optional[Tensor], *,
-                  conv_bias: Optional[Tensor] = None, stride: int = 1,
-                  padding: Union[str, int] = "same", dilation: int = 1, training: bool = False,
-                  momentum: float = 0.1, eps: float = 1e-5, act: str = "silu",
-                  backend: Optional[str] = None) -> Tensor:
-    """Depthwise k x k conv -> BatchNorm -> activation.
-
-    Shapes: x (N, C, H, W); weight (C, 1, k, k), k odd; conv_bias, bn_weight, bn_bias,
-    running_mean, running_var (C,) or None. dtypes: float16 / bfloat16 / float32 / float64; the
-    conv weight and bias have x's dtype, BN tensors x's dtype or float32 (statistics are always
-    accumulated in float32, float64 for float64 inputs).
-
-    padding: "same" (k//2 per side), "tf_same" (TensorFlow dynamic SAME, asymmetric) or an int.
-    training=True normalises with batch statistics and updates running_* in place like
-    F.batch_norm (unbiased variance); training=False uses running_* (required then).
-    act: "silu", "relu", "relu6", "hardswish" or "identity".
-
-    Returns y (N, C, H_out, W_out) in x's dtype and memory format. Saved for backward (non-reference
-    backends): x, weight, the BN affine params, conv_bias and the per-channel mean / variance; the
-    conv output and activation are recomputed in backward.
-    """
+def check_call(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias, stride, padding,
+               dilation, training, momentum, eps, act, check_count: bool = True) -> tuple:
+    """Validate a :func:`dwconv_bn_act` call (also used by the synchronised variant, which checks
+    the global count itself: ``check_count=False``); returns
+    (stride, padding_mode, pad, dilation, training, momentum, eps, act, count per channel)."""
     check_input(x, "x")
     c = x.shape[1]
     check_tensor(weight, "weight", x, None, same_dtype=True)
@@ -145,8 +128,36 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bia
         raise ValueError(f"x of spatial size {tuple(x.shape[2:])} is too small for a {k}x{k} kernel "
                          f"with padding {padding!r}")
     count = x.shape[0] * ho * wo
-    if training:
+    if training and check_count:
         check_batch_count(count)
+    return stride, padding_mode, pad, dilation, training, momentum, eps, act, count
+
+
+def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor], *,
+                  conv_bias: Optional[Tensor] = None, stride: int = 1,
+                  padding: Union[str, int] = "same", dilation: int = 1, training: bool = False,
+                  momentum: float = 0.1, eps: float = 1e-5, act: str = "silu",
+                  backend: Optional[str] = None) -> Tensor:
+    """Depthwise k x k conv -> BatchNorm -> activation.
+
+    Shapes: x (N, C, H, W); weight (C, 1, k, k), k odd; conv_bias, bn_weight, bn_bias,
+    running_mean, running_var (C,) or None. dtypes: float16 / bfloat16 / float32 / float64; the
+    conv weight and bias have x's dtype, BN tensors x's dtype or float32 (statistics are always
+    accumulated in float32, float64 for float64 inputs).
+
+    padding: "same" (k//2 per side), "tf_same" (TensorFlow dynamic SAME, asymmetric) or an int.
+    training=True normalises with batch statistics and updates running_* in place like
+    F.batch_norm (unbiased variance); training=False uses running_* (required then).
+    act: "silu", "relu", "relu6", "hardswish" or "identity".
+
+    Returns y (N, C, H_out, W_out) in x's dtype and memory format. Saved for backward (non-reference
+    backends): x, weight, the BN affine params, conv_bias and the per-channel mean / variance; the
+    conv output and activation are recomputed in backward.
+    """
+    stride, padding_mode, pad, dilation, training, momentum, eps, act, count = check_call(
+        x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias, stride, padding, dilation,
+        training, momentum, eps, act)
 
     name = _dispatch.requested(backend)
     if name == "reference":

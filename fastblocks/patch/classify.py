@@ -43,6 +43,14 @@ _GATES = {
 STANDALONE_GAIN = {"silu", "hardswish"}
 
 BATCHNORMS = ("torch.nn.modules.batchnorm.BatchNorm2d", "timm.layers.norm_act.BatchNormAct2d")
+# Synchronised BNs (nn.SyncBatchNorm.convert_sync_batchnorm / timm's convert_sync_batchnorm): fused into
+# synchronising modules (fastblocks.ops.sync_batchnorm), lone ones too.
+SYNC_BATCHNORMS = ("torch.nn.modules.batchnorm.SyncBatchNorm", "timm.layers.norm_act.SyncBatchNormAct")
+_WITH_ACT = ("timm.layers.norm_act.BatchNormAct2d", "timm.layers.norm_act.SyncBatchNormAct")
+
+
+def is_sync_batchnorm(bn: nn.Module) -> bool:
+    return qualname(bn) in SYNC_BATCHNORMS
 
 
 def act_name(module: Optional[nn.Module]) -> Optional[str]:
@@ -61,18 +69,20 @@ def gate_name(module: nn.Module) -> Optional[str]:
     return None if has_hooks(module) else _GATES.get(qualname(module))
 
 
-def batchnorm_problem(bn: nn.Module) -> Optional[str]:
-    """None when ``bn`` is a BatchNorm2d (or timm BatchNormAct2d) fastblocks reproduces exactly."""
+def batchnorm_problem(bn: nn.Module, sync_ok: bool = False) -> Optional[str]:
+    """None when ``bn`` is a BatchNorm2d (or timm BatchNormAct2d) fastblocks reproduces exactly;
+    with ``sync_ok`` (rules building synchronising modules) also nn.SyncBatchNorm / timm
+    SyncBatchNormAct."""
     key = qualname(bn)
-    if key == "torch.nn.modules.batchnorm.SyncBatchNorm":
-        return "SyncBatchNorm: cross-process statistics are not fused yet"
+    if key in SYNC_BATCHNORMS and not sync_ok:
+        return "SyncBatchNorm inside a block fused as a whole: its BatchNorms are fused one by one instead"
     if "Frozen" in type(bn).__name__:
         return f"frozen BatchNorm ({type(bn).__name__}) is left as is"
-    if key not in BATCHNORMS:
+    if key not in BATCHNORMS + SYNC_BATCHNORMS:
         return f"{type(bn).__name__} is not a plain BatchNorm2d (subclass or custom norm)"
     if has_hooks(bn):
         return "module has hooks"
-    if key == "timm.layers.norm_act.BatchNormAct2d":
+    if key in _WITH_ACT:
         drop = getattr(bn, "drop", None)
         if drop is not None and act_name(drop) != "identity":
             return "BatchNormAct2d with dropout"
@@ -83,7 +93,7 @@ def batchnorm_problem(bn: nn.Module) -> Optional[str]:
 
 def bn_act_of(bn: nn.Module) -> str:
     """The activation a BatchNorm module applies itself (timm BatchNormAct2d), else identity."""
-    if qualname(bn) == "timm.layers.norm_act.BatchNormAct2d":
+    if qualname(bn) in _WITH_ACT:
         return act_name(getattr(bn, "act", None)) or "identity"
     return "identity"
 

@@ -84,7 +84,9 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     same-named subclass whose forward enables recompute-on-load between fused ops (so a patched
     model pickles by state_dict, not as a whole object). ``backend`` is stored on the fused
     modules (``"auto"`` resolves per call). ``fuse_lone_bn=True`` also replaces BatchNorms with no
-    activation after them (no memory gain; useful for synchronised BN).
+    activation after them (no memory gain). nn.SyncBatchNorm / timm SyncBatchNormAct are always
+    replaced, lone ones too, by modules that synchronise statistics themselves
+    (:mod:`fastblocks.ops.sync_batchnorm`), so the patched model runs under DDP on any device.
     """
     from .rules import RULES
 

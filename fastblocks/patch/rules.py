@@ -11,11 +11,12 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..nn import (AbsorbedBatchNorm2d, BatchNormAct2d, DWConvBNAct, EfficientChannelAttention,
-                  MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm)
+from ..nn import (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, DWConvBNAct,
+                  EfficientChannelAttention, MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm,
+                  SyncBatchNormAct2d)
 from ..nn._common import has_hooks
 from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding,
-                       depthwise_problem, gate_name, qualname)
+                       depthwise_problem, gate_name, is_sync_batchnorm, qualname)
 from .effnet_block import fused_class
 from .patcher import Patcher, join, parent_path
 
@@ -42,7 +43,7 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
             reason = "MixedConv2d splits channels over kernel sizes; per-group fusion is not implemented"
         p.skip(conv_path, conv, reason)
         return False
-    reason = batchnorm_problem(bn)
+    reason = batchnorm_problem(bn, sync_ok=True)
     if reason is not None:
         p.skip(join(path, bn_name), bn, reason)
         return False
@@ -52,13 +53,15 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
         if act != "identity":
             return False
         act = act_name(act_module)
-    holder = AbsorbedBatchNorm2d.from_batchnorm(bn)
+    sync = is_sync_batchnorm(bn)
+    holder = (AbsorbedSyncBatchNorm2d if sync else AbsorbedBatchNorm2d).from_batchnorm(bn)
     fused = DWConvBNAct(conv.weight, conv.bias, holder, conv.stride[0], conv_padding(conv), act,
                         backend=p.backend)
     fused.train(conv.training)
     p.replace(parent, conv_name, fused)
     p.replace(parent, bn_name, holder)
-    detail = f"+ {bn_name}" + (f" + {act_module_name}" if act_module is not None else "") + f" (act={act})"
+    detail = f"+ {bn_name}" + (f" + {act_module_name}" if act_module is not None else "") + f" (act={act}"
+    detail += ", synchronised)" if sync else ")"
     if act_module is not None:
         p.replace(parent, act_module_name, nn.Identity())
     p.record(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", "DWConvBNAct", detail)
@@ -67,7 +70,7 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
 
 def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_name: Optional[str] = None) -> bool:
     bn = parent._modules[bn_name]
-    reason = batchnorm_problem(bn)
+    reason = batchnorm_problem(bn, sync_ok=True)
     if reason is not None:
         p.skip(join(path, bn_name), bn, reason)
         return False
@@ -75,14 +78,17 @@ def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_n
     act_module = parent._modules.get(act_module_name) if act_module_name else None
     if act_module is not None:
         act = act_name(act_module)
-    if act == "identity" and not p.fuse_lone_bn:
+    # A SyncBatchNorm is always replaced (lone ones too): DDP refuses CPU models containing one.
+    sync = is_sync_batchnorm(bn)
+    if act == "identity" and not p.fuse_lone_bn and not sync:
         p.skip(join(path, bn_name), bn, "no activation follows: nothing to save (fuse_lone_bn=True fuses it)")
         return False
-    p.replace(parent, bn_name, BatchNormAct2d.from_batchnorm(bn, act, backend=p.backend))
+    cls = SyncBatchNormAct2d if sync else BatchNormAct2d
+    p.replace(parent, bn_name, cls.from_batchnorm(bn, act, backend=p.backend))
     if act_module is not None:
         p.replace(parent, act_module_name, nn.Identity())
     detail = (f"+ {act_module_name} " if act_module is not None else "") + f"(act={act})"
-    p.record(join(path, bn_name), type(bn).__name__, "BatchNormAct2d", detail)
+    p.record(join(path, bn_name), type(bn).__name__, cls.__name__, detail)
     return True
 
 
@@ -222,6 +228,11 @@ def squeeze_excite_leaf(p, path, module, parent, name):
         return True
     reduce, expand = (module._modules[n] for n in names)
     if key == "timm.layers.squeeze_excite.SEModule" and act_name(module.bn) != "identity":
+        if is_sync_batchnorm(module.bn):
+            if batchnorm_problem(module.bn, sync_ok=True) is not None or bn_act_of(module.bn) != "identity":
+                p.skip(path, module, "SE with an unsupported SyncBatchNorm inside")
+                return True
+            p.replace(module, "bn", SyncBatchNormAct2d.from_batchnorm(module.bn, "identity", backend=p.backend))
         new = SqueezeExciteWithNorm(reduce, module.bn, module.act, expand, gate, backend=p.backend)
         p.replace(parent, name, new)
         p.claim(module.bn, module.act)
@@ -277,7 +288,8 @@ RULES = [
          timm_dw_blocks),
     Rule("sequential", "torchvision / zoo / generic",
          "Sequential or Conv2dNormActivation: depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
-    Rule("batchnorm", "generic", "BatchNorm2d / timm BatchNormAct2d (act inside)", batchnorm_leaf),
+    Rule("batchnorm", "generic", "BatchNorm2d / timm BatchNormAct2d (act inside); SyncBatchNorm / timm "
+         "SyncBatchNormAct (always, lone ones too)", batchnorm_leaf),
     Rule("squeeze_excite", "timm / torchvision / zoo",
          "timm SqueezeExcite, timm SEModule (+BN: ReXNet), torchvision SqueezeExcitation, zoo SqueezeExcite",
          squeeze_excite_leaf),
