@@ -242,7 +242,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   at::Tensor dx, dw, dgamma, dbeta, dcb, none;
   if (!need_dx && !need_dw && !need_bn) return {dx, dw, dgamma, dbeta, dcb};
   at::Tensor dz;  // dL/d(conv output), channels-last, acc dtype; only while this call runs
-  if (need_dx || need_dw) dz = at::empty({M * C}, x.options().dtype(acc));
+  if (need_dx || need_dw) {
+    dz = at::empty({M * C}, x.options().dtype(acc));
+    maybe_poison(dz);
+  }
   if (training) {
     const at::Tensor sums = bn_backward_pass(g, x, wt, dy, zinit, invstd, gamma, beta, none, none, none, act,
                                              /*reduce=*/true, none);
