@@ -46,15 +46,18 @@ def extensions():
     if not cpu_kernels and not cu:
         return [], {}
     try:
+        import torch
         from torch.utils import cpp_extension
     except ImportError:
         print("fastblocks: torch not importable at build time; skipping the extension", file=sys.stderr)
         return [], {}
     want_cuda = os.environ.get("FASTBLOCKS_BUILD_CUDA", "auto").strip().lower()
-    has_cuda = cpp_extension.CUDA_HOME is not None and os.path.exists(
-        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    # nvcc, and a torch built with CUDA (a CPU-only torch wheel has no CUDA libraries to link).
+    has_cuda = (cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+                and os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")))
     if want_cuda in ("1", "true", "yes", "on") and not has_cuda:
-        raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found")
+        raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found, "
+                           "or torch was built without CUDA")
     use_cuda = bool(cu) and has_cuda and want_cuda not in ("0", "false", "no", "off")
     if not cpu_kernels and not use_cuda:
         return [], {}

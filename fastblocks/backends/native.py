@@ -60,8 +60,9 @@ def _load() -> tuple[Optional[object], Optional[str]]:
 _ops, _LOAD_REASON = _load()
 
 
+@functools.lru_cache(maxsize=None)
 def has_kernels(device_type: str) -> bool:
-    """Whether the loaded extension registered every kernel op for ``device_type``."""
+    """Whether the loaded extension registered every kernel op for ``device_type`` (fixed once loaded)."""
     if _ops is None:
         return False
     key = _DISPATCH_KEY[device_type]
@@ -103,8 +104,6 @@ def _activation_backward(dy, x, act):
     return _ops.act_backward(dy, x, act)
 
 
-
-
 # ---------------------------------------------------------------------------------- bn_act
 def _bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act):
     return tuple(_ops.bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act))
@@ -112,8 +111,6 @@ def _bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, 
 
 def _bn_act_backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act, mask):
     return tuple(_ops.bn_act_backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act, list(mask)))
-
-
 
 
 # ---------------------------------------------------------------------------------- dwconv_bn_act
@@ -159,8 +156,6 @@ def _gate_scale_backward(dy, x, logits, gate, mask):
     la, g = _gate(gate, logits, x)
     dx, s = _ops.channel_scale_backward(dy, x, g, bool(mask[0]))
     return dx, gate_backward(gate, la, s)
-
-
 
 
 def _se_forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
