@@ -156,8 +156,14 @@ __device__ __forceinline__ void accumulate_z(const PassGeo& g, const scalar_t* _
   if (g.K == 0) {
     acc_t xv[V];
     load_pack<V>(x + out_offset(g, p, c0), xv);
+    if (w != nullptr) {
+      acc_t wv[V];
+      load_pack<V>(w + c0, wv);  // w is in every pass's alignment check
 #pragma unroll
-    for (int v = 0; v < V; ++v) z[v] += w != nullptr ? xv[v] * w[c0 + v] : xv[v];
+      for (int v = 0; v < V; ++v) xv[v] *= wv[v];
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) z[v] += xv[v];
     return;
   }
   // Pixel coordinates fit in int32 (the host checks N * H * W < 2^31); element offsets are int64.

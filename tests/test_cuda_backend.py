@@ -167,7 +167,9 @@ def test_dwconv_acts_k7_stride2(cuda_backend, act, dtype, cl):
 
 
 @gpu
-@pytest.mark.parametrize("c", [19, 20, 36])  # no vectors (odd C), 4-wide only (fp32), 8-wide (bf16 / fp16)
+# C = 19: scalar path for every dtype; 20: 16-byte vectors for fp32 (4) / fp64 (2), scalar for bf16;
+# 40: 16-byte vectors for every dtype (8 bf16 lanes).
+@pytest.mark.parametrize("c", [19, 20, 40])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_dwconv_channel_vector_widths(cuda_backend, c, dtype):
     for training in (True, False):
