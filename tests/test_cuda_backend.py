@@ -96,7 +96,8 @@ def test_cuda_supports_declines_other_devices_and_configs():
     args = (x, torch.empty(4, 1, 3, 3, device="meta"), None, None, None, None, None, 1, "same", 0, 1, True, 1e-5,
             "silu")
     assert "CUDA tensors" in supports["dwconv_bn_act"](*args)
-    assert _dispatch._REGISTRY["dwconv_bn_act"]["cuda"].supports is not _dispatch._REGISTRY["dwconv_bn_act"]["cpu"].supports
+    assert _dispatch._REGISTRY["dwconv_bn_act"]["cuda"].supports is not \
+        _dispatch._REGISTRY["dwconv_bn_act"]["cpu"].supports
 
 
 def test_cuda_kernels_reachable_only_with_cuda_tensors():
