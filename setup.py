@@ -1,10 +1,13 @@
 """fastblocks build: pure-Python package plus an optional C++/CUDA extension (fastblocks._C).
 
 The extension is built when csrc/ has sources and torch's cpp_extension can compile them:
-- C++ (csrc/*.cpp): always, unless FASTBLOCKS_BUILD_CPU=0.
-- CUDA (csrc/*.cu): when CUDA_HOME / nvcc is found, unless FASTBLOCKS_BUILD_CUDA=0
-  (FASTBLOCKS_BUILD_CUDA=1 makes a missing toolkit an error). Arch list: TORCH_CUDA_ARCH_LIST,
-  default "9.0". Headers that the local toolkit lacks are taken from the nvidia/cu13 wheels.
+- csrc/bindings.cpp (op schemas, module init): always, when the extension is built.
+- C++ CPU kernels (csrc/*_cpu.cpp): unless FASTBLOCKS_BUILD_CPU=0.
+- CUDA kernels (csrc/*.cu): when CUDA_HOME / nvcc is found, unless FASTBLOCKS_BUILD_CUDA=0
+  (FASTBLOCKS_BUILD_CUDA=1 makes a missing toolkit an error). No GPU is needed to compile them.
+  Arch list: TORCH_CUDA_ARCH_LIST, default "9.0". nvcc gets -O3 -std=c++20 (torch's headers need
+  C++20) and NO --use_fast_math: expf / division stay IEEE-accurate (float32 forward tolerance
+  is 1e-5). Headers that the local toolkit lacks are taken from the nvidia/cu* wheels.
 Without a compiler or with FASTBLOCKS_BUILD_EXT=0 the package installs pure Python: import and
 the reference / eager / triton backends still work.
 """
@@ -38,30 +41,40 @@ def _nvidia_include_dirs():
 def extensions():
     if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
         return [], {}
-    cpp = sorted(glob.glob("csrc/*.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
+    cpu_kernels = sorted(glob.glob("csrc/*_cpu.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
     cu = sorted(glob.glob("csrc/*.cu"))
-    if not cpp and not cu:
+    if not cpu_kernels and not cu:
         return [], {}
     try:
+        import torch
         from torch.utils import cpp_extension
     except ImportError:
         print("fastblocks: torch not importable at build time; skipping the extension", file=sys.stderr)
         return [], {}
     want_cuda = os.environ.get("FASTBLOCKS_BUILD_CUDA", "auto").strip().lower()
-    has_cuda = cpp_extension.CUDA_HOME is not None and os.path.exists(
-        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    # nvcc, and a torch built with CUDA (a CPU-only torch wheel has no CUDA libraries to link).
+    has_cuda = (cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+                and os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")))
     if want_cuda in ("1", "true", "yes", "on") and not has_cuda:
-        raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found")
+        raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found, "
+                           "or torch was built without CUDA")
     use_cuda = bool(cu) and has_cuda and want_cuda not in ("0", "false", "no", "off")
-    if not cpp and not use_cuda:
+    if not cpu_kernels and not use_cuda:
         return [], {}
+    if use_cuda:
+        print(f"fastblocks: building the CUDA kernels ({len(cu)} .cu files, TORCH_CUDA_ARCH_LIST="
+              f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '9.0')})", file=sys.stderr)
+    elif cu:
+        print("fastblocks: no CUDA toolkit found (or FASTBLOCKS_BUILD_CUDA=0): building without the CUDA kernels",
+              file=sys.stderr)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    cpp = ["csrc/bindings.cpp"] + cpu_kernels
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
-    macros = []
+    macros = [("FASTBLOCKS_WITH_CPU", "1")] if cpu_kernels else []
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
                   include_dirs=[os.path.join(ROOT, "csrc")])
     if use_cuda:
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++20"]
         kwargs["include_dirs"] += _nvidia_include_dirs()
         macros.append(("FASTBLOCKS_WITH_CUDA", "1"))
         ext = cpp_extension.CUDAExtension("fastblocks._C", cpp + cu, define_macros=macros, **kwargs)

@@ -1,4 +1,4 @@
-// fastblocks_cpu::act_forward / act_backward: silu, hardswish, relu, relu6, identity over dense
+// fastblocks_kernels::act_forward / act_backward: silu, hardswish, relu, relu6, identity over dense
 // memory of any shape (memory-efficient activation: backward recomputes from x).
 // silu uses a vectorisable exp (about 2 ulp in float32); float64 uses std::exp.
 #include "fb_cpu.h"
@@ -24,7 +24,7 @@ at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() 
 }  // namespace
 
 at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
-  const char* op = "fastblocks_cpu::act_forward";
+  const char* op = "fastblocks_kernels::act_forward";
   check_any(x_in, op, "x");
   const Act act = parse_act(act_name);
   const at::Tensor x = dense(x_in);
@@ -37,7 +37,7 @@ at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
 }
 
 at::Tensor act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, c10::string_view act_name) {
-  const char* op = "fastblocks_cpu::act_backward";
+  const char* op = "fastblocks_kernels::act_backward";
   check_any(x_in, op, "x");
   TORCH_CHECK(dy_in.sizes() == x_in.sizes(), op, ": dy must have x's shape ", x_in.sizes(), ", got ",
               dy_in.sizes());

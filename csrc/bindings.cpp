@@ -1,9 +1,16 @@
-// fastblocks._C: operator schemas (defined once, TORCH_LIBRARY) and one implementation per
-// dispatch key (TORCH_LIBRARY_IMPL). The Python custom ops fastblocks::* keep their Python
-// implementation and reach these kernels through fastblocks/backends/cpu.py.
+// fastblocks._C: the kernel-level operator schemas, defined ONCE here (TORCH_LIBRARY), and one
+// implementation per dispatch key (TORCH_LIBRARY_IMPL): CPU below (csrc/*_cpu.cpp), CUDA in
+// csrc/bindings_cuda.cu (csrc/*.cu), compiled only when the build finds a CUDA toolkit.
+//
+// Two layers of ops, on purpose:
+//  - torch.ops.fastblocks_kernels.* (this file): plain kernels, no autograd, no backend choice; the
+//    dispatcher picks the CPU or CUDA kernel from the tensors' device.
+//  - torch.ops.fastblocks.* (fastblocks/ops/*.py): the public Python custom ops. They carry the
+//    backend choice (reference / eager / cpu / triton / cuda), fake impls and autograd, and their
+//    "cpu" and "cuda" backends call these kernel ops (fastblocks/backends/native.py).
 //
 // The module itself has no Python functions: importing fastblocks._C loads the library, which
-// registers the ops as torch.ops.fastblocks_cpu.*.
+// registers the ops as torch.ops.fastblocks_kernels.*.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,13 +19,13 @@
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "fastblocks C++ kernels (ops registered under torch.ops.fastblocks_cpu)", -1,
-      nullptr};
+      PyModuleDef_HEAD_INIT, "_C", "fastblocks C++/CUDA kernels (ops registered under torch.ops.fastblocks_kernels)",
+      -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
 
-TORCH_LIBRARY(fastblocks_cpu, m) {
+TORCH_LIBRARY(fastblocks_kernels, m) {
   m.def("act_forward(Tensor x, str act) -> Tensor");
   m.def("act_backward(Tensor dy, Tensor x, str act) -> Tensor");
   m.def(
@@ -40,7 +47,9 @@ TORCH_LIBRARY(fastblocks_cpu, m) {
   m.def("channel_scale_backward(Tensor dy, Tensor x, Tensor scale, bool compute_dx) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(fastblocks_cpu, CPU, m) {
+// FASTBLOCKS_WITH_CPU: defined by setup.py unless FASTBLOCKS_BUILD_CPU=0 leaves the CPU kernels out.
+#ifdef FASTBLOCKS_WITH_CPU
+TORCH_LIBRARY_IMPL(fastblocks_kernels, CPU, m) {
   namespace k = fastblocks::cpu;
   m.impl("act_forward", &k::act_forward);
   m.impl("act_backward", &k::act_backward);
@@ -52,3 +61,4 @@ TORCH_LIBRARY_IMPL(fastblocks_cpu, CPU, m) {
   m.impl("channel_scale", &k::channel_scale);
   m.impl("channel_scale_backward", &k::channel_scale_backward);
 }
+#endif  // FASTBLOCKS_WITH_CPU

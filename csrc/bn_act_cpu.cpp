@@ -1,4 +1,4 @@
-// fastblocks_cpu::bn_act_{forward,backward}: BatchNorm -> activation, native channels-last
+// fastblocks_kernels::bn_act_{forward,backward}: BatchNorm -> activation, native channels-last
 // (vectorised over C) and NCHW (vectorised over H * W) loops.
 //
 // Forward: eval one pass (y = act(x * scale + shift)); training: a statistics pass (per-block mean
@@ -16,8 +16,8 @@ namespace cpu {
 #include "fb_cpu_isa_clones.h"
 
 namespace {
-constexpr const char* kFwd = "fastblocks_cpu::bn_act_forward";
-constexpr const char* kBwd = "fastblocks_cpu::bn_act_backward";
+constexpr const char* kFwd = "fastblocks_kernels::bn_act_forward";
+constexpr const char* kBwd = "fastblocks_kernels::bn_act_backward";
 
 at::Tensor doubles(const std::vector<double>& v, int64_t offset, int64_t n) {
   at::Tensor t = at::empty({n}, at::TensorOptions().dtype(at::kDouble));

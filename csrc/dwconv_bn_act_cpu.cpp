@@ -1,4 +1,4 @@
-// fastblocks_cpu::dwconv_bn_act_{forward,backward}: depthwise k x k conv (k = 3, 5, 7; stride 1
+// fastblocks_kernels::dwconv_bn_act_{forward,backward}: depthwise k x k conv (k = 3, 5, 7; stride 1
 // or 2; padding same / tf_same / explicit computed in the kernel, no padded copy) -> BatchNorm ->
 // activation, on channels-last data (NCHW inputs are converted once and the result converted back).
 //
@@ -22,8 +22,8 @@ namespace cpu {
 
 namespace {
 
-constexpr const char* kFwd = "fastblocks_cpu::dwconv_bn_act_forward";
-constexpr const char* kBwd = "fastblocks_cpu::dwconv_bn_act_backward";
+constexpr const char* kFwd = "fastblocks_kernels::dwconv_bn_act_forward";
+constexpr const char* kBwd = "fastblocks_kernels::dwconv_bn_act_backward";
 
 ConvGeo make_geo(const at::Tensor& x, const at::Tensor& weight, int64_t stride, c10::string_view padding_mode,
                  int64_t padding, const char* op) {

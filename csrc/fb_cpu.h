@@ -1,5 +1,6 @@
-// Host-side helpers shared by the CPU kernels (csrc/*_cpu.cpp): argument checks, padding
-// arithmetic, activation names, ISA selection, deterministic reduction of per-block partials.
+// Host-side helpers shared by the CPU kernels (csrc/*_cpu.cpp): argument checks, ISA selection,
+// deterministic reduction of per-block partials (activation names and padding arithmetic are in
+// fb_common.h, shared with the CUDA kernels).
 //
 // Kernel loops live in csrc/*_kernels.h (+ fb_cpu_math.h), which each *_cpu.cpp includes three
 // times: for the baseline ISA (32-byte GCC vectors lowered to SSE2), under
@@ -33,6 +34,8 @@
 #include <string>
 #include <vector>
 
+#include "fb_common.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define FB_HAVE_AVX2_CLONE 1
 #else
@@ -57,19 +60,6 @@
 namespace fastblocks {
 namespace cpu {
 
-// Activation codes shared with the kernels (the kernels switch on them once per call).
-enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4 };
-
-inline Act parse_act(c10::string_view name) {
-  if (name == "silu") return Act::Silu;
-  if (name == "relu") return Act::Relu;
-  if (name == "relu6") return Act::Relu6;
-  if (name == "hardswish") return Act::Hardswish;
-  if (name == "identity") return Act::Identity;
-  TORCH_CHECK(false, "fastblocks_cpu: act must be one of silu, relu, relu6, hardswish, identity; got '",
-              std::string(name), "'");
-}
-
 // Which copy of the kernels runs: 2 = AVX-512 (F/VL/BW/DQ), 1 = AVX2 + FMA, 0 = baseline.
 // FASTBLOCKS_CPU_ISA=default|avx2|avx512 caps it (e.g. to test the other copies).
 inline int isa_level() {
@@ -93,16 +83,6 @@ inline int isa_level() {
 #else
   return 0;
 #endif
-}
-
-// Memory format contract of the package: channels_last iff not contiguous but channels_last
-// contiguous (fastblocks._validate.memory_format_of).
-inline bool is_channels_last(const at::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-inline at::ScalarType acc_type_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline void check_x(const at::Tensor& x, const char* op, const char* name = "x") {
@@ -132,28 +112,6 @@ constexpr int kMaxTaps = 49;  // k <= 7
 struct ConvGeo {
   int64_t N, C, H, W, K, S, Ho, Wo, top, left;
 };
-
-struct Pads {
-  int64_t top, bottom, left, right;
-};
-
-// (top, bottom, left, right) of a k x k conv (dilation 1), as fastblocks._validate.conv_pads.
-inline Pads conv_pads(c10::string_view mode, int64_t padding, int64_t k, int64_t stride, int64_t h, int64_t w) {
-  if (mode == "explicit") return {padding, padding, padding, padding};
-  if (mode == "same") return {(k - 1) / 2, (k - 1) / 2, (k - 1) / 2, (k - 1) / 2};
-  TORCH_CHECK(mode == "tf_same", "fastblocks_cpu: padding_mode must be same, tf_same or explicit, got '",
-              std::string(mode), "'");
-  auto split = [&](int64_t size, int64_t& before, int64_t& after) {
-    int64_t out = (size + stride - 1) / stride;
-    int64_t total = std::max<int64_t>((out - 1) * stride + k - size, 0);
-    before = total / 2;
-    after = total - total / 2;
-  };
-  Pads p{};
-  split(h, p.top, p.bottom);
-  split(w, p.left, p.right);
-  return p;
-}
 
 // Per-channel (mean, biased variance) from per-block partials, combined in a fixed order
 // (Chan et al.): deterministic whatever the thread count. mean_b / m2_b: [nblocks][C] doubles,

@@ -1,5 +1,6 @@
-// Entry points of the CPU kernels, registered as fastblocks_cpu::* ops in bindings.cpp.
-// Shapes and return conventions mirror fastblocks/backends/eager/*.py (see fastblocks/backends/cpu.py).
+// Entry points of the CPU kernels, registered as fastblocks_kernels::* ops for the CPU dispatch key
+// in bindings.cpp (the CUDA kernels, fb_cuda_ops.h, have exactly these signatures).
+// Shapes and return conventions mirror fastblocks/backends/eager/*.py (see fastblocks/backends/native.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>

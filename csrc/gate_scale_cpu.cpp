@@ -1,4 +1,4 @@
-// fastblocks_cpu::channel_pool / channel_scale / channel_scale_backward: the full-size passes of
+// fastblocks_kernels::channel_pool / channel_scale / channel_scale_backward: the full-size passes of
 // gate_scale, squeeze_excite and eca (the (N, C) MLP / 1-D conv and the gate stay in ATen).
 //  - channel_pool: mean over H, W per (n, c), accumulated in acc dtype over short runs then double.
 //  - channel_scale: y = x * scale[n, c] (+ shift[n, c]): the gated output (forward) and, with
@@ -44,7 +44,7 @@ at::Tensor from_plane_sums(const std::vector<double>& s, int64_t N, int64_t C) {
 }  // namespace
 
 at::Tensor channel_pool(const at::Tensor& x_in) {
-  const char* op = "fastblocks_cpu::channel_pool";
+  const char* op = "fastblocks_kernels::channel_pool";
   check_x(x_in, op);
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
@@ -69,7 +69,7 @@ at::Tensor channel_pool(const at::Tensor& x_in) {
 }
 
 at::Tensor channel_scale(const at::Tensor& x_in, const at::Tensor& scale, const TensorOpt& shift) {
-  const char* op = "fastblocks_cpu::channel_scale";
+  const char* op = "fastblocks_kernels::channel_scale";
   check_x(x_in, op);
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
@@ -95,7 +95,7 @@ at::Tensor channel_scale(const at::Tensor& x_in, const at::Tensor& scale, const 
 
 std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& dy_in, const at::Tensor& x_in,
                                                           const at::Tensor& scale, bool compute_dx) {
-  const char* op = "fastblocks_cpu::channel_scale_backward";
+  const char* op = "fastblocks_kernels::channel_scale_backward";
   check_x(x_in, op);
   check_same(dy_in, x_in, op, "dy");
   const bool cl = is_channels_last(x_in);

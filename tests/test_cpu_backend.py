@@ -13,15 +13,15 @@ pytest.importorskip("fastblocks._C", reason="fastblocks._C extension not built (
 
 import fastblocks as fb  # noqa: E402
 from fastblocks import _dispatch  # noqa: E402
-from fastblocks.backends import cpu as cpu_backend  # noqa: E402
+from fastblocks.backends import native  # noqa: E402
 from utils import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
 from utils import dwconv_inputs  # noqa: E402
 
 # channels_last is the cpu backend's fast path, so it is these tests' default layout.
 dw_inputs = functools.partial(dwconv_inputs, fmt="channels_last")
 
-if cpu_backend.available() is not None:
-    pytest.skip(f"cpu backend unavailable: {cpu_backend.available()}", allow_module_level=True)
+if native.available("cpu") is not None:
+    pytest.skip(f"cpu backend unavailable: {native.available('cpu')}", allow_module_level=True)
 
 ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 GATES = ["sigmoid", "hard_sigmoid"]
@@ -30,9 +30,9 @@ LAYOUTS = ["channels_last", "nchw"]
 
 # ------------------------------------------------------------------------------- registration
 def test_kernel_ops_registered_for_cpu_dispatch_key():
-    for name in cpu_backend.KERNEL_OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_cpu::{name}", "CPU"), name
-        assert not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_cpu::{name}", "CUDA"), name
+    # (the CUDA registrations of the same schemas are tested in test_cuda_backend.py)
+    for name in native.KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_kernels::{name}", "CPU"), name
     assert "cpu" in fb.available_backends()
 
 
@@ -42,7 +42,7 @@ def test_auto_prefers_cpu_and_falls_back_for_unsupported_kernel_size():
     assert _dispatch.impl_for("dwconv_bn_act", "auto", x.device, args) is _dispatch._REGISTRY["dwconv_bn_act"]["cpu"]
     w9 = torch.randn(4, 1, 9, 9)
     args9 = (x, w9) + args[2:]
-    assert "k=9" in cpu_backend._dwconv_supports(*args9)
+    assert "k=9" in native._dwconv_supports("cpu", *args9)
     assert _dispatch.impl_for("dwconv_bn_act", "auto", x.device, args9) is _dispatch._REGISTRY["dwconv_bn_act"]["eager"]
     with pytest.raises(fb.BackendUnavailableError, match="k=9"):
         fb.ops.dwconv_bn_act(x, w9, None, None, None, None, training=True, backend="cpu")
@@ -53,12 +53,12 @@ def test_auto_prefers_cpu_and_falls_back_for_unsupported_kernel_size():
 def test_kernel_input_checks_have_clear_messages():
     x = torch.randn(2, 4, 9, 9)
     with pytest.raises(RuntimeError, match="kernel size must be 3, 5 or 7"):
-        torch.ops.fastblocks_cpu.dwconv_bn_act_forward(x, torch.randn(4, 1, 9, 9), None, None, None, None, None,
+        torch.ops.fastblocks_kernels.dwconv_bn_act_forward(x, torch.randn(4, 1, 9, 9), None, None, None, None, None,
                                                        1, "same", 0, True, 1e-5, "silu")
     with pytest.raises(RuntimeError, match="act must be one of"):
-        torch.ops.fastblocks_cpu.act_forward(x, "gelu")
+        torch.ops.fastblocks_kernels.act_forward(x, "gelu")
     with pytest.raises(RuntimeError, match="needs running_mean"):
-        torch.ops.fastblocks_cpu.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
+        torch.ops.fastblocks_kernels.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
 
 
 # ------------------------------------------------------------------------------- dwconv_bn_act
@@ -236,7 +236,7 @@ def test_training_statistics_are_deterministic_across_thread_counts():
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            outs.append(torch.ops.fastblocks_cpu.dwconv_bn_act_forward(x, w, g, b, None, None, None, 1, "same", 0,
+            outs.append(torch.ops.fastblocks_kernels.dwconv_bn_act_forward(x, w, g, b, None, None, None, 1, "same", 0,
                                                                        True, 1e-5, "silu"))
     finally:
         torch.set_num_threads(before)
@@ -314,7 +314,7 @@ def test_bfloat16_rounding_matches_torch_bit_exactly():
     x.view(-1)[1::17] = float("inf")
     g = torch.rand(2, 3) + 0.5
     for t in (x, x.contiguous(memory_format=torch.channels_last)):
-        y = torch.ops.fastblocks_cpu.channel_scale(t, g, None)
+        y = torch.ops.fastblocks_kernels.channel_scale(t, g, None)
         expected = (t.float() * g[:, :, None, None]).bfloat16()
         nan = expected.isnan()
         assert torch.equal(y.isnan(), nan)

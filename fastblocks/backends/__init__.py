@@ -8,7 +8,7 @@ import warnings
 def load_all() -> None:
     """Import every backend that can load in this process (missing optional ones are skipped)."""
     from . import eager  # noqa: F401
-    for module in ("fastblocks.backends.triton", "fastblocks.backends.cuda", "fastblocks.backends.cpu"):
+    for module in ("fastblocks.backends.triton", "fastblocks.backends.native"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -1,12 +1,14 @@
-"""The ``cpu`` backend: fused C++ kernels from the compiled extension ``fastblocks._C``.
+"""The ``cpu`` and ``cuda`` backends: fused kernels from the compiled extension ``fastblocks._C``.
 
-The extension registers kernel-level ops ``torch.ops.fastblocks_cpu.*`` (schemas in
-``csrc/bindings.cpp``, CPU implementations in ``csrc/*_cpu.cpp``); this module wraps them into
-:class:`~fastblocks._dispatch.BackendImpl` objects with the same forward / backward signatures and
-return conventions as the eager backend (``fastblocks/backends/eager/*.py``), op by op.
+The extension registers kernel-level ops ``torch.ops.fastblocks_kernels.*`` (schemas once in
+``csrc/bindings.cpp``; CPU implementations in ``csrc/*_cpu.cpp``, CUDA ones in ``csrc/*.cu``). The
+dispatcher picks the CPU or CUDA kernel from the tensors' device, so the wrappers below are written
+once and serve both backends: this module builds one set of
+:class:`~fastblocks._dispatch.BackendImpl` objects per device type (same forward / backward
+signatures and return conventions as the eager backend, ``fastblocks/backends/eager/*.py``); only
+availability and ``supports`` differ per device.
 
-What runs in C++ (full-size passes, parallel with ``at::parallel_for``, so ``torch.set_num_threads``
-applies; channels_last is the fast path, NCHW is supported):
+What runs in the kernels (full-size passes):
 
 - ``dwconv_bn_act``: eval folds BN into the conv (x read once, y written once); training computes
   batch statistics in a first pass and normalises in a second, recomputing the conv (the conv
@@ -17,13 +19,19 @@ applies; channels_last is the fast path, NCHW is supported):
   the gate run in ATen here.
 - ``activation``: silu / hardswish / relu / relu6 / identity forward and backward (saves x only).
 
-Without the extension the backend is declared unavailable (``fb.available_backends()`` omits it and
-``backend="cpu"`` raises with the reason); ``auto`` then uses ``eager``.
+CPU: ``at::parallel_for`` (``torch.set_num_threads`` applies), channels_last is the fast path.
+CUDA: one thread per output pixel and 16-byte channel vector on channels_last; deterministic
+reductions (per-block partials reduced in a fixed order, no atomics).
+
+A backend whose kernels are missing is declared unavailable with the reason
+(``fb.available_backends()`` omits it and ``backend="cpu"`` / ``"cuda"`` raises
+:class:`~fastblocks.BackendUnavailableError`); ``auto`` then falls back per ``AUTO_PREFERENCE``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 
@@ -33,35 +41,57 @@ from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backwa
 
 KERNEL_OPS = ("act_forward", "act_backward", "bn_act_forward", "bn_act_backward", "dwconv_bn_act_forward",
               "dwconv_bn_act_backward", "channel_pool", "channel_scale", "channel_scale_backward")
+DEVICE_TYPES = ("cpu", "cuda")
+# float64 runs in both (double accumulation); float16 / bfloat16 accumulate in float32.
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 KERNEL_SIZES = (3, 5, 7)
+_DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 def _load() -> tuple[Optional[object], Optional[str]]:
-    """(torch.ops.fastblocks_cpu, None) when the extension and its CPU kernels load, else (None, reason)."""
+    """(torch.ops.fastblocks_kernels, None) when the extension loads, else (None, reason)."""
     try:
-        from .. import _C  # noqa: F401  (loading the library registers torch.ops.fastblocks_cpu)
+        from .. import _C  # noqa: F401  (loading the library registers torch.ops.fastblocks_kernels)
     except ImportError as err:
         return None, f"fastblocks._C extension not built ({err})"
-    ns = torch.ops.fastblocks_cpu
-    missing = [name for name in KERNEL_OPS if not hasattr(ns, name)]
-    if missing:
-        return None, f"fastblocks._C extension has no CPU kernels for {missing} (rebuild it)"
-    return ns, None
+    return torch.ops.fastblocks_kernels, None
 
 
-_ops, _REASON = _load()
+_ops, _LOAD_REASON = _load()
+
+
+@functools.lru_cache(maxsize=None)
+def has_kernels(device_type: str) -> bool:
+    """Whether the loaded extension registered every kernel op for ``device_type`` (fixed once loaded)."""
+    if _ops is None:
+        return False
+    key = _DISPATCH_KEY[device_type]
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_kernels::{name}", key)
+               for name in KERNEL_OPS)
+
+
+def unavailable_reason(device_type: str) -> Optional[str]:
+    """None when the ``device_type`` backend can run in this process, else the reason."""
+    if _ops is None:
+        return _LOAD_REASON
+    if not has_kernels(device_type):
+        how = "nvcc (CUDA_HOME) found at build time" if device_type == "cuda" else "FASTBLOCKS_BUILD_CPU=1"
+        return (f"fastblocks._C was built without {device_type.upper()} kernels (rebuild with {how}: "
+                f"python setup.py build_ext --inplace)")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "the cuda backend needs a CUDA device (torch.cuda.is_available() is False)"
+    return None
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _check_x(x: torch.Tensor) -> Optional[str]:
-    if x.device.type != "cpu":
-        return f"the cpu backend runs on CPU tensors, got device {x.device.type!r}"
+def _check_x(device_type: str, x: torch.Tensor) -> Optional[str]:
+    if x.device.type != device_type:
+        return f"the {device_type} backend runs on {device_type.upper()} tensors, got device {x.device.type!r}"
     if x.dtype not in DTYPES:
-        return f"the cpu backend supports {[str(d) for d in DTYPES]}, got {x.dtype}"
+        return f"the {device_type} backend supports {[str(d) for d in DTYPES]}, got {x.dtype}"
     return None
 
 
@@ -74,10 +104,6 @@ def _activation_backward(dy, x, act):
     return _ops.act_backward(dy, x, act)
 
 
-def _activation_supports(x, act):
-    return _check_x(x)
-
-
 # ---------------------------------------------------------------------------------- bn_act
 def _bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act):
     return tuple(_ops.bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act))
@@ -85,10 +111,6 @@ def _bn_act_forward(x, bn_weight, bn_bias, running_mean, running_var, training, 
 
 def _bn_act_backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act, mask):
     return tuple(_ops.bn_act_backward(dy, x, bn_weight, bn_bias, mean, var, training, eps, act, list(mask)))
-
-
-def _bn_act_supports(x, *args):
-    return _check_x(x)
 
 
 # ---------------------------------------------------------------------------------- dwconv_bn_act
@@ -104,18 +126,18 @@ def _dwconv_backward(dy, x, weight, bn_weight, bn_bias, conv_bias, mean, var,
                                              padding_mode, padding, training, eps, act, list(mask)))
 
 
-def _dwconv_supports(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
+def _dwconv_supports(device_type, x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
                      stride, padding_mode, padding, dilation, training, eps, act):
-    reason = _check_x(x)
+    reason = _check_x(device_type, x)
     if reason is not None:
         return reason
     k = weight.shape[-1]
     if k not in KERNEL_SIZES:
-        return f"the cpu backend's depthwise kernels support k in {KERNEL_SIZES}, got k={k}"
+        return f"the {device_type} backend's depthwise kernels support k in {KERNEL_SIZES}, got k={k}"
     if dilation != 1:
-        return f"the cpu backend supports dilation 1 only, got {dilation}"
+        return f"the {device_type} backend supports dilation 1 only, got {dilation}"
     if stride not in (1, 2):
-        return f"the cpu backend supports stride 1 or 2, got {stride}"
+        return f"the {device_type} backend supports stride 1 or 2, got {stride}"
     return None
 
 
@@ -134,10 +156,6 @@ def _gate_scale_backward(dy, x, logits, gate, mask):
     la, g = _gate(gate, logits, x)
     dx, s = _ops.channel_scale_backward(dy, x, g, bool(mask[0]))
     return dx, gate_backward(gate, la, s)
-
-
-def _gating_supports(x, *args):
-    return _check_x(x)
 
 
 def _se_forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
@@ -176,16 +194,40 @@ def _eca_backward(dy, x, pooled, logits, conv_weight, gate, mask):
 
 
 # ---------------------------------------------------------------------------------- registration
-def available() -> Optional[str]:
-    """None when the cpu backend can run in this process, else the reason."""
-    return _REASON
+def available(device_type: str = "cpu") -> Optional[str]:
+    """None when the ``device_type`` ("cpu" or "cuda") backend can run in this process, else the reason."""
+    return unavailable_reason(device_type)
 
 
-register_backend("cpu", available)
-if _ops is not None:
-    register_impl("activation", "cpu", BackendImpl(_activation_forward, _activation_backward, _activation_supports))
-    register_impl("bn_act", "cpu", BackendImpl(_bn_act_forward, _bn_act_backward, _bn_act_supports))
-    register_impl("dwconv_bn_act", "cpu", BackendImpl(_dwconv_forward, _dwconv_backward, _dwconv_supports))
-    register_impl("gate_scale", "cpu", BackendImpl(_gate_scale_forward, _gate_scale_backward, _gating_supports))
-    register_impl("squeeze_excite", "cpu", BackendImpl(_se_forward, _se_backward, _gating_supports))
-    register_impl("eca", "cpu", BackendImpl(_eca_forward, _eca_backward, _gating_supports))
+def supports_for(device_type: str) -> dict[str, Callable[..., Optional[str]]]:
+    """op name -> ``supports(*forward_args)`` of the ``device_type`` backend."""
+    def check_x(x, *args):
+        return _check_x(device_type, x)
+
+    return {"activation": check_x, "bn_act": check_x, "gate_scale": check_x, "squeeze_excite": check_x,
+            "eca": check_x, "dwconv_bn_act": functools.partial(_dwconv_supports, device_type)}
+
+
+# The forward / backward wrappers are device-independent (the dispatcher routes the kernel op by the
+# tensors' device); each device type gets them with its own supports().
+_FORWARD_BACKWARD = {
+    "activation": (_activation_forward, _activation_backward),
+    "bn_act": (_bn_act_forward, _bn_act_backward),
+    "dwconv_bn_act": (_dwconv_forward, _dwconv_backward),
+    "gate_scale": (_gate_scale_forward, _gate_scale_backward),
+    "squeeze_excite": (_se_forward, _se_backward),
+    "eca": (_eca_forward, _eca_backward),
+}
+
+
+def _register(device_type: str) -> None:
+    register_backend(device_type, functools.partial(unavailable_reason, device_type))
+    if not has_kernels(device_type):
+        return
+    supports = supports_for(device_type)
+    for op, (forward, backward) in _FORWARD_BACKWARD.items():
+        register_impl(op, device_type, BackendImpl(forward, backward, supports[op]))
+
+
+for _device_type in DEVICE_TYPES:
+    _register(_device_type)
