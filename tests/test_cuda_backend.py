@@ -25,7 +25,7 @@ import fastblocks as fb
 from fastblocks import _dispatch
 from fastblocks.backends import native
 from test_triton_interpreter import CASES, run_case
-from utils import assert_close_to_reference, randn
+from utils import assert_close_to_reference, assert_deterministic_b0_layer, randn
 
 HAS_CUDA_KERNELS = native.has_kernels("cuda")
 
@@ -234,21 +234,7 @@ def test_activation_odd_numel_and_offset_view(cuda_backend):
 @gpu
 def test_determinism_b0_layer(cuda_backend):
     """Bitwise identical results on a realistic layer (no atomics, fixed reduction order)."""
-    torch.manual_seed(0)
-    x = torch.randn(BATCH, 144, 56, 56, device="cuda", dtype=torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(144, 1, 5, 5, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = (torch.rand(144, device="cuda") + 0.5).requires_grad_()
-    b = torch.randn(144, device="cuda", requires_grad=True)
-    dy = torch.randn(BATCH, 144, 28, 28, device="cuda", dtype=torch.bfloat16)
-    runs = []
-    for _ in range(2):
-        rm, rv = torch.zeros(144, device="cuda"), torch.ones(144, device="cuda")
-        y = fb.ops.dwconv_bn_act(x, w, g, b, rm, rv, stride=2, padding="tf_same", training=True, backend="cuda")
-        grads = torch.autograd.grad(y, (x, w, g, b), dy)
-        runs.append((y, *grads, rm, rv))
-    for a, b_ in zip(*runs):
-        assert torch.equal(a, b_)
+    assert_deterministic_b0_layer("cuda", BATCH)
 
 
 @gpu

@@ -199,3 +199,26 @@ def check_patch_equivalence(model: torch.nn.Module, input_shape=(2, 3, 64, 64), 
         e_u, e_p = rel_err(get(f32), get(ref)), rel_err(get(f32_p), get(ref))
         assert e_p <= 2 * e_u + 1e-5, f"float32 {what}: patched error {e_p:.2e} vs unpatched {e_u:.2e}"
     return report
+
+
+def assert_deterministic_b0_layer(backend: str, batch: int) -> None:
+    """Two training fwd+bwd runs of an EfficientNet-B0 layer (c144, 56x56, k5, stride 2, tf_same,
+    bf16 channels_last, CUDA) give bitwise identical outputs, gradients and running stats
+    (no atomics, fixed reduction order)."""
+    import fastblocks as fb
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 144, 56, 56, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(144, 1, 5, 5, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = (torch.rand(144, device="cuda") + 0.5).requires_grad_()
+    b = torch.randn(144, device="cuda", requires_grad=True)
+    dy = torch.randn(batch, 144, 28, 28, device="cuda", dtype=torch.bfloat16)
+    runs = []
+    for _ in range(2):
+        rm, rv = torch.zeros(144, device="cuda"), torch.ones(144, device="cuda")
+        y = fb.ops.dwconv_bn_act(x, w, g, b, rm, rv, stride=2, padding="tf_same", training=True, backend=backend)
+        grads = torch.autograd.grad(y, (x, w, g, b), dy)
+        runs.append((y, *grads, rm, rv))
+    for a, b_ in zip(*runs):
+        assert torch.equal(a, b_)
