@@ -100,14 +100,20 @@ def _params(module) -> list:
     return out
 
 
-def _check(outs: list, refs: list, dtype: torch.dtype) -> Optional[str]:
+def _check(outs: list, refs: list, dtype: torch.dtype, baseline: Optional[list] = None) -> Optional[str]:
+    """None when every output / gradient is within the dtype's tolerance of the float64 run, or no
+    worse than twice the error of ``baseline`` (the eager reference's own errors in this dtype:
+    some gradients are ill-conditioned or exactly zero in exact arithmetic, e.g. the bias before a
+    training-mode BN, where no finite-precision implementation meets a relative bound)."""
     fwd_tol, grad_tol = TOLERANCE[dtype]
     for i, (a, b) in enumerate(zip(outs, refs)):
         tol = fwd_tol if i == 0 else grad_tol
+        if baseline is not None and baseline[i] < float("inf"):
+            tol = max(tol, 2 * baseline[i])
         err = _rel_err(a, b)
         if not err <= tol:
             what = "output" if i == 0 else f"gradient {i - 1}"
-            return f"{what} rel. error {err:.2e} > {tol:.0e}"
+            return f"{what} rel. error {err:.2e} > {tol:.1e}"
     return None
 
 
@@ -148,6 +154,8 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
         ref64 = to_float64(ref64)
         ref_in = Inputs(first.x.double(), first.dy.double())
         expected = _run(ref64, mode, ref_in, _params(ref64))
+        ref_lp, _ = VariantFactory.build("reference", base, training)
+        baseline = [_rel_err(a, b) for a, b in zip(_run(ref_lp, mode, first, _params(ref_lp)), expected)]
         base_row = dict(op=case.op, label=case.label, model=case.model, path=case.path, shape=list(case.shape),
                         config=case.config, also_in=[f"{m}:{p}" for m, p in case.also_in], mode=mode,
                         batch=batch, dtype=str(dtype).replace("torch.", ""), layout=layout,
@@ -158,7 +166,7 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                 owner, fn = VariantFactory.build(name, base, training)
                 params = _params(owner)
                 outs = _run(fn, mode, first, params)
-                problem = _check(outs, expected, dtype)
+                problem = _check(outs, expected, dtype, baseline)
                 if problem is not None:
                     row.update(status="wrong", error=problem)
                     on_row(row)

@@ -157,7 +157,7 @@ def plots(result: dict, out_dir: str, slug: str) -> list[str]:
     paths = []
     rows = [r for r in result["op_rows"] if r.get("status") == "ok" and r["variant"] in FASTBLOCKS_VARIANTS]
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        mode_rows = [r for r in rows if r["mode"] == mode]
+        mode_rows = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["op"])  # grouped by op
         labels = list(dict.fromkeys(r["label"] for r in mode_rows))
         backends = list(dict.fromkeys(r["variant"] for r in mode_rows))
         fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(labels) * max(1, len(backends))), 5))
@@ -197,6 +197,7 @@ def plots(result: dict, out_dir: str, slug: str) -> list[str]:
 
 
 def write(result: dict, out_dir: str, slug: str) -> tuple[str, str]:
+    """<slug>.json, <slug>.md and plots/<slug>-*.png under ``out_dir``; returns the JSON and md paths."""
     os.makedirs(out_dir, exist_ok=True)
     result["plots"] = [os.path.relpath(p, out_dir) for p in plots(result, os.path.join(out_dir, "plots"), slug)]
     json_path, md_path = os.path.join(out_dir, f"{slug}.json"), os.path.join(out_dir, f"{slug}.md")
@@ -205,3 +206,20 @@ def write(result: dict, out_dir: str, slug: str) -> tuple[str, str]:
     with open(md_path, "w") as f:
         f.write(markdown(result))
     return json_path, md_path
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.report RESULT.json``: rewrite the markdown and plots of a result from
+    its JSON (after a change to the report code; the measured rows are not touched)."""
+    import sys
+
+    for path in (sys.argv[1:] if argv is None else argv):
+        with open(path) as f:
+            result = json.load(f)
+        out_dir, name = os.path.split(os.path.abspath(path))
+        print("wrote", *write(result, out_dir, name[:-len(".json")]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
