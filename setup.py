@@ -14,6 +14,7 @@ the reference / eager / triton backends still work.
 
 import glob
 import os
+import shutil
 import site
 import sys
 
@@ -38,6 +39,29 @@ def _nvidia_include_dirs():
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
+def _has_cudart(home):
+    return any(glob.glob(os.path.join(home, d, "libcudart.so*")) for d in ("lib64", "lib", "targets/*/lib"))
+
+
+def _find_cuda_home():
+    """The toolkit to build with: CUDA_HOME / CUDA_PATH when set, else the first of (the toolkit
+    above `nvcc` on PATH, /usr/local/cuda, /usr/local/cuda-*) that has bin/nvcc and libcudart.
+    torch's own guess takes `which nvcc`'s grandparent, which is wrong when nvcc on PATH is a
+    wrapper script (/usr/local/bin/nvcc -> links against /usr/local/lib, which has no libcudart)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and _has_cudart(home):
+            return home
+    return None
+
+
 def extensions():
     if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
         return [], {}
@@ -45,6 +69,9 @@ def extensions():
     cu = sorted(glob.glob("csrc/*.cu"))
     if not cpu_kernels and not cu:
         return [], {}
+    cuda_home = _find_cuda_home()
+    if cuda_home is not None:
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
     try:
         import torch
         from torch.utils import cpp_extension
