@@ -177,6 +177,11 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                 t = time_calls(device, calls, quick)
                 row.update(status="ok", **t.as_dict())
                 if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    calls[0]()
+                    torch.cuda.synchronize()
+                    row["peak_bytes"] = torch.cuda.max_memory_allocated()
                     row["bytes_per_s"] = row["min_bytes"] / t.median
                     if copy_bps:
                         row["frac_copy_bw"] = row["bytes_per_s"] / copy_bps
