@@ -7,8 +7,6 @@
 // Reductions go to per-block (channels-last) or per-plane (NCHW) partials in double that the
 // host combines in a fixed order: deterministic whatever the thread count.
 
-constexpr int64_t kPlaneChunk = 1024;  // elements summed in acc_t before going to double
-
 // ---------------------------------------------------------------- channels-last
 template <typename scalar_t>
 void bn_stats_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, int64_t R, double* mean_b, double* m2_b,
@@ -84,18 +82,7 @@ void bn_stats_plane(const scalar_t* x, int64_t planes, int64_t HW, double* mean_
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* xp = x + p * HW;
-      double s = 0;
-      for (int64_t i0 = 0; i0 < HW; i0 += kPlaneChunk) {
-        const int64_t i1 = std::min(HW, i0 + kPlaneChunk);
-        fb_vf va{};
-        acc_t a = 0;
-        vloop<acc_t>(i1 - i0, [&](int64_t j, auto z) {
-          using T = decltype(z);
-          if constexpr (IsVec<T>::value) va += ld<T>(xp + i0 + j); else a += ld<T>(xp + i0 + j);
-        });
-        if constexpr (std::is_same_v<acc_t, float>) a += hsum(va);
-        s += a;
-      }
+      const double s = plane_sum<acc_t>(xp, HW);
       const double m = s / static_cast<double>(HW);
       const acc_t ma = static_cast<acc_t>(m);
       double q = 0, e = 0;

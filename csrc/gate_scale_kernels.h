@@ -4,8 +4,6 @@
 // Layouts: channels-last (vectorised over C) and NCHW planes (vectorised over H * W). Reductions
 // are summed in acc_t over short runs, then in double, in a fixed order (deterministic).
 
-constexpr int64_t kGsChunk = 1024;
-
 // part[(n * nbh + j) * C + c] = sum of x[n, h, w, c] over rows h in block j (R rows per block).
 template <typename scalar_t>
 void pool_cl(const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t R, double* part) {
@@ -36,20 +34,7 @@ void pool_plane(const scalar_t* x, int64_t planes, int64_t HW, double* out) {
   using acc_t = typename AccOf<scalar_t>::type;
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const scalar_t* __restrict__ xp = x + p * HW;
-      double s = 0;
-      for (int64_t i0 = 0; i0 < HW; i0 += kGsChunk) {
-        const int64_t i1 = std::min(HW, i0 + kGsChunk);
-        fb_vf va{};
-        acc_t a = 0;
-        vloop<acc_t>(i1 - i0, [&](int64_t j, auto z) {
-          using T = decltype(z);
-          if constexpr (IsVec<T>::value) va += ld<T>(xp + i0 + j); else a += ld<T>(xp + i0 + j);
-        });
-        if constexpr (std::is_same_v<acc_t, float>) a += hsum(va);
-        s += a;
-      }
-      out[p] = s;
+      out[p] = plane_sum<acc_t>(x + p * HW, HW);
     }
   });
 }
@@ -138,8 +123,8 @@ void scale_backward_plane(const scalar_t* dy, const scalar_t* x, int64_t planes,
       const scalar_t* __restrict__ xp = x + p * HW;
       const scalar_t* __restrict__ dp = dy + p * HW;
       double s = 0;
-      for (int64_t i0 = 0; i0 < HW; i0 += kGsChunk) {
-        const int64_t i1 = std::min(HW, i0 + kGsChunk);
+      for (int64_t i0 = 0; i0 < HW; i0 += kPlaneChunk) {
+        const int64_t i1 = std::min(HW, i0 + kPlaneChunk);
         fb_vf va{};
         acc_t a = 0;
         scalar_t* op = dx != nullptr ? dx + p * HW : nullptr;
