@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ._validate import memory_format_of
+
 BACKENDS = ("reference", "eager", "cpu", "triton", "cuda")
 SELECTABLE = BACKENDS + ("auto",)
 
@@ -93,9 +95,7 @@ def auto_order(op: str, device: torch.device, args: tuple) -> tuple[str, ...]:
     """The backends ``auto`` tries for this call, fastest first."""
     from ._auto_table import AUTO_TABLE
 
-    x = args[0]
-    layout = "channels_last" if (x.dim() == 4 and not x.is_contiguous()
-                                 and x.is_contiguous(memory_format=torch.channels_last)) else "nchw"
+    layout = "channels_last" if memory_format_of(args[0]) == torch.channels_last else "nchw"
     index = _TRAINING_ARG.get(op)
     phase = "any" if index is None else ("train" if args[index] else "eval")
     default = AUTO_PREFERENCE.get(device.type, AUTO_FALLBACK)

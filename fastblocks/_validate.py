@@ -115,6 +115,12 @@ def conv_out_size(size, before, after, k: int, stride: int, dilation: int):
     return (size + before + after - dilation * (k - 1) - 1) // stride + 1
 
 
+def conv_out_hw(padding_mode: str, padding: int, k: int, stride: int, dilation: int, h, w) -> tuple:
+    """(H_out, W_out) of a k x k conv on an h x w input with the given padding spec."""
+    top, bottom, left, right = conv_pads(padding_mode, padding, k, stride, dilation, h, w)
+    return conv_out_size(h, top, bottom, k, stride, dilation), conv_out_size(w, left, right, k, stride, dilation)
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """The memory format an op's output should have: the input's."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

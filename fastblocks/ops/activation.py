@@ -8,7 +8,6 @@ import torch
 
 from .. import _dispatch
 from .._act import canonical_act
-from .._validate import memory_format_of
 from ..backends import reference
 from ._plumbing import run_backward, run_forward
 

@@ -8,7 +8,7 @@ import torch
 
 from .. import _dispatch
 from .._act import canonical_act
-from .._validate import (check_input, check_optional, check_tensor, conv_out_size, conv_pads,
+from .._validate import (check_input, check_optional, check_tensor, conv_out_hw,
                          memory_format_of, padding_spec, scalar_int)
 from ..backends import reference
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
@@ -39,9 +39,7 @@ def _forward_fake(x, weight, bn_weight, bn_bias, running_mean, running_var, conv
                   stride, padding_mode, padding, dilation, training, eps, act, backend):
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    top, bottom, left, right = conv_pads(padding_mode, padding, k, stride, dilation, h, w)
-    ho = conv_out_size(h, top, bottom, k, stride, dilation)
-    wo = conv_out_size(w, left, right, k, stride, dilation)
+    ho, wo = conv_out_hw(padding_mode, padding, k, stride, dilation, h, w)
     y = x.new_empty((n, c, ho, wo)).contiguous(memory_format=memory_format_of(x))
     stats = x.new_empty((c,), dtype=_stat_dtype(x))
     return y, stats, torch.empty_like(stats)
@@ -121,9 +119,7 @@ def check_call(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bi
     training, momentum, eps = check_bn_args(x, c, bn_weight, bn_bias, running_mean, running_var,
                                             training, momentum, eps)
     act = canonical_act(act)
-    top, bottom, left, right = conv_pads(padding_mode, pad, k, stride, dilation, x.shape[2], x.shape[3])
-    ho = conv_out_size(x.shape[2], top, bottom, k, stride, dilation)
-    wo = conv_out_size(x.shape[3], left, right, k, stride, dilation)
+    ho, wo = conv_out_hw(padding_mode, pad, k, stride, dilation, x.shape[2], x.shape[3])
     if ho < 1 or wo < 1:
         raise ValueError(f"x of spatial size {tuple(x.shape[2:])} is too small for a {k}x{k} kernel "
                          f"with padding {padding!r}")

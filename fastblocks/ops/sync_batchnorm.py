@@ -41,7 +41,7 @@ import torch.distributed as dist
 from .. import _dispatch
 from .._act import act_backward, canonical_act
 from .._recompute import offer
-from .._validate import check_input, conv_out_size, conv_pads, memory_format_of
+from .._validate import check_input, conv_out_hw, memory_format_of
 from ..backends import reference
 from ..backends.eager._common import (_compute_view, acc_dtype, bn_act_forward, dwconv_backward,
                                       dwconv_forward)
@@ -169,9 +169,7 @@ def _forward_fake(x, weight, bn_weight, bn_bias, conv_bias, stride, padding_mode
     n, c, h, w = x.shape
     if weight is not None:
         k = weight.shape[-1]
-        top, bottom, left, right = conv_pads(padding_mode, padding, k, stride, dilation, h, w)
-        h = conv_out_size(h, top, bottom, k, stride, dilation)
-        w = conv_out_size(w, left, right, k, stride, dilation)
+        h, w = conv_out_hw(padding_mode, padding, k, stride, dilation, h, w)
     y = x.new_empty((n, c, h, w)).contiguous(memory_format=memory_format_of(x))
     stats = x.new_empty((c,), dtype=acc_dtype(x))
     return y, stats, torch.empty_like(stats), x.new_empty((), dtype=torch.float64)
