@@ -273,6 +273,29 @@ def compile_cases(ctx: CompileOnly, cases, *, batch: int, dtype: torch.dtype, me
     return failures
 
 
+def smoke_cases(channels: int = 32, size: int = 9):
+    """A few small cases that reach every kernel family (dwconv k3 s1 / k5 s2, BN+act, SE,
+    activation): what the CI test compiles. ``channels`` a multiple of 16 lets Triton prove the
+    16-byte alignment of channels_last rows."""
+    from torch import nn
+
+    from fastblocks.nn import BatchNormAct2d, DWConvBNAct, MemoryEfficientAct, SqueezeExcite
+
+    from .cases import OpCase
+
+    c, shape = channels, (channels, size, size)
+    cases = []
+    for k, stride in ((3, 1), (5, 2)):
+        weight = nn.Parameter(torch.randn(c, 1, k, k) / k)
+        module = DWConvBNAct(weight, None, nn.BatchNorm2d(c), stride, "same", act="silu", own_bn=True)
+        cases.append(OpCase("dwconv_bn_act", "smoke", f"dw_k{k}_s{stride}", module, shape, f"k{k} s{stride} silu"))
+    cases.append(OpCase("bn_act", "smoke", "bn", BatchNormAct2d(c, act="relu"), shape, "relu"))
+    se = SqueezeExcite(nn.Conv2d(c, 8, 1), nn.Conv2d(8, c, 1), act="silu", gate="sigmoid")
+    cases.append(OpCase("squeeze_excite", "smoke", "se", se, shape, "rd8 silu/sigmoid"))
+    cases.append(OpCase("activation", "smoke", "act", MemoryEfficientAct("hardswish"), shape, "hardswish"))
+    return cases
+
+
 def _row_text(row: dict) -> str:
     spec = ", ".join(f"{k}={v}" for k, v in row["constexprs"].items() if k not in ("ACC",))
     return spec
@@ -317,7 +340,8 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90)")
-    parser.add_argument("--models", nargs="+", default=["efficientnet_b0"])
+    parser.add_argument("--models", nargs="+", default=["efficientnet_b0"],
+                        help="models whose layer shapes to compile, or 'smoke' (small cases, every kernel family)")
     parser.add_argument("--ops", nargs="+", default=None, help="only these ops (default: all)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--channels-last", action="store_true")
@@ -329,8 +353,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error("--batch must be >= 1")
+    if args.batch < 2:
+        parser.error("--batch must be >= 2 (training-mode BatchNorm needs more than one value per channel)")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: this compiles for a GPU")
 
@@ -342,7 +368,10 @@ def main(argv=None) -> int:
         if bad:
             parser.error(f"--ops: unknown {bad}; expected some of {list(OPS)}")
     torch.manual_seed(0)
-    cases = collect_cases(tuple(args.models), tuple(args.ops) if args.ops else None, progress=print)
+    if args.models == ["smoke"]:
+        cases = [c for c in smoke_cases() if not args.ops or c.op in args.ops]
+    else:
+        cases = collect_cases(tuple(args.models), tuple(args.ops) if args.ops else None, progress=print)
     cases = cases[:args.limit] if args.limit is not None else cases
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     with CompileOnly(args.arch, all_configs=args.configs == "all") as ctx:

@@ -4,8 +4,9 @@ One kernel family, ``_fused_kernel``, recomputes the depthwise conv of a tile of
 a block of channels from x (zero padding is applied by masks: no padded copy of x) and then,
 depending on the compile-time ``MODE``:
 
-* ``MODE_STATS``  (training forward, pass 1): per-channel Welford statistics of z = conv(x) over
-  the program's tiles, written as one (count, mean, M2) row per program and merged by
+* ``MODE_STATS``  (training forward, pass 1): Welford statistics of z = conv(x) per (pixel
+  lane, channel) over the program's tiles, merged across lanes at the end and written as one
+  (count, mean, M2) row per program per channel, then merged by
   ``_welford_finalize_kernel`` in a fixed order (Chan's formula): deterministic, no atomics.
 * ``MODE_NORM``   (eval forward / training forward pass 2): y = act(z * scale + shift) with the
   BN folded on the fly (scale = gamma / sqrt(var + eps), shift = beta - mean * scale); reads x
@@ -101,13 +102,12 @@ def _fused_kernel(
     offs_i = tl.arange(0, BH * BW)
     di = offs_i // BW
     dj = offs_i % BW
-    # Loads use clamped channel indices (lanes c >= C read channel C-1 and are never stored), so
-    # their masks only depend on the pixel: fewer predicate ops per tap.
-    offs_cl = tl.minimum(offs_c, C - 1)
-    x_rows = x_ptr + (offs_cl * sxc)[None, :]
-    w_rows = w_ptr + offs_cl * (K * K)
+    # Loads are masked on the channel too (no clamped indices: a min() hides the channels'
+    # contiguity from Triton's alignment analysis and every load becomes a 2-byte scalar one).
+    # The weights are tap-major (K*K, C), so each tap's row is one vector load per thread.
+    x_rows = x_ptr + (offs_c * sxc)[None, :]
     o_c_off = (offs_c * soc)[None, :]
-    d_c_off = (offs_cl * sdc)[None, :]
+    d_c_off = (offs_c * sdc)[None, :]
 
     # Per-channel parameters, folded once per program.
     if HAS_GAMMA:
@@ -134,9 +134,11 @@ def _fused_kernel(
             mduz = tl.load(sduz_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) / count
 
     # Accumulators (dead ones are removed by the compiler).
-    w_n = tl.zeros([BC], ACC)
-    w_mean = tl.zeros([BC], ACC)
-    w_m2 = tl.zeros([BC], ACC)
+    # Welford state per (pixel lane, channel): merged across lanes once, after the loop, so a
+    # tile costs no cross-thread reduction (the lane count is the same for every channel).
+    w_n = tl.zeros([BH * BW], ACC)
+    w_mean = tl.zeros([BH * BW, BC], ACC)
+    w_m2 = tl.zeros([BH * BW, BC], ACC)
     acc_du = tl.zeros([BH * BW, BC], ACC)
     acc_duz = tl.zeros([BH * BW, BC], ACC)
     acc_dw = tl.zeros([KK_PAD, BC], ACC)
@@ -164,25 +166,20 @@ def _fused_kernel(
                 for kw in tl.static_range(K):
                     iw = ow * STRIDE + (kw - pad_l)
                     ok = row_ok & (iw >= 0) & (iw < W)
-                    xv = tl.load(x_base + (row_off + iw * sxw)[:, None], mask=ok[:, None], other=0.0)
-                    wv = tl.load(w_rows + (kh * K + kw)).to(ACC)
+                    xv = tl.load(x_base + (row_off + iw * sxw)[:, None], mask=ok[:, None] & mask_c[None, :],
+                                 other=0.0)
+                    wv = tl.load(w_ptr + (kh * K + kw) * C + offs_c, mask=mask_c, other=0.0)
                     z += xv.to(ACC) * wv[None, :]
             z += cbias[None, :]
         else:
-            z = tl.load(x_base + (oh * sxh + ow * sxw)[:, None], mask=mask_p[:, None], other=0.0).to(ACC)
+            z = tl.load(x_base + (oh * sxh + ow * sxw)[:, None], mask=mask2, other=0.0).to(ACC)
 
         if MODE == MODE_STATS:
-            # Welford / Chan merge of this tile's (count, mean, M2) into the running triple.
-            cnt_t = tl.sum(mask_p.to(ACC), axis=0)
-            mean_t = tl.sum(tl.where(mask2, z, 0.0), axis=0) / cnt_t
-            dev = tl.where(mask2, z - mean_t[None, :], 0.0)
-            m2_t = tl.sum(dev * dev, axis=0)
-            n_new = w_n + cnt_t
-            frac = cnt_t / n_new
-            delta = mean_t - w_mean
-            w_mean = w_mean + delta * frac
-            w_m2 = w_m2 + m2_t + delta * delta * (w_n * frac)
-            w_n = n_new
+            w_n += mask_p.to(ACC)
+            inv_n = 1.0 / tl.maximum(w_n, 1.0)
+            delta = tl.where(mask2, z - w_mean, 0.0)
+            w_mean += delta * inv_n[:, None]
+            w_m2 += delta * (z - w_mean)
         elif MODE == MODE_NORM:
             y = act_fwd(z * scale[None, :] + shift[None, :], ACT)
             o_ptrs = out_ptr + n64 * son + (oh * soh + ow * sow)[:, None] + o_c_off
@@ -191,7 +188,7 @@ def _fused_kernel(
             zhat = (z - mean[None, :]) * invstd[None, :]
             u = zhat * gamma[None, :] + beta[None, :]
             d_ptrs = dy_ptr + n64 * sdn + (oh * sdh + ow * sdw)[:, None] + d_c_off
-            dy = tl.load(d_ptrs, mask=mask_p[:, None], other=0.0).to(ACC)
+            dy = tl.load(d_ptrs, mask=mask2, other=0.0).to(ACC)
             du = tl.where(mask2, act_bwd(u, dy, ACT), 0.0)
             if NEED_SUMS:
                 acc_du += du
@@ -214,15 +211,22 @@ def _fused_kernel(
                         for kw in tl.static_range(K):
                             iw = ow * STRIDE + (kw - pad_l)
                             ok = row_ok & (iw >= 0) & (iw < W)
-                            xv = tl.load(x_base + (row_off + iw * sxw)[:, None], mask=ok[:, None], other=0.0)
+                            xv = tl.load(x_base + (row_off + iw * sxw)[:, None],
+                                         mask=ok[:, None] & mask_c[None, :], other=0.0)
                             contrib = tl.sum(dz * xv.to(ACC), axis=0)
                             acc_dw += tl.where(kk_idx[:, None] == kh * K + kw, contrib[None, :], 0.0)
 
     row = pid_g * C + offs_c
     if MODE == MODE_STATS:
-        tl.store(p0_ptr + row, w_n, mask=mask_c)
-        tl.store(p1_ptr + row, w_mean, mask=mask_c)
-        tl.store(p2_ptr + row, w_m2, mask=mask_c)
+        # Chan's merge of the lanes: (n, mean, M2) of the program's pixels per channel.
+        lane_n = w_n[:, None]
+        n_tot = tl.sum(lane_n + tl.zeros([BH * BW, BC], ACC), axis=0)
+        mean_c = tl.sum(lane_n * w_mean, axis=0) / tl.maximum(n_tot, 1.0)
+        dev = w_mean - mean_c[None, :]
+        m2_c = tl.sum(w_m2 + lane_n * dev * dev, axis=0)
+        tl.store(p0_ptr + row, n_tot, mask=mask_c)
+        tl.store(p1_ptr + row, mean_c, mask=mask_c)
+        tl.store(p2_ptr + row, m2_c, mask=mask_c)
     if NEED_SUMS:
         tl.store(p0_ptr + row, tl.sum(acc_du, axis=0), mask=mask_c)
         tl.store(p1_ptr + row, tl.sum(acc_duz, axis=0), mask=mask_c)
@@ -294,10 +298,8 @@ def _dx_kernel(dz_ptr, w_ptr, dx_ptr, N, C, H, W, Ho, Wo, HWO,
     iw = b * STRIDE + PW
     offs_c = pid_c * BC + tl.arange(0, BC)
     mask_c = offs_c < C
-    offs_cl = tl.minimum(offs_c, C - 1)
     n64 = n.to(tl.int64)
-    z_base = dz_ptr + n64 * szn + (offs_cl * szc)[None, :]
-    w_rows = w_ptr + offs_cl * (K * K)
+    z_base = dz_ptr + n64 * szn + (offs_c * szc)[None, :]
     acc = tl.zeros([BH * BW, BC], ACC)
     for kh in tl.static_range(K):
         if kh % STRIDE == PAR_H:
@@ -314,8 +316,9 @@ def _dx_kernel(dz_ptr, w_ptr, dx_ptr, N, C, H, W, Ho, Wo, HWO,
                     else:
                         ow = (iw + (pad_l - kw)) // STRIDE
                     ok = ok_h & (ow >= 0) & (ow < Wo)
-                    dzv = tl.load(z_base + (row_off + ow * szw)[:, None], mask=ok[:, None], other=0.0)
-                    wv = tl.load(w_rows + (kh * K + kw)).to(ACC)
+                    dzv = tl.load(z_base + (row_off + ow * szw)[:, None], mask=ok[:, None] & mask_c[None, :],
+                                  other=0.0)
+                    wv = tl.load(w_ptr + (kh * K + kw) * C + offs_c, mask=mask_c, other=0.0)
                     acc += dzv.to(ACC) * wv[None, :]
     x_ptrs = dx_ptr + n64 * sxn + (ih * sxh + iw * sxw)[:, None] + (offs_c * sxc)[None, :]
     tl.store(x_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
@@ -353,7 +356,9 @@ class _Problem:
         self.n, self.c, self.h, self.w = x.shape
         self.has_conv = weight is not None
         self.k = weight.shape[-1] if self.has_conv else 1
-        self.weight = weight.reshape(self.c, self.k * self.k).contiguous() if self.has_conv else None
+        # Tap-major (K*K, C) in the accumulation dtype: one contiguous row of C weights per tap.
+        self.weight = (weight.reshape(self.c, self.k * self.k).t().to(acc_torch_dtype(x.dtype)).contiguous()
+                       if self.has_conv else None)
         self.conv_bias = conv_bias.contiguous() if conv_bias is not None else None
         self.gamma = bn_weight.contiguous() if bn_weight is not None else None
         self.beta = bn_bias.contiguous() if bn_bias is not None else None
