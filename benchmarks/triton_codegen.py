@@ -8,8 +8,10 @@ the ``triton`` backend in eval, train forward and train forward+backward on CPU 
 stand-in CUDA driver: every kernel launch becomes a compile for ``sm_<arch>`` (each autotune
 config, or the first) and nothing runs. Each distinct compiled kernel is then read back:
 
-- registers and local-memory bytes per thread (``cuobjdump -res-usage`` on the cubin; local
-  memory > 0 means register spills), shared memory, the occupancy they allow;
+- registers, spill stores and stack frame per thread (``ptxas -v`` on the PTX), shared memory,
+  the occupancy they allow;
+- PTX instructions inside loops (the per-tile body of the persistent passes), and how many of
+  them are warp shuffles / barriers (cross-thread reductions);
 - the widest global load / store in the PTX (16 bytes = one 128-bit access per thread; 2 or 4
   bytes means the bandwidth-bound passes issue 4-8x more memory instructions than needed).
 
@@ -138,7 +140,9 @@ class CompileOnly(contextlib.AbstractContextManager):
 
         def autotuned_run(tuner, *args, **kwargs):
             kwargs.pop("warmup", None)
-            configs = tuner.configs if ctx.all_configs else tuner.configs[:1]
+            tuner.nargs = dict(zip(tuner.arg_names, args))
+            configs = tuner.prune_configs(kwargs)  # what the autotuner would benchmark
+            configs = configs if ctx.all_configs else configs[:1]
             for config in configs:
                 tuner.fn.run(*args, warmup=True, **kwargs, **config.all_kwargs())
 
@@ -186,28 +190,59 @@ def global_access_widths(ptx: str) -> dict:
     return out
 
 
-def _cuobjdump() -> Optional[str]:
+def _ptxas() -> Optional[str]:
     import triton
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     return path if os.access(path, os.X_OK) else None
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """{"regs": n, "local_bytes": n} per thread from ``cuobjdump -res-usage`` (empty if unavailable)."""
-    tool = _cuobjdump()
-    if tool is None or not cubin:
+def resource_usage(ptx: str, arch: int) -> dict:
+    """Registers, spill stores / loads and stack frame in bytes per thread, from ``ptxas -v`` (the
+    ptxas Triton ships) on the kernel's PTX; empty when ptxas is unavailable.
+
+    (``cuobjdump -res-usage`` is not enough: it reports spills as STACK, not LOCAL.)"""
+    tool = _ptxas()
+    if tool is None or not ptx:
         return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([tool, f"-arch={sm}", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
     out = {}
-    for name, key in (("REG", "regs"), ("LOCAL", "local_bytes"), ("STACK", "stack_bytes")):
-        m = re.search(rf"\b{name}:(\d+)", text)
+    patterns = {"regs": r"Used (\d+) registers", "stack_bytes": r"(\d+) bytes stack frame",
+                "spill_store_bytes": r"(\d+) bytes spill stores", "spill_load_bytes": r"(\d+) bytes spill loads"}
+    for key, pattern in patterns.items():
+        m = re.search(pattern, text)
         if m:
             out[key] = int(m.group(1))
     return out
+
+
+_LABEL = re.compile(r"^\$(\w+):")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+\$(\w+);")
+
+
+def loop_stats(ptx: str) -> dict:
+    """Static counts over the PTX lines inside loops (between a label and a later branch back to
+    it): instructions, warp shuffles, barriers."""
+    lines = ptx.split("\n")
+    labels, inside = {}, set()
+    for i, line in enumerate(lines):
+        m = _LABEL.match(line.strip())
+        if m:
+            labels[m.group(1)] = i
+        m = _BRANCH.search(line)
+        if m and m.group(1) in labels:
+            inside.update(range(labels[m.group(1)], i + 1))
+    body = [lines[i] for i in sorted(inside)]
+    return {"loop_instructions": sum(1 for l in body if l.rstrip().endswith(";")),
+            "loop_shfl": sum(1 for l in body if "shfl.sync" in l),
+            "loop_bar": sum(1 for l in body if re.search(r"\bbar\.sync|\bbarrier\.sync", l))}
 
 
 def occupancy(regs: int, num_warps: int, smem: int) -> float:
@@ -221,9 +256,9 @@ def occupancy(regs: int, num_warps: int, smem: int) -> float:
     return blocks * num_warps / SM_LIMITS["warps"]
 
 
-def describe(entry: Compiled) -> dict:
+def describe(entry: Compiled, arch: int) -> dict:
     binary = entry.binary
-    usage = resource_usage(binary.asm.get("cubin", b""))
+    usage = resource_usage(binary.asm.get("ptx", ""), arch)
     smem = int(getattr(binary.metadata, "shared", 0) or 0)
     widths = global_access_widths(binary.asm.get("ptx", ""))
     row = {
@@ -233,6 +268,7 @@ def describe(entry: Compiled) -> dict:
         "num_stages": entry.num_stages,
         "shared_bytes": smem,
         **usage,
+        **loop_stats(binary.asm.get("ptx", "")),
         "global_ld_bytes": widths["ld"],
         "global_st_bytes": widths["st"],
         "widest_ld": max(widths["ld"], default=0),
@@ -312,16 +348,17 @@ def markdown(result: dict) -> str:
         lines += ["## Failures", ""] + [f"- {f}" for f in result["failures"]] + [""]
     s = result["summary"]
     lines += ["## Summary", "",
-              f"- {s['kernels']} compiled kernels; with local memory (spills): {s['spilling']}; "
+              f"- {s['kernels']} compiled kernels; spilling registers: {s['spilling']}; "
               f"median registers {s['median_regs']}; widest global load 16 B in {s['ld16']} of them, "
               f"store 16 B in {s['st16']}", "",
               "## Kernels", "",
-              "| kernel | specialization | warps | regs | local B | smem B | occupancy | widest ld / st B | ld widths (B: count) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+              "| kernel | specialization | warps | regs | spill st B | smem B | occupancy | loop instr (shfl, bar) | widest ld / st B | ld widths (B: count) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in result["kernels"]:
         widths = " ".join(f"{b}:{n}" for b, n in sorted(row["global_ld_bytes"].items()))
         lines.append(f"| {row['kernel']} | {_row_text(row)} | {row['num_warps']} | {row.get('regs', '?')} | "
-                     f"{row.get('local_bytes', '?')} | {row['shared_bytes']} | {row.get('occupancy', '?')} | "
+                     f"{row.get('spill_store_bytes', '?')} | {row['shared_bytes']} | {row.get('occupancy', '?')} | "
+                     f"{row['loop_instructions']} ({row['loop_shfl']}, {row['loop_bar']}) | "
                      f"{row['widest_ld']} / {row['widest_st']} | {widths} |")
     return "\n".join(lines) + "\n"
 
@@ -330,7 +367,7 @@ def summarize(rows: list[dict]) -> dict:
     regs = sorted(r["regs"] for r in rows if "regs" in r)
     return {
         "kernels": len(rows),
-        "spilling": sum(1 for r in rows if r.get("local_bytes", 0) > 0),
+        "spilling": sum(1 for r in rows if r.get("spill_store_bytes", 0) > 0),
         "median_regs": regs[len(regs) // 2] if regs else None,
         "ld16": sum(1 for r in rows if r["widest_ld"] >= 16),
         "st16": sum(1 for r in rows if r["widest_st"] >= 16),
@@ -377,7 +414,7 @@ def main(argv=None) -> int:
     with CompileOnly(args.arch, all_configs=args.configs == "all") as ctx:
         failures = compile_cases(ctx, cases, batch=args.batch, dtype=DTYPES[args.dtype],
                                  memory_format=fmt, modes=tuple(args.modes))
-    rows = sorted((describe(e) for e in ctx.compiled.values()),
+    rows = sorted((describe(e, args.arch) for e in ctx.compiled.values()),
                   key=lambda r: (r["kernel"], _row_text(r), r["num_warps"]))
     result = {
         "meta": {"arch": args.arch, "triton": ctx.triton_version, "torch": torch.__version__,

@@ -115,12 +115,14 @@ class _FixedConfig:
         return launch
 
 
-def autotune(configs, key, interp_config: triton.Config):
-    """``triton.autotune(configs, key)`` on a GPU; a single fixed config under TRITON_INTERPRET."""
+def autotune(configs, key, interp_config: triton.Config, prune=None):
+    """``triton.autotune(configs, key)`` on a GPU (``prune``: its early_config_prune, called with
+    (configs, named_args, **kwargs)); a single fixed config under TRITON_INTERPRET."""
     def decorate(fn):
         if INTERPRET:
             return _FixedConfig(fn, interp_config)
-        return triton.autotune(configs=configs, key=key)(fn)
+        by = {"early_config_prune": prune} if prune is not None else None
+        return triton.autotune(configs=configs, key=key, prune_configs_by=by)(fn)
     return decorate
 
 

@@ -15,7 +15,9 @@ depending on the compile-time ``MODE``:
   du = act'(u) * dy, recomputing z from x and the saved mean / var.
 * ``MODE_BWD_DZ`` (backward pass 2): dz = dBN/dz (training uses the finished sums), written in
   x's dtype when dx is needed; per-program partial dW rows (sum over pixels of dz * x_tap), and
-  in eval mode the du / du * zhat sums too (eval dz does not depend on them).
+  in eval mode the du / du * zhat sums too (eval dz does not depend on them). dW is summed either
+  across threads every tile (``DW_REGS=False``) or in K*K per-thread accumulators reduced once
+  per program (``DW_REGS=True``, configs with few elements a thread); the autotuner picks.
 
 ``_dx_kernel`` then gathers dx from dz through the transposed depthwise conv. With ``HAS_CONV``
 False the same family is bn_act (z = x; in ``MODE_BWD_DZ`` dz *is* dx).
@@ -70,9 +72,35 @@ def _configs_nchw():
     ]
 
 
+def _with_dw_regs(configs, dw_regs_configs):
+    """The fused kernel's configs: ``configs`` with the dW reduced across threads every tile
+    (DW_REGS=False) plus ``dw_regs_configs`` with per-tap register accumulators (DW_REGS=True;
+    small tiles: K*K accumulators per element a thread holds)."""
+    out = []
+    for cfg, flag in [(c, False) for c in configs] + [(c, True) for c in dw_regs_configs]:
+        out.append(triton.Config(dict(cfg.kwargs, DW_REGS=flag), num_warps=cfg.num_warps,
+                                 num_stages=cfg.num_stages))
+    return out
+
+
+def _dw_regs_prune(configs, named_args, **kwargs):
+    """DW_REGS only changes the backward pass that reduces dW: elsewhere its configs would compile
+    the same code twice. Keep them where the K*K accumulators fit (<= 128 registers a thread)."""
+    need_dw = bool(kwargs.get("NEED_DW", named_args.get("NEED_DW")))
+    k = int(kwargs.get("K", named_args.get("K", 1)))
+
+    def fits(cfg):
+        per_thread = cfg.kwargs["BH"] * cfg.kwargs["BW"] * cfg.kwargs["BC"] // (32 * cfg.num_warps)
+        return k * k * max(per_thread, 1) <= 128
+
+    kept = [c for c in configs if not c.kwargs["DW_REGS"] or (need_dw and fits(c))]
+    return kept or configs[:1]
+
+
 # Under the interpreter: one config with big blocks (each program costs Python time).
 _INTERP_CONFIG = triton.Config({"BH": 8, "BW": 8, "BC": 8})
-_KEY = ["C", "HWO", "K", "STRIDE", "MODE", "HAS_CONV"]
+_INTERP_FUSED_CONFIG = triton.Config({"BH": 8, "BW": 8, "BC": 8, "DW_REGS": 0})
+_KEY = ["C", "HWO", "K", "STRIDE", "MODE", "HAS_CONV", "NEED_DW"]
 
 
 @triton.jit
@@ -86,7 +114,7 @@ def _fused_kernel(
     HAS_BIAS: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
     MODE: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
     NEED_SUMS: tl.constexpr, NEED_DW: tl.constexpr, WRITE_OUT: tl.constexpr, ACC: tl.constexpr,
-    BH: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr,
+    BH: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr, DW_REGS: tl.constexpr,
 ):
     pid_g = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -143,6 +171,12 @@ def _fused_kernel(
     acc_duz = tl.zeros([BH * BW, BC], ACC)
     acc_dw = tl.zeros([KK_PAD, BC], ACC)
     kk_idx = tl.arange(0, KK_PAD)
+    if NEED_DW and DW_REGS:
+        # One (pixel lane, channel) accumulator per tap, reduced across threads once after the
+        # loop: no K*K cross-thread reductions per tile, at K*K x (elements per thread) registers.
+        dw_taps = ()
+        for tap in tl.static_range(K * K):
+            dw_taps = dw_taps + (tl.zeros([BH * BW, BC], ACC),)
 
     for t in range(t_begin, t_end):
         n = t // tiles_img
@@ -159,7 +193,10 @@ def _fused_kernel(
         # z = depthwise conv (+ bias), fp32 (fp64) accumulation.
         if HAS_CONV:
             z = tl.zeros([BH * BW, BC], ACC)
-            for kh in tl.static_range(K):
+            # A run-time loop over the kernel rows: the weights of one row are live at a time.
+            # (Unrolled, the compiler keeps all K*K weight vectors in registers across the tile
+            # loop: 200 fp32 registers a thread at k5, and every config spilled.)
+            for kh in range(K):
                 ih = oh * STRIDE + (kh - pad_t)
                 row_ok = mask_p & (ih >= 0) & (ih < H)
                 row_off = ih * sxh
@@ -204,6 +241,8 @@ def _fused_kernel(
                     tl.store(o_ptrs, dz.to(out_ptr.dtype.element_ty), mask=mask2)
                 if NEED_DW:
                     # dW[c, tap] += sum_p dz * x_tap (taps re-read from cache, not DRAM).
+                    if DW_REGS:
+                        new_taps = ()
                     for kh in tl.static_range(K):
                         ih = oh * STRIDE + (kh - pad_t)
                         row_ok = mask_p & (ih >= 0) & (ih < H)
@@ -213,8 +252,13 @@ def _fused_kernel(
                             ok = row_ok & (iw >= 0) & (iw < W)
                             xv = tl.load(x_base + (row_off + iw * sxw)[:, None],
                                          mask=ok[:, None] & mask_c[None, :], other=0.0)
-                            contrib = tl.sum(dz * xv.to(ACC), axis=0)
-                            acc_dw += tl.where(kk_idx[:, None] == kh * K + kw, contrib[None, :], 0.0)
+                            if DW_REGS:
+                                new_taps = new_taps + (dw_taps[kh * K + kw] + dz * xv.to(ACC),)
+                            else:
+                                contrib = tl.sum(dz * xv.to(ACC), axis=0)
+                                acc_dw += tl.where(kk_idx[:, None] == kh * K + kw, contrib[None, :], 0.0)
+                    if DW_REGS:
+                        dw_taps = new_taps
 
     row = pid_g * C + offs_c
     if MODE == MODE_STATS:
@@ -231,8 +275,13 @@ def _fused_kernel(
         tl.store(p0_ptr + row, tl.sum(acc_du, axis=0), mask=mask_c)
         tl.store(p1_ptr + row, tl.sum(acc_duz, axis=0), mask=mask_c)
     if NEED_DW:
-        dw_ptrs = p2_ptr + pid_g * C * (K * K) + offs_c[None, :] * (K * K) + kk_idx[:, None]
-        tl.store(dw_ptrs, acc_dw, mask=(kk_idx < K * K)[:, None] & mask_c[None, :])
+        if DW_REGS:
+            for tap in tl.static_range(K * K):
+                tl.store(p2_ptr + pid_g * C * (K * K) + offs_c * (K * K) + tap, tl.sum(dw_taps[tap], axis=0),
+                         mask=mask_c)
+        else:
+            dw_ptrs = p2_ptr + pid_g * C * (K * K) + offs_c[None, :] * (K * K) + kk_idx[:, None]
+            tl.store(dw_ptrs, acc_dw, mask=(kk_idx < K * K)[:, None] & mask_c[None, :])
 
 
 @triton.jit
@@ -324,8 +373,15 @@ def _dx_kernel(dz_ptr, w_ptr, dx_ptr, N, C, H, W, Ho, Wo, HWO,
     tl.store(x_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
-_fused_cl = autotune(_configs_channels_last(), _KEY, _INTERP_CONFIG)(_fused_kernel)
-_fused_nchw = autotune(_configs_nchw(), _KEY, _INTERP_CONFIG)(_fused_kernel)
+_DW_REGS_CL = [triton.Config({"BH": 2, "BW": 8, "BC": 32}, num_warps=4),
+               triton.Config({"BH": 4, "BW": 8, "BC": 32}, num_warps=8),
+               triton.Config({"BH": 2, "BW": 8, "BC": 32}, num_warps=8)]
+_DW_REGS_NCHW = [triton.Config({"BH": 8, "BW": 32, "BC": 1}, num_warps=4),
+                 triton.Config({"BH": 4, "BW": 8, "BC": 8}, num_warps=4)]
+_fused_cl = autotune(_with_dw_regs(_configs_channels_last(), _DW_REGS_CL), _KEY, _INTERP_FUSED_CONFIG,
+                     prune=_dw_regs_prune)(_fused_kernel)
+_fused_nchw = autotune(_with_dw_regs(_configs_nchw(), _DW_REGS_NCHW), _KEY, _INTERP_FUSED_CONFIG,
+                       prune=_dw_regs_prune)(_fused_kernel)
 _DX_KEY = ["C", "HWO", "K", "STRIDE", "PH", "PW"]
 _dx_cl = autotune(_configs_channels_last(), _DX_KEY, _INTERP_CONFIG)(_dx_kernel)
 _dx_nchw = autotune(_configs_nchw(), _DX_KEY, _INTERP_CONFIG)(_dx_kernel)

@@ -82,6 +82,11 @@ CASES = {
                                         blocks="BH=2,BW=4,BC=2"),
     "dw-smallblocks-eval-s2-nchw": _dw((1, 3, 9, 7), 5, 2, "same", False, "relu", False,
                                        blocks="BH=2,BW=4,BC=2"),
+    # dW accumulated per tap in registers (the DW_REGS configs), several programs and tiles each
+    "dw-dwregs-k3-train-cl": _dw((2, 10, 7, 9), 3, 1, "same", True, "silu", True,
+                                 blocks="BH=2,BW=4,BC=4,DW_REGS=1"),
+    "dw-dwregs-k5-s2-eval-nchw": _dw((1, 3, 9, 11), 5, 2, "tf_same", False, "hardswish", False,
+                                     blocks="BH=2,BW=4,BC=2,DW_REGS=1"),
     # large per-channel mean: the Welford statistics must not cancel
     "dw-offset-mean-train": _dw((2, 3, 9, 9), 3, 1, "same", True, "identity", True, offset=50.0),
     # low precision (fp32 accumulation) and float64 (exact to 1e-10)
