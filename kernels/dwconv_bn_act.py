@@ -373,7 +373,9 @@ def _dx_kernel(dz_ptr, w_ptr, dx_ptr, N, C, H, W, Ho, Wo, HWO,
     tl.store(x_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
-_DW_REGS_CL = [triton.Config({"BH": 2, "BW": 8, "BC": 32}, num_warps=4),
+_DW_REGS_CL = [triton.Config({"BH": 4, "BW": 8, "BC": 32}, num_warps=4),  # 8 a thread: k3 only
+               triton.Config({"BH": 2, "BW": 8, "BC": 64}, num_warps=4),
+               triton.Config({"BH": 2, "BW": 8, "BC": 32}, num_warps=4),
                triton.Config({"BH": 4, "BW": 8, "BC": 32}, num_warps=8),
                triton.Config({"BH": 2, "BW": 8, "BC": 32}, num_warps=8)]
 _DW_REGS_NCHW = [triton.Config({"BH": 8, "BW": 32, "BC": 1}, num_warps=4),
