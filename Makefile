@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fastblocks-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv install build demo test bench auto-table clean
+.PHONY: venv install build demo test bench auto-table codegen gpu-build gpu-test gpu-bench-ops gpu-bench-models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,28 @@ bench: $(STAMP)
 # Regenerate fastblocks/_auto_table.py (backend="auto" preferences) from benchmarks/results/*.json.
 auto-table: $(STAMP)
 	$(BIN)/python -m benchmarks.auto_table
+
+# What the Triton kernels compile to for sm_90 (no GPU needed): registers, spills, access widths.
+codegen: $(STAMP)
+	$(BIN)/python -m benchmarks.triton_codegen --channels-last
+
+# On a lent GPU machine, with its own python3 (torch + triton installed, no .venv): build the
+# extension, run the GPU tests, then the quick benchmark in two parts (each fits one 10-minute
+# device call). The Triton cache lives in the (git-ignored) work tree, so a second call on the
+# same warm machine reuses the autotuned kernels. RESULTS=$$OUT/results brings the results back.
+GPU_ENV := TRITON_CACHE_DIR=$(CURDIR)/.triton-cache
+RESULTS ?= benchmarks/results
+gpu-build:
+	$(PYTHON) setup.py -q build_ext --inplace
+
+gpu-test: gpu-build
+	$(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
+
+gpu-bench-ops: gpu-build
+	$(GPU_ENV) $(PYTHON) -m benchmarks.run --device cuda --quick --channels-last --models none --out $(RESULTS)
+
+gpu-bench-models: gpu-build
+	$(GPU_ENV) $(PYTHON) -m benchmarks.run --device cuda --quick --channels-last --ops none --out $(RESULTS)
 
 clean:
 	rm -rf build *.egg-info fastblocks/_C*.so
