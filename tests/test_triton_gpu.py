@@ -94,3 +94,18 @@ def test_structure(case):
 def test_determinism_b0_layer():
     """Bitwise identical results on a realistic layer (no atomics, fixed reduction order)."""
     assert_deterministic_b0_layer("triton", BATCH)
+
+
+@pytest.mark.parametrize("dw_regs", [False, True])
+@pytest.mark.parametrize("c,h,k,stride,cl", [(144, 56, 3, 1, True), (240, 28, 5, 1, True), (96, 29, 5, 2, False)])
+def test_dw_reduction_schemes(dw_regs, c, h, k, stride, cl, monkeypatch):
+    """Both ways of reducing dW (across threads every tile / per-tap register accumulators) are
+    right, whichever the autotuner would pick: the fused kernel is restricted to one of them."""
+    import kernels.dwconv_bn_act as dw
+
+    for tuner in (dw._fused_cl, dw._fused_nchw):
+        monkeypatch.setattr(tuner, "configs", [cfg for cfg in tuner.configs if cfg.kwargs["DW_REGS"] == dw_regs])
+        monkeypatch.setattr(tuner, "cache", {})
+    spec = dict(op="dwconv_bn_act", shape=(BATCH, c, h, h), k=k, stride=stride, padding="same", training=True,
+                act="silu", cl=cl, dtype="bfloat16", conv_bias=False)
+    run_case(spec, device="cuda")
