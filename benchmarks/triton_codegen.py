@@ -1,7 +1,11 @@
 """What the Triton kernels compile to for a GPU, on a machine without one.
 
-``python -m benchmarks.triton_codegen [--arch 90] [--models efficientnet_b0] [--dtype bfloat16]
-[--channels-last] [--batch 16] [--configs all|first] [--tag T]``
+``python -m benchmarks.triton_codegen [--arch 90] [--models efficientnet_b0 | smoke] [--ops ...]
+[--dtype bfloat16] [--channels-last] [--batch 16] [--configs all|first] [--modes ...] [--limit N]
+[--tag T]``
+
+Rows that look alike in the table differ in Triton's integer specialisation (an argument divisible
+by 16, or equal to 1), which gives a separate binary.
 
 Runs every op case of the models (the shapes ``benchmarks.run`` times, from ``cases.py``) through
 the ``triton`` backend in eval, train forward and train forward+backward on CPU tensors, with a
