@@ -75,7 +75,7 @@ def main() -> None:
             results[name] = (t, saved, out, grads)
         (te, se, oe, ge), (tf, sf, of, gf) = results["eager"], results["fastblocks"]
         diff = float((of - oe).abs().max())
-        gdiff = float((gf - ge).abs().max()) if ge is not None else float("nan")
+        gdiff = float((gf - ge).abs().max()) if ge is not None else None  # eval: no gradients
         rows.append((mode, te, tf, se, sf, diff, gdiff))
 
     print(f"EfficientNet-B0 (timm, random init), batch {args.batch}, {args.size}x{args.size}, {device}, "
@@ -86,8 +86,9 @@ def main() -> None:
     print("-" * len(head))
     for mode, te, tf, se, sf, diff, gdiff in rows:
         ratio = f"{sf / se:6.2f}" if se else "     -"
+        gtext = f"{gdiff:10.2e}" if gdiff is not None else f"{'-':>10}"
         print(f"{mode:13} {te:9.3f} {tf:9.3f} {te / tf:7.2f}x {se / 2**20:16.1f} {sf / 2**20:8.1f} {ratio} "
-              f"{diff:10.2e} {gdiff:10.2e}")
+              f"{diff:10.2e} {gtext}")
 
 
 if __name__ == "__main__":
