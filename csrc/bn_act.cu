@@ -24,8 +24,6 @@ namespace {
 constexpr const char* kFwd = "fastblocks_kernels::bn_act_forward (CUDA)";
 constexpr const char* kBwd = "fastblocks_kernels::bn_act_backward (CUDA)";
 
-template <typename T>
-using acc_of = typename AccOf<T>::type;
 
 // Per-block (mean, M2) of z over the block's rows, for its V channels per thread.
 template <typename scalar_t, int V>

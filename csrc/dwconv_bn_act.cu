@@ -25,8 +25,6 @@ namespace {
 constexpr const char* kFwd = "fastblocks_kernels::dwconv_bn_act_forward (CUDA)";
 constexpr const char* kBwd = "fastblocks_kernels::dwconv_bn_act_backward (CUDA)";
 
-template <typename T>
-using acc_of = typename AccOf<T>::type;
 
 // Per-block partials of dweight: part[(blockIdx.y * K * K + tap) * C + c] = sum over the block's
 // output pixels p of dz[p, c] * x[input pixel under tap, c]. One tap per blockIdx.z.

@@ -13,6 +13,18 @@
 
 namespace fastblocks {
 
+// Accumulation / statistics type of the kernels: float, double for double inputs (CPU and CUDA).
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_of = typename AccOf<T>::type;
+
 // Activation codes (the kernels switch on them; CUDA device code includes this enum too).
 enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4 };
 

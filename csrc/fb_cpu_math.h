@@ -9,15 +9,6 @@
 // GCC vector types for float accumulation (branch-free: selects instead of ifs, so that silu's exp
 // and the activation kinks vectorise), scalar code for the tail and for double.
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 // FB_VBYTES-byte vectors (GCC vector extensions; the including file sets FB_VBYTES to 32 or 64
 // before each inclusion): zmm / ymm registers in the AVX-512 / AVX2 copies, xmm otherwise.
 #ifndef FB_VBYTES

@@ -36,15 +36,6 @@
 namespace fastblocks {
 namespace cuda {
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 // Elements of scalar_t in one 16-byte vector.
 template <typename scalar_t>
 constexpr int kVec = 16 / static_cast<int>(sizeof(scalar_t));

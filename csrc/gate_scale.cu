@@ -17,8 +17,6 @@ namespace fastblocks {
 namespace cuda {
 namespace {
 
-template <typename T>
-using acc_of = typename AccOf<T>::type;
 
 // part[(n * gridDim.y + blockIdx.y) * C + c] = sum over the block's rows r (pixels of sample
 // n = blockIdx.z) of x (dy == nullptr) or dy * x; writes dx = dy * scale[n, c] when dx != nullptr.
