@@ -69,6 +69,40 @@ def _constexpr_view(fn, kwargs: dict) -> dict:
     return out
 
 
+def stand_in_cuda_driver(arch: int = 90):
+    """A Triton driver that reports a CUDA ``sm_<arch>`` target without a GPU: enough for Triton
+    to compile (and for torch's Triton-kernel analysis to lower to TTIR), nothing can launch."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.driver import DriverBase
+
+    target = GPUTarget("cuda", arch, 32)
+
+    class StandInCudaDriver(DriverBase):
+        @classmethod
+        def is_active(cls):
+            return True
+
+        def map_python_to_cpp_type(self, ty):
+            return "void*"
+
+        def get_current_target(self):
+            return target
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+        def get_benchmarker(self):
+            raise RuntimeError("compile-only: nothing is benchmarked")
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+    return StandInCudaDriver()
+
+
 class CompileOnly(contextlib.AbstractContextManager):
     """Every Triton launch in the block compiles for ``sm_<arch>`` and returns without running.
 
@@ -91,8 +125,6 @@ class CompileOnly(contextlib.AbstractContextManager):
 
     def __enter__(self):
         import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.backends.driver import DriverBase
         from triton.runtime import driver as driver_config
         from triton.runtime.autotuner import Autotuner
         from triton.runtime.jit import JITFunction
@@ -102,32 +134,7 @@ class CompileOnly(contextlib.AbstractContextManager):
 
         if common.INTERPRET:
             raise RuntimeError("unset TRITON_INTERPRET: the kernels were imported for the interpreter")
-        target = GPUTarget("cuda", self.arch, 32)
-
-        class StandInCudaDriver(DriverBase):
-            @classmethod
-            def is_active(cls):
-                return True
-
-            def map_python_to_cpp_type(self, ty):
-                return "void*"
-
-            def get_current_target(self):
-                return target
-
-            def get_active_torch_device(self):
-                return torch.device("cpu")
-
-            def get_benchmarker(self):
-                raise RuntimeError("compile-only: nothing is benchmarked")
-
-            def get_current_device(self):
-                return 0
-
-            def get_current_stream(self, device=None):
-                return 0
-
-        self._patch(driver_config, "_active", StandInCudaDriver())
+        self._patch(driver_config, "_active", stand_in_cuda_driver(self.arch))
         ctx = self
         jit_run = JITFunction.run
 

@@ -15,7 +15,9 @@ call raises :class:`BackendUnavailableError`; it is never silently replaced by a
 
 ``"reference"`` is the plain PyTorch composition (autograd through ATen ops); every other backend
 runs inside the op's ``torch.library`` custom op, which resolves the name at run time, so
-``torch.compile`` sees one op.
+``torch.compile`` sees one op - except where graph capture traces through it (a backend registered
+with :func:`register_graph_capture`; see ``fastblocks/ops/_capture.py``): then the name is resolved
+when the graph is traced.
 """
 
 from __future__ import annotations
@@ -162,8 +164,8 @@ def requested(explicit: str | None) -> str:
     return get_backend() if explicit is None else _check_name(explicit)
 
 
-def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendImpl:
-    """Resolve ``name`` (possibly ``"auto"``) to the implementation that runs ``op`` on ``args``."""
+def resolve(op: str, name: str, device: torch.device, args: tuple) -> tuple[str, BackendImpl]:
+    """Resolve ``name`` (possibly ``"auto"``) to (backend name, implementation) for ``op`` on ``args``."""
     impls = _REGISTRY.get(op, {})
     if name == "auto":
         order = auto_order(op, device, args)
@@ -172,7 +174,7 @@ def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendIm
             if impl is None or _unavailable_reason(candidate) is not None:
                 continue
             if impl.supports(*args) is None:
-                return impl
+                return candidate, impl
         raise BackendUnavailableError(
             f"fastblocks: no backend in {order} can run {op} on device {device.type!r}"
         )
@@ -185,4 +187,49 @@ def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendIm
         reason = impls[name].supports(*args)
     if reason is not None:
         raise BackendUnavailableError(f"fastblocks: cannot run {op} with backend {name!r}: {reason}")
-    return impls[name]
+    return name, impls[name]
+
+
+def impl_for(op: str, name: str, device: torch.device, args: tuple) -> BackendImpl:
+    """The implementation :func:`resolve` picks."""
+    return resolve(op, name, device, args)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph capture (see fastblocks/ops/_capture.py): backends whose forward / backward can be traced
+# by torch.compile / torch.export instead of being called as one opaque op.
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphCapture:
+    """How a backend is traced. ``reason(device)``: None when calls on ``device`` can be traced,
+    else why not; ``context()``: entered around the traced call (e.g. routes kernel launches through
+    ``torch.library.wrap_triton``); ``kernels()``: the Triton kernels it may launch (their source
+    goes into torch.compile's cache keys)."""
+
+    reason: Callable[[torch.device], str | None]
+    context: Callable[[], contextlib.AbstractContextManager]
+    kernels: Callable[[], list]
+
+
+_CAPTURE: dict[str, GraphCapture] = {}
+
+
+def register_graph_capture(backend: str, capture: GraphCapture) -> None:
+    """Declare that ``backend``'s implementations can be traced into a graph."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend name must be one of {BACKENDS}, got {backend!r}")
+    _CAPTURE[backend] = capture
+
+
+def graph_capture(backend: str, device: torch.device) -> GraphCapture | None:
+    """The backend's :class:`GraphCapture` when calls on ``device`` can be traced, else None."""
+    capture = _CAPTURE.get(backend)
+    if capture is None or capture.reason(device) is not None:
+        return None
+    return capture
+
+
+def capture_kernels() -> list:
+    """Every kernel a traceable backend may put into a graph."""
+    return [k for capture in _CAPTURE.values() for k in capture.kernels()]

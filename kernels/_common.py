@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -21,6 +22,35 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", 
 # Environment variable that overrides the fixed block sizes used under the interpreter, e.g.
 # "BH=2,BW=4,BC=2" (tests use it to put block boundaries inside tiny tensors).
 INTERP_BLOCKS_ENV = "FASTBLOCKS_TRITON_INTERP_BLOCKS"
+
+
+class _Capture(threading.local):
+    def __init__(self) -> None:
+        self.on = False
+
+
+_CAPTURE = _Capture()
+
+
+@contextlib.contextmanager
+def capturing():
+    """Launch through ``torch.library.wrap_triton`` inside the block: torch.compile / torch.export
+    tracing then records each launch as a graph node (see fastblocks/ops/_capture.py)."""
+    previous = _CAPTURE.on
+    _CAPTURE.on = True
+    try:
+        yield
+    finally:
+        _CAPTURE.on = previous
+
+
+def launcher(kernel):
+    """``kernel`` (a jit / autotuned kernel), or its ``wrap_triton`` form inside :func:`capturing`.
+    Every launch goes ``launcher(kernel)[grid](...)``: outside tracing the kernel is called
+    directly (torch notes ~1 ms a launch for the traceable wrapper in eager mode)."""
+    if _CAPTURE.on:
+        return torch.library.wrap_triton(kernel)
+    return kernel
 
 
 def poison_enabled() -> bool:
@@ -203,5 +233,6 @@ def sum_rows(partial: torch.Tensor) -> torch.Tensor:
     bm = 128 if INTERPRET else 256
     br = 8 if INTERPRET else 16
     with device_guard(partial):
-        _sum_rows_kernel[(triton.cdiv(m, bm),)](flat, out, r, m, BR=br, BM=bm, ACC=acc_tl_dtype(partial.dtype))
+        launcher(_sum_rows_kernel)[(triton.cdiv(m, bm),)](flat, out, r, m, BR=br, BM=bm,
+                                                          ACC=acc_tl_dtype(partial.dtype))
     return out.reshape(rest)

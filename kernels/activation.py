@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_tl_dtype, act_bwd, act_fwd, autotune, device_guard, empty_like
+from ._common import acc_tl_dtype, act_bwd, act_fwd, autotune, device_guard, empty_like, launcher
 
 _CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=4),
@@ -65,7 +65,7 @@ def forward(x: torch.Tensor, act: str) -> torch.Tensor:
     y = empty_like(x)
     if x.numel():
         with device_guard(x):
-            _fwd[_grid(x.numel())](x, y, x.numel(), ACT=act, ACC=acc_tl_dtype(x.dtype))
+            launcher(_fwd)[_grid(x.numel())](x, y, x.numel(), ACT=act, ACC=acc_tl_dtype(x.dtype))
     return y
 
 
@@ -78,5 +78,5 @@ def backward(dy: torch.Tensor, x: torch.Tensor, act: str) -> torch.Tensor:
     dx = empty_like(x)
     if x.numel():
         with device_guard(x):
-            _bwd[_grid(x.numel())](dy, x, dx, x.numel(), ACT=act, ACC=acc_tl_dtype(x.dtype))
+            launcher(_bwd)[_grid(x.numel())](dy, x, dx, x.numel(), ACT=act, ACC=acc_tl_dtype(x.dtype))
     return dx

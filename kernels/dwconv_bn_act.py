@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_tl_dtype, acc_torch_dtype, act_bwd, act_fwd, autotune, device_guard, empty,
+from ._common import (acc_tl_dtype, acc_torch_dtype, act_bwd, act_fwd, autotune, device_guard, empty, launcher,
                       memory_format, next_pow2, sum_rows, target_programs)
 
 # Pass selectors: plain ints for the launchers, constexpr twins for use inside kernels.
@@ -454,7 +454,7 @@ class _Problem:
                 return (g, triton.cdiv(c, meta["BC"]))
         kk = self.k * self.k
         with device_guard(x):
-            self.kernel[grid](
+            launcher(self.kernel)[grid](
                 x, _or(self.weight, dummy), _or(self.conv_bias, dummy), _or(self.gamma, dummy),
                 _or(self.beta, dummy), _or(mean, dummy), _or(var, dummy),
                 out_t, dy_t, _or(sdu, dummy), _or(sduz, dummy), _or(p0, dummy), _or(p1, dummy), _or(p2, dummy),
@@ -475,7 +475,7 @@ class _Problem:
         var = empty((self.c,), self.acc, self.x.device)
         bc = 64
         with device_guard(self.x):
-            _welford_finalize_kernel[(triton.cdiv(self.c, bc),)](
+            launcher(_welford_finalize_kernel)[(triton.cdiv(self.c, bc),)](
                 cnt, mean_p, m2_p, mean, var, self.g, self.c, BR=16, BC=bc, ACC=acc_tl_dtype(self.x.dtype))
         return mean, var
 
@@ -558,7 +558,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], 
                             tiles = triton.cdiv(hs, meta["BH"]) * triton.cdiv(ws, meta["BW"])
                             return (p.n * tiles, triton.cdiv(p.c, meta["BC"]))
 
-                        dx_kernel[grid](dz, wk, dx, p.n, p.c, p.h, p.w, ho, wo, p.h * p.w,
+                        launcher(dx_kernel)[grid](dz, wk, dx, p.n, p.c, p.h, p.w, ho, wo, p.h * p.w,
                                         *dz.stride(), *dx.stride(), pad_t, pad_l,
                                         K=p.k, STRIDE=stride, PH=ph, PW=pw, PAR_H=(ph + pad_t) % stride,
                                         PAR_W=(pw + pad_l) % stride, ACC=acc_tl_dtype(x.dtype))

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_tl_dtype, acc_torch_dtype, autotune, device_guard, empty, gate_fwd, memory_format,
+from ._common import (acc_tl_dtype, acc_torch_dtype, autotune, device_guard, empty, gate_fwd, launcher, memory_format,
                       spatially_flat, sum_rows, target_programs)
 
 
@@ -181,7 +181,7 @@ def pool(x: torch.Tensor) -> torch.Tensor:
         return (n * s, triton.cdiv(c, meta["BC"]))
 
     with device_guard(x):
-        kernel[grid](x, part, n, c, h * w, s, *_strides(x), ACC=acc_tl_dtype(x.dtype))
+        launcher(kernel)[grid](x, part, n, c, h * w, s, *_strides(x), ACC=acc_tl_dtype(x.dtype))
     return sum_rows(part)
 
 
@@ -197,7 +197,7 @@ def scale_forward(x: torch.Tensor, logits: torch.Tensor, gate: str) -> torch.Ten
         return (n * triton.cdiv(h * w, meta["BP"]), triton.cdiv(c, meta["BC"]))
 
     with device_guard(x):
-        kernel[grid](x, logits, y, n, c, h * w, *_strides(x), *_strides(y), GATE=gate,
+        launcher(kernel)[grid](x, logits, y, n, c, h * w, *_strides(x), *_strides(y), GATE=gate,
                      ACC=acc_tl_dtype(x.dtype))
     return y
 
@@ -227,7 +227,7 @@ def scale_backward(dy: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, gate
 
     dx_t = dx if dx is not None else x
     with device_guard(x):
-        kernel[grid](dy, x, logits, add if add is not None else logits, dx_t,
+        launcher(kernel)[grid](dy, x, logits, add if add is not None else logits, dx_t,
                      part if part is not None else logits, n, c, h * w, s,
                      *_strides(dy), *_strides(x), *_strides(dx_t),
                      GATE=gate, WRITE_DX=need_dx, REDUCE=need_dgate, HAS_ADD=add is not None,

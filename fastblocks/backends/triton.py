@@ -11,6 +11,10 @@ so an element a kernel fails to write shows up as NaN).
 
 Squeeze-excite / ECA: the pooling, scale and scale-backward passes are kernels; the tiny (N, C)
 MLP / 1-D conv between them stays in PyTorch.
+
+Graph capture (:mod:`fastblocks.ops._capture`): on CUDA tensors torch.compile / torch.export trace
+these functions, every launch going through ``torch.library.wrap_triton``, so the compiled graph
+holds the Triton kernels themselves rather than one opaque op.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import torch
 
 from .._act import gate_backward
-from .._dispatch import BackendImpl, register_backend, register_impl
+from .._dispatch import BackendImpl, GraphCapture, register_backend, register_graph_capture, register_impl
 from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
 from .._validate import conv_out_size, conv_pads
 
@@ -51,6 +55,28 @@ def _availability() -> str | None:
 def _kernels(name: str):
     """Import kernels.<name> lazily (keeps ``import fastblocks`` free of triton)."""
     return importlib.import_module(f"kernels.{name}")
+
+
+_KERNEL_MODULES = ("_common", "activation", "dwconv_bn_act", "gate_scale")
+
+
+def _capture_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"traced launches need CUDA tensors, got {device.type}"
+    if _interpret():
+        return "TRITON_INTERPRET=1 runs the kernels eagerly"
+    return _availability()
+
+
+def _all_kernels() -> list:
+    """Every jit / autotuned kernel in kernels/ (helpers included: they are part of the source)."""
+    if _availability() is not None:
+        return []
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    return [obj for name in _KERNEL_MODULES for obj in vars(_kernels(name)).values()
+            if isinstance(obj, (JITFunction, Autotuner))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +232,7 @@ def _activation_supports(x, act):
 
 
 register_backend(NAME, _availability)
+register_graph_capture(NAME, GraphCapture(_capture_reason, lambda: _kernels("_common").capturing(), _all_kernels))
 register_impl("dwconv_bn_act", NAME, BackendImpl(dwconv_bn_act_forward, dwconv_bn_act_backward, _dwconv_supports))
 register_impl("bn_act", NAME, BackendImpl(bn_act_forward, bn_act_backward, _x_supports))
 register_impl("gate_scale", NAME, BackendImpl(gate_scale_forward, gate_scale_backward, _x_supports))

@@ -1,4 +1,5 @@
-"""Glue shared by the op files: backend dispatch inside custom ops, grad-slot conventions.
+"""Glue shared by the op files: backend dispatch inside custom ops (through
+:mod:`fastblocks.ops._capture`), grad-slot conventions.
 
 Custom ops cannot return None, so a gradient that is not needed (or whose input is None) travels
 as an empty tensor on x's device and becomes None again in the autograd formula.
@@ -10,20 +11,21 @@ from typing import Optional
 
 import torch
 
-from .. import _dispatch
 from .._validate import memory_format_of
+from ._capture import run
 
 Tensor = torch.Tensor
 
 
 def run_forward(op: str, backend: str, args: tuple):
-    """Resolve ``backend`` for this call (at run time, inside the custom op) and run its forward."""
-    return _dispatch.impl_for(op, backend, args[0].device, args).forward(*args)
+    """Resolve ``backend`` for this call (at run time inside the custom op, or when graph capture
+    traces it) and run its forward."""
+    return run(op, backend, args, lambda impl: impl.forward(*args))
 
 
 def run_backward(op: str, backend: str, forward_args: tuple, args: tuple):
     """Run the backward of the backend that ran the forward (same resolution, same inputs)."""
-    return _dispatch.impl_for(op, backend, forward_args[0].device, forward_args).backward(*args)
+    return run(op, backend, forward_args, lambda impl: impl.backward(*args))
 
 
 def grad_slot(grad: Optional[Tensor], like: Optional[Tensor], x: Tensor, needed: bool) -> Tensor:

@@ -9,13 +9,14 @@ import torch
 from .. import _dispatch
 from .._act import canonical_act
 from ..backends import reference
+from ._capture import fused_op
 from ._plumbing import run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "activation"
 
 
-@torch.library.custom_op("fastblocks::activation", mutates_args=())
+@fused_op("fastblocks::activation")
 def _forward(x: Tensor, act: str, backend: str) -> Tensor:
     return run_forward(OP, backend, (x, act))
 
@@ -25,7 +26,7 @@ def _forward_fake(x, act, backend):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("fastblocks::activation_backward", mutates_args=())
+@fused_op("fastblocks::activation_backward")
 def _backward_op(dy: Tensor, x: Tensor, act: str, backend: str) -> Tensor:
     return run_backward(OP, backend, (x, act), (dy, x, act))
 

@@ -13,13 +13,14 @@ from ..backends import reference
 from .._recompute import offer
 from ..backends.eager._common import bn_act_forward as recompute_bn_act
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
+from ._capture import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "bn_act"
 
 
-@torch.library.custom_op("fastblocks::bn_act", mutates_args=())
+@fused_op("fastblocks::bn_act")
 def _forward(x: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
              running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
              eps: float, act: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -33,7 +34,7 @@ def _forward_fake(x, bn_weight, bn_bias, running_mean, running_var, training, ep
     return x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("fastblocks::bn_act_backward", mutates_args=())
+@fused_op("fastblocks::bn_act_backward")
 def _backward_op(dy: Tensor, x: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
                  mean: Tensor, var: Tensor, training: bool, eps: float, act: str,
                  mask: Sequence[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:

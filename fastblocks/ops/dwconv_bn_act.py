@@ -12,6 +12,7 @@ from .._validate import (check_input, check_optional, check_tensor, conv_out_hw,
                          memory_format_of, padding_spec, scalar_int)
 from ..backends import reference
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
+from ._capture import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
@@ -22,7 +23,7 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("fastblocks::dwconv_bn_act", mutates_args=())
+@fused_op("fastblocks::dwconv_bn_act")
 def _forward(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
              running_mean: Optional[Tensor], running_var: Optional[Tensor], conv_bias: Optional[Tensor],
              stride: int, padding_mode: str, padding: int, dilation: int, training: bool, eps: float,
@@ -45,7 +46,7 @@ def _forward_fake(x, weight, bn_weight, bn_bias, running_mean, running_var, conv
     return y, stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("fastblocks::dwconv_bn_act_backward", mutates_args=())
+@fused_op("fastblocks::dwconv_bn_act_backward")
 def _backward_op(dy: Tensor, x: Tensor, weight: Tensor, bn_weight: Optional[Tensor],
                  bn_bias: Optional[Tensor], conv_bias: Optional[Tensor], mean: Tensor, var: Tensor,
                  stride: int, padding_mode: str, padding: int, dilation: int, training: bool,

@@ -12,13 +12,14 @@ from .._validate import check_input, check_tensor, memory_format_of
 from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
+from ._capture import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "eca"
 
 
-@torch.library.custom_op("fastblocks::eca", mutates_args=())
+@fused_op("fastblocks::eca")
 def _forward(x: Tensor, conv_weight: Tensor, gate: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, pooled (N,C), logits (N,C))."""
     return run_forward(OP, backend, (x, conv_weight, gate))
@@ -30,7 +31,7 @@ def _forward_fake(x, conv_weight, gate, backend):
     return x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)), nc, torch.empty_like(nc)
 
 
-@torch.library.custom_op("fastblocks::eca_backward", mutates_args=())
+@fused_op("fastblocks::eca_backward")
 def _backward_op(dy: Tensor, x: Tensor, pooled: Tensor, logits: Tensor, conv_weight: Tensor, gate: str,
                  mask: Sequence[bool], backend: str) -> tuple[Tensor, Tensor]:
     grads = run_backward(OP, backend, (x, conv_weight, gate), (dy, x, pooled, logits, conv_weight, gate, list(mask)))

@@ -12,13 +12,14 @@ from .._validate import check_input, check_tensor, memory_format_of
 from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
+from ._capture import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "gate_scale"
 
 
-@torch.library.custom_op("fastblocks::gate_scale", mutates_args=())
+@fused_op("fastblocks::gate_scale")
 def _forward(x: Tensor, logits: Tensor, gate: str, backend: str) -> Tensor:
     return run_forward(OP, backend, (x, logits, gate))
 
@@ -28,7 +29,7 @@ def _forward_fake(x, logits, gate, backend):
     return x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x))
 
 
-@torch.library.custom_op("fastblocks::gate_scale_backward", mutates_args=())
+@fused_op("fastblocks::gate_scale_backward")
 def _backward_op(dy: Tensor, x: Tensor, logits: Tensor, gate: str, mask: Sequence[bool],
                  backend: str) -> tuple[Tensor, Tensor]:
     grads = run_backward(OP, backend, (x, logits, gate), (dy, x, logits, gate, list(mask)))

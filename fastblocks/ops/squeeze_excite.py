@@ -12,13 +12,14 @@ from .._validate import check_input, check_optional, check_tensor, memory_format
 from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
+from ._capture import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "squeeze_excite"
 
 
-@torch.library.custom_op("fastblocks::squeeze_excite", mutates_args=())
+@fused_op("fastblocks::squeeze_excite")
 def _forward(x: Tensor, reduce_weight: Tensor, reduce_bias: Optional[Tensor], expand_weight: Tensor,
              expand_bias: Optional[Tensor], act: str, gate: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, pooled (N,C), logits (N,C)); pooled and logits in float32 (float64 for float64 x)."""
@@ -31,7 +32,7 @@ def _forward_fake(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act
     return x.new_empty(x.shape).contiguous(memory_format=memory_format_of(x)), nc, torch.empty_like(nc)
 
 
-@torch.library.custom_op("fastblocks::squeeze_excite_backward", mutates_args=())
+@fused_op("fastblocks::squeeze_excite_backward")
 def _backward_op(dy: Tensor, x: Tensor, pooled: Tensor, logits: Tensor, reduce_weight: Tensor,
                  reduce_bias: Optional[Tensor], expand_weight: Tensor, expand_bias: Optional[Tensor],
                  act: str, gate: str, mask: Sequence[bool], backend: str

@@ -1,0 +1,129 @@
+"""Graph capture: torch.compile / torch.export trace through a fused op into its Triton kernels.
+
+Every fused op is a ``torch.library`` custom op whose body resolves the backend at run time, so by
+default torch.compile sees one opaque call. Ops defined with :func:`fused_op` also register a
+decomposition for AOTAutograd's functional tracing (the mechanism behind
+``torch.library.triton_op``): when a call resolves to a backend that supports graph capture (the
+``triton`` backend on CUDA tensors: its launchers then go through ``torch.library.wrap_triton``),
+the traced graph gets the op's body instead of the op: the Triton kernel launches (Inductor's
+user-defined-kernel nodes, which Inductor autotunes and launches from its own wrapper) and the
+small torch ops between them. Calls that resolve to any other backend (the
+compiled extension, eager) stay one opaque call.
+
+With capture, the backend is chosen when the graph is traced, not at every call. Autograd is
+unchanged: the op's registered backward (recompute from x and the statistics) is what the backward
+graph traces, through the backward op, which is captured the same way.
+
+``FASTBLOCKS_GRAPH_CAPTURE=0`` (read at every trace) keeps every op opaque; torch.export honours
+``torch._functorch.config.decompose_custom_triton_ops`` as it does for ``triton_op``. Needs
+``torch.library.wrap_triton`` and ``CustomOpDef.register_torch_dispatch`` (torch >= 2.6); older
+versions keep the opaque ops.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+import torch
+
+from .. import _dispatch
+
+ENV = "FASTBLOCKS_GRAPH_CAPTURE"
+
+
+class NotCapturable(Exception):
+    """Raised while tracing when the call resolved to a backend that cannot be traced."""
+
+
+class _Tracing(threading.local):
+    def __init__(self) -> None:
+        self.active = False
+
+
+_TRACING = _Tracing()
+
+
+def supported() -> bool:
+    """This torch has what graph capture needs."""
+    from torch._library.custom_ops import CustomOpDef
+
+    return hasattr(torch.library, "wrap_triton") and hasattr(CustomOpDef, "register_torch_dispatch")
+
+
+def enabled() -> bool:
+    """Capture is on unless FASTBLOCKS_GRAPH_CAPTURE is 0 / false / no / off, or torch.export asked
+    to keep Triton-backed ops whole."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    config = getattr(torch._functorch, "config", None)
+    return bool(getattr(config, "decompose_custom_triton_ops", True))
+
+
+def fused_op(name: str) -> Callable:
+    """``torch.library.custom_op(name, mutates_args=())`` whose body graph capture can trace.
+
+    The body must resolve its backend through :func:`run` before it runs any tensor op."""
+    def define(fn: Callable) -> Any:
+        opdef = torch.library.custom_op(name, mutates_args=())(fn)
+        if supported():
+            _register_decomposition(opdef, fn)
+            _register_cache_kernels(name)
+        return opdef
+    return define
+
+
+def run(op: str, backend: str, forward_args: tuple, call: Callable[[_dispatch.BackendImpl], Any]) -> Any:
+    """Resolve ``backend`` for ``op`` on ``forward_args`` and return ``call(impl)``; while a fused
+    op is being decomposed, only for a backend that can be traced (else :class:`NotCapturable`)."""
+    device = forward_args[0].device
+    name, impl = _dispatch.resolve(op, backend, device, forward_args)
+    if not _TRACING.active:
+        return call(impl)
+    capture = _dispatch.graph_capture(name, device)
+    if capture is None:
+        raise NotCapturable(name)
+    _TRACING.active = False  # the decision is made; nothing below is another fused op's body
+    with capture.context():
+        return call(impl)
+
+
+def _register_decomposition(opdef, fn: Callable) -> None:
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+
+    known = (FakeTensor, FunctionalTensor)
+
+    def decompose(mode, op, types, args, kwargs):
+        if any(t is not torch.Tensor and not issubclass(t, known) for t in types):
+            return NotImplemented  # a tensor subclass: let it handle the op (as triton_op does)
+        if enabled():
+            previous = _TRACING.active
+            _TRACING.active = True
+            try:
+                with mode:
+                    return fn(*args, **kwargs)
+            except NotCapturable:
+                pass  # nothing was traced yet: the body resolves the backend first
+            finally:
+                _TRACING.active = previous
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    opdef.register_torch_dispatch(FunctionalTensorMode, decompose)
+
+
+class _CaptureKernels:
+    """The kernels of every traceable backend, listed when torch.compile computes a cache key
+    (listing them at ``import fastblocks`` would import triton)."""
+
+    def __iter__(self):
+        return iter(_dispatch.capture_kernels())
+
+
+def _register_cache_kernels(name: str) -> None:
+    # AOTAutograd's cache keys a graph on the source of the Triton kernels behind each
+    # triton_op in it; without this entry an edited kernel could be served from a stale cache.
+    table = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
+    if isinstance(table, dict):
+        table[name] = _CaptureKernels()

@@ -1,0 +1,78 @@
+"""Graph capture: AOTAutograd (torch.compile's tracer) sees the Triton kernels of the ``triton``
+backend instead of one opaque fastblocks op; other backends stay opaque.
+
+Runs ``tests/_graph_capture_worker.py`` in a subprocess without TRITON_INTERPRET on fake CUDA
+tensors: no GPU needed, nothing launches. Checked per op, forward and backward graph: every launch
+is a ``triton_kernel_wrapper_functional`` node of the expected kernels, no fastblocks op is left,
+and torch's analysis of the kernels (lowered to TTIR for sm_90) found exactly the output buffers
+written (if it failed, every tensor argument would be copied before each launch). The numbers
+under torch.compile are checked on a GPU (``test_triton_gpu.py::test_compiled_graph_capture``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+from fastblocks.ops import _capture  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "_graph_capture_worker.py")
+# Output / scratch buffers of the kernels: the only arguments a launch may have copied.
+WRITTEN = {"out_ptr", "p0_ptr", "p1_ptr", "p2_ptr", "out_mean_ptr", "out_var_ptr", "dx_ptr", "part_ptr", "y_ptr"}
+DW_TRAIN = ({"_fused_kernel", "_welford_finalize_kernel"}, {"_fused_kernel", "_dx_kernel"})
+EXPECTED = {  # case -> (kernels in the forward graph, kernels in the backward graph)
+    "dwconv_k3_s1_train_cl": DW_TRAIN,
+    "dwconv_k5_s2_eval_cl": ({"_fused_kernel"}, {"_fused_kernel", "_dx_kernel"}),
+    "dwconv_k3_s2_train_nchw": DW_TRAIN,
+    "dwconv_auto_train_cl": DW_TRAIN,
+    "bn_act_train_cl": ({"_fused_kernel", "_welford_finalize_kernel"}, {"_fused_kernel"}),
+    "squeeze_excite_cl": ({"_pool_kernel", "_scale_fwd_kernel"}, {"_scale_bwd_kernel"}),
+    "eca_cl": ({"_pool_kernel", "_scale_fwd_kernel"}, {"_scale_bwd_kernel"}),
+    "gate_scale_cl": ({"_scale_fwd_kernel"}, {"_scale_bwd_kernel"}),
+    "silu_cl": ({"_act_fwd_kernel"}, {"_act_bwd_kernel"}),
+}
+
+pytestmark = pytest.mark.skipif(not _capture.supported(), reason="this torch has no wrap_triton")
+
+
+def _trace(*cases: str, **env_extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, WORKER, *cases], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return _trace()
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_triton_calls_become_kernel_launches(graphs, case):
+    for phase, expected in zip(("forward", "backward"), EXPECTED[case]):
+        nodes = graphs[case][phase]
+        assert [n["op"] for n in nodes if "op" in n] == [], f"{case} {phase}: a fastblocks op was left whole"
+        assert {n["kernel"] for n in nodes} == expected, f"{case} {phase}"
+        for node in nodes:
+            assert node["clones"] and set(node["clones"]) <= WRITTEN, f"{case} {phase}: {node}"
+
+
+def test_other_backends_stay_opaque(graphs):
+    case = graphs["dwconv_eager_train_cl"]
+    assert case["forward"] == [{"op": "fastblocks.dwconv_bn_act.default"}]
+    assert case["backward"] == [{"op": "fastblocks.dwconv_bn_act_backward.default"}]
+
+
+def test_capture_can_be_turned_off():
+    case = _trace("silu_cl", FASTBLOCKS_GRAPH_CAPTURE="0")["silu_cl"]
+    assert case["forward"] == [{"op": "fastblocks.activation.default"}]
+    assert case["backward"] == [{"op": "fastblocks.activation_backward.default"}]
