@@ -7,7 +7,8 @@ the CUDA device guard are faked, since nothing runs: fake tensors only record wh
 
 Output: {case: {"forward": [...], "backward": [...]}}, each graph a list of
 {"kernel": name, "clones": [argument names functionalization copies]} for every Triton launch and
-{"op": name} for every fastblocks op left whole.
+{"op": name} for every fastblocks op left whole; plus "cache_key_sources": the kernels whose source
+torch.compile's AOTAutograd cache would hash for a graph holding fastblocks::dwconv_bn_act.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def trace(fn, inputs: list) -> list:
 
     aot_function(fn, fw_compiler=compiler)(*inputs)
     return graphs[0]
+
+
+def cache_key_sources(op: str) -> dict:
+    """What AOTAutograd's cache key would hash for ``op``: kernel name -> length of the source
+    closure torch computes for it (as in AOTAutogradCacheDetails.get_triton_source_codes_from_gm)."""
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+    from triton.runtime.autotuner import Autotuner
+
+    out = {}
+    for kernel in torch._library.triton.get_triton_kernels_for_op(op):
+        fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+        out[fn.__name__] = len(user_defined_triton_kernel_transitive_closure_source_code(fn))
+    return out
 
 
 def tensor(*shape, fmt=None, dtype=BF16):
@@ -139,6 +153,7 @@ def main() -> None:
         for name, (forward, backward) in cases().items():
             if not only or name in only:
                 result[name] = {"forward": trace(*forward), "backward": trace(*backward)}
+    result["cache_key_sources"] = cache_key_sources("fastblocks::dwconv_bn_act")
     print(json.dumps(result))
 
 

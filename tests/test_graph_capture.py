@@ -66,6 +66,16 @@ def test_triton_calls_become_kernel_launches(graphs, case):
             assert node["clones"] and set(node["clones"]) <= WRITTEN, f"{case} {phase}: {node}"
 
 
+def test_kernel_sources_are_in_compile_cache_keys(graphs):
+    """An edited kernel must not be served from torch.compile's cache: the fused ops list the
+    kernels their traced graphs may launch, and torch can read their source."""
+    sources = graphs["cache_key_sources"]
+    launched = {n["kernel"] for case in EXPECTED for phase in ("forward", "backward")
+                for n in graphs[case][phase]}
+    assert launched <= set(sources)
+    assert all(length > 100 for length in sources.values()), sources
+
+
 def test_other_backends_stay_opaque(graphs):
     case = graphs["dwconv_eager_train_cl"]
     assert case["forward"] == [{"op": "fastblocks.dwconv_bn_act.default"}]
