@@ -21,7 +21,9 @@ import sys
 import torch
 from torch._functorch.aot_autograd import aot_function
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +35,8 @@ from benchmarks.triton_codegen import stand_in_cuda_driver  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
 BF16, CL = torch.bfloat16, torch.channels_last
+# cases also traced with symbolic batch and image sizes
+DYNAMIC = ("dwconv_k3_s1_train_cl", "dwconv_k5_s2_eval_cl", "squeeze_excite_cl")
 
 
 def describe(gm: torch.fx.GraphModule) -> list:
@@ -149,8 +153,17 @@ def main() -> None:
     kernels._common.target_programs = lambda device: 4 * 132
     only = sys.argv[1:]
     result = {}
-    with FakeTensorMode():
-        for name, (forward, backward) in cases().items():
+    shape_env = ShapeEnv()
+
+    def symbolic(name, hint):  # a dynamic size, as torch.compile makes after a size changes
+        return shape_env.create_symintnode(shape_env.create_symbol(hint, ConstantSource(name)), hint=hint)
+
+    with FakeTensorMode(shape_env=shape_env):
+        table = cases()
+        dynamic = cases(n=symbolic("n", 8), h=symbolic("h", 28))
+        for name in DYNAMIC:
+            table[f"{name}_dynamic"] = dynamic[name]
+        for name, (forward, backward) in table.items():
             if not only or name in only:
                 result[name] = {"forward": trace(*forward), "backward": trace(*backward)}
     result["cache_key_sources"] = cache_key_sources("fastblocks::dwconv_bn_act")

@@ -2,7 +2,8 @@
 backend instead of one opaque fastblocks op; other backends stay opaque.
 
 Runs ``tests/_graph_capture_worker.py`` in a subprocess without TRITON_INTERPRET on fake CUDA
-tensors: no GPU needed, nothing launches. Checked per op, forward and backward graph: every launch
+tensors: no GPU needed, nothing launches. Checked per op, forward and backward graph (static sizes,
+and symbolic batch / image sizes for three cases): every launch
 is a ``triton_kernel_wrapper_functional`` node of the expected kernels, no fastblocks op is left,
 and torch's analysis of the kernels (lowered to TTIR for sm_90) found exactly the output buffers
 written (if it failed, every tensor argument would be copied before each launch). The numbers
@@ -38,6 +39,13 @@ EXPECTED = {  # case -> (kernels in the forward graph, kernels in the backward g
     "gate_scale_cl": ({"_scale_fwd_kernel"}, {"_scale_bwd_kernel"}),
     "silu_cl": ({"_act_fwd_kernel"}, {"_act_bwd_kernel"}),
 }
+# traced with symbolic batch / image sizes (what torch.compile does once a size changes); at
+# 8 x 28 x 28 the dwconv reductions span several programs, whose partial rows sum_rows reduces
+EXPECTED.update({
+    "dwconv_k3_s1_train_cl_dynamic": (DW_TRAIN[0], DW_TRAIN[1] | {"_sum_rows_kernel"}),
+    "dwconv_k5_s2_eval_cl_dynamic": ({"_fused_kernel"}, {"_fused_kernel", "_dx_kernel", "_sum_rows_kernel"}),
+    "squeeze_excite_cl_dynamic": EXPECTED["squeeze_excite_cl"],
+})
 
 pytestmark = pytest.mark.skipif(not _capture.supported(), reason="this torch has no wrap_triton")
 
