@@ -104,6 +104,23 @@ _KEY = ["C", "HWO", "K", "STRIDE", "MODE", "HAS_CONV", "NEED_DW"]
 
 
 @triton.jit
+def _tap_row(oh, kh, mask_p, H, sxh, pad_t, STRIDE: tl.constexpr):
+    """(in-image mask, x offset) of input row kh of the taps of output rows oh."""
+    ih = oh * STRIDE + (kh - pad_t)
+    return mask_p & (ih >= 0) & (ih < H), ih * sxh
+
+
+@triton.jit
+def _x_tap(x_base, row_ok, row_off, ow, kw, mask_c, W, sxw, pad_l, STRIDE: tl.constexpr):
+    """x under tap (kh, kw) of the output pixels, (BH*BW, BC), 0 in the padding; (row_ok,
+    row_off) from :func:`_tap_row`. Serves the conv and the dW reduction (which re-reads the
+    taps from cache)."""
+    iw = ow * STRIDE + (kw - pad_l)
+    ok = row_ok & (iw >= 0) & (iw < W)
+    return tl.load(x_base + (row_off + iw * sxw)[:, None], mask=ok[:, None] & mask_c[None, :], other=0.0)
+
+
+@triton.jit
 def _fused_kernel(
     x_ptr, w_ptr, cb_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr,
     out_ptr, dy_ptr, sdu_ptr, sduz_ptr, p0_ptr, p1_ptr, p2_ptr,
@@ -197,14 +214,9 @@ def _fused_kernel(
             # (Unrolled, the compiler keeps all K*K weight vectors in registers across the tile
             # loop: 200 fp32 registers a thread at k5, and every config spilled.)
             for kh in range(K):
-                ih = oh * STRIDE + (kh - pad_t)
-                row_ok = mask_p & (ih >= 0) & (ih < H)
-                row_off = ih * sxh
+                row_ok, row_off = _tap_row(oh, kh, mask_p, H, sxh, pad_t, STRIDE)
                 for kw in tl.static_range(K):
-                    iw = ow * STRIDE + (kw - pad_l)
-                    ok = row_ok & (iw >= 0) & (iw < W)
-                    xv = tl.load(x_base + (row_off + iw * sxw)[:, None], mask=ok[:, None] & mask_c[None, :],
-                                 other=0.0)
+                    xv = _x_tap(x_base, row_ok, row_off, ow, kw, mask_c, W, sxw, pad_l, STRIDE)
                     wv = tl.load(w_ptr + (kh * K + kw) * C + offs_c, mask=mask_c, other=0.0)
                     z += xv.to(ACC) * wv[None, :]
             z += cbias[None, :]
@@ -244,14 +256,9 @@ def _fused_kernel(
                     if DW_REGS:
                         new_taps = ()
                     for kh in tl.static_range(K):
-                        ih = oh * STRIDE + (kh - pad_t)
-                        row_ok = mask_p & (ih >= 0) & (ih < H)
-                        row_off = ih * sxh
+                        row_ok, row_off = _tap_row(oh, kh, mask_p, H, sxh, pad_t, STRIDE)
                         for kw in tl.static_range(K):
-                            iw = ow * STRIDE + (kw - pad_l)
-                            ok = row_ok & (iw >= 0) & (iw < W)
-                            xv = tl.load(x_base + (row_off + iw * sxw)[:, None],
-                                         mask=ok[:, None] & mask_c[None, :], other=0.0)
+                            xv = _x_tap(x_base, row_ok, row_off, ow, kw, mask_c, W, sxw, pad_l, STRIDE)
                             if DW_REGS:
                                 new_taps = new_taps + (dw_taps[kh * K + kw] + dz * xv.to(ACC),)
                             else:
