@@ -86,7 +86,7 @@ def test_activation_large(act, dtype):
     run_case(dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype, cl=True), device="cuda")
 
 
-@pytest.mark.parametrize("case", ["determinism", "layouts", "large_values", "unsupported", "opcheck"])
+@pytest.mark.parametrize("case", ["determinism", "layouts", "large_values", "unsupported", "opcheck", "compiled"])
 def test_structure(case):
     run_case(dict(op=case), device="cuda")
 

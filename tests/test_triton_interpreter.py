@@ -100,6 +100,7 @@ CASES = {
     "dw-gradcheck-fp64": dict(op="gradcheck_dwconv"),
     "dw-deterministic": dict(op="determinism"),
     "dw-opcheck": dict(op="opcheck"),
+    "compiled-block": dict(op="compiled"),
     "dw-unsupported-k9": dict(op="unsupported"),
 
     # bn_act
@@ -352,6 +353,36 @@ def _opcheck(device, backend):
     return {}
 
 
+def _compiled(device, backend):
+    """torch.compile(fullgraph=True, backend="aot_eager") of dwconv -> SE -> SiLU, training forward +
+    backward, against the same ops uncompiled. Under the interpreter the ops stay opaque in the
+    graph; on a GPU graph capture puts the kernels themselves into it (fastblocks/ops/_capture.py)."""
+    import fastblocks as fb
+    torch.manual_seed(0)
+    c = 6
+    x = torch.randn(2, c, 7, 7, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    shapes = [(c, 1, 3, 3), (c,), (c,), (2, c, 1, 1), (2,), (c, 2, 1, 1), (c,)]
+    params = [torch.randn(shape, device=device) for shape in shapes]
+    params[1] = params[1].abs() + 0.5  # BN weight
+    params = [p.requires_grad_() for p in params]
+
+    def block(x, rm, rv):
+        w, g, b, r, rb, e, eb = params
+        y = fb.ops.dwconv_bn_act(x, w, g, b, rm, rv, stride=2, training=True, backend=backend)
+        return fb.ops.silu(fb.ops.squeeze_excite(y, r, rb, e, eb, backend=backend), backend=backend)
+
+    def step(fn):
+        rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+        out = fn(x, rm, rv)
+        return [out, *torch.autograd.grad(out.square().sum(), [x] + params), rm, rv]
+
+    torch._dynamo.reset()
+    got = step(torch.compile(block, fullgraph=True, backend="aot_eager"))
+    for a, b in zip(got, step(block)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    return {}
+
+
 def _unsupported(device, backend):
     import fastblocks as fb
     x = torch.randn(1, 2, 12, 12, device=device)
@@ -421,7 +452,7 @@ def _no_autotune(device, backend):
 
 
 _SPECIAL = {"gradcheck_dwconv": _gradcheck_dwconv, "determinism": _determinism, "opcheck": _opcheck,
-            "unsupported": _unsupported, "large_values": _large_values, "layouts": _layouts,
+            "compiled": _compiled, "unsupported": _unsupported, "large_values": _large_values, "layouts": _layouts,
             "no_autotune": _no_autotune}
 
 
