@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -113,12 +114,16 @@ def _register_decomposition(opdef, fn: Callable) -> None:
     opdef.register_torch_dispatch(FunctionalTensorMode, decompose)
 
 
-class _CaptureKernels:
+class _CaptureKernels(Sequence):
     """The kernels of every traceable backend, listed when torch.compile computes a cache key
-    (listing them at ``import fastblocks`` would import triton)."""
+    (listing them at ``import fastblocks`` would import triton). A read-only sequence, like the
+    list torch keeps there for a triton_op."""
 
-    def __iter__(self):
-        return iter(_dispatch.capture_kernels())
+    def __getitem__(self, index):
+        return _dispatch.capture_kernels()[index]
+
+    def __len__(self) -> int:
+        return len(_dispatch.capture_kernels())
 
 
 def _register_cache_kernels(name: str) -> None:
