@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fastblocks-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv install build demo test bench auto-table codegen gpu-build gpu-test gpu-bench-ops gpu-bench-models clean
+.PHONY: venv install build demo test bench auto-table codegen gpu-build gpu-test gpu-warm gpu-bench-ops gpu-bench-models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,12 @@ gpu-build:
 gpu-test: gpu-build
 	$(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
 
-gpu-bench-ops: gpu-build
+# Compile every kernel config the op benchmark autotunes, in parallel, into the cache (its
+# autotuner would compile them one after another); a failure here only costs the warm-up.
+gpu-warm:
+	-$(GPU_ENV) $(PYTHON) -m benchmarks.triton_warm --channels-last
+
+gpu-bench-ops: gpu-build gpu-warm
 	$(GPU_ENV) $(PYTHON) -m benchmarks.run --device cuda --quick --channels-last --models none --out $(RESULTS)
 
 gpu-bench-models: gpu-build

@@ -69,3 +69,21 @@ def test_no_heavy_register_spills(report):
         pytest.skip("ptxas (shipped with Triton's NVIDIA backend) is not available")
     spilling = [(r["kernel"], r["constexprs"], r["spill_store_bytes"]) for r in rows if r["spill_store_bytes"] > 32]
     assert spilling == []
+
+
+def test_warm_cache_is_reused(tmp_path):
+    """``benchmarks.triton_warm`` fills TRITON_CACHE_DIR from parallel compile-only processes; a
+    second run finds every binary there (what the GPU benchmark's autotuner relies on)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--ops", "activation",
+           "--channels-last", "--batch", "2", "--jobs", "2"]
+
+    def warm():
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return {str(p.relative_to(tmp_path)) for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+
+    first = warm()
+    assert any(name.endswith(".cubin") for name in first)
+    assert warm() == first

@@ -1,0 +1,83 @@
+"""Fill Triton's cache with every kernel the GPU op benchmark will autotune, compiled in parallel.
+
+``python -m benchmarks.triton_warm [--jobs 16] [--models efficientnet_b0] [--ops ...]
+[--dtype bfloat16] [--channels-last] [--batch 128]``
+
+Triton's autotuner compiles every config of a kernel specialisation, one after another, the first
+time it meets it: about 440 compiles for the quick GPU op benchmark, minutes of a 10-minute device
+call. This runs the benchmark's op cases through the ``triton`` backend in ``--jobs`` processes
+under :class:`benchmarks.triton_codegen.CompileOnly` (every config compiled for ``sm_<arch>``,
+nothing launched), so a benchmark that follows on the same machine, with the same Triton,
+``TRITON_CACHE_DIR``, shapes and dtype, finds the binaries in the cache and only times them. Where a
+cache key differs the autotuner compiles as before: nothing is lost but the warm-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from .triton_codegen import MODES, CompileOnly, compile_cases, smoke_cases
+
+
+def _cases(args):
+    from .cases import collect_cases
+
+    if args.models == ["smoke"]:
+        return [c for c in smoke_cases() if c.op in args.ops]
+    return collect_cases(tuple(args.models), tuple(args.ops), progress=lambda *_: None)
+
+
+def _shard(args) -> int:
+    from .run import DTYPES
+
+    index, count = (int(v) for v in args.shard.split("/"))
+    cases = _cases(args)[index::count]
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    with CompileOnly(args.arch, all_configs=True) as ctx:
+        failures = compile_cases(ctx, cases, batch=args.batch, dtype=DTYPES[args.dtype], memory_format=fmt,
+                                 modes=tuple(args.modes), progress=lambda *_: None)
+    for line in failures:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"shard {args.shard}: {len(cases)} cases, {len(ctx.compiled)} kernels")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: CPU count)")
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--models", nargs="+", default=["efficientnet_b0"], help="or 'smoke' (small cases)")
+    parser.add_argument("--ops", nargs="+", default=["dwconv_bn_act", "squeeze_excite", "activation"],
+                        help="default: the quick benchmark's ops")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--batch", type=int, default=128, help="the benchmark's batch (default 128)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one worker's share
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.batch < 2:
+        parser.error("--jobs must be >= 1 and --batch >= 2")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: this compiles for a GPU")
+    if args.shard:
+        return _shard(args)
+
+    jobs = min(args.jobs, len(_cases(args)))
+    start = time.time()
+    base = [sys.executable, "-m", "benchmarks.triton_warm"] + (sys.argv[1:] if argv is None else list(argv))
+    procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"]) for i in range(jobs)]
+    codes = [p.wait() for p in procs]
+    print(f"triton_warm: {jobs} processes, {time.time() - start:.0f} s, "
+          f"cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
+    return max(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
