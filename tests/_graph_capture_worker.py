@@ -6,7 +6,8 @@ arguments are written can lower each kernel to TTIR); the triton backend's avail
 the CUDA device guard are faked, since nothing runs: fake tensors only record what would be launched.
 
 Output: {case: {"forward": [...], "backward": [...]}}, each graph a list of
-{"kernel": name, "clones": [argument names functionalization copies]} for every Triton launch and
+{"kernel": name, "clones": [argument names functionalization copies], "clones_after_reinplace": [the
+same after Inductor's reinplacing pass]} for every Triton launch and
 {"op": name} for every fastblocks op left whole; plus "cache_key_sources": the kernels whose source
 torch.compile's AOTAutograd cache would hash for a graph holding fastblocks::dwconv_bn_act.
 """
@@ -21,6 +22,7 @@ import sys
 import torch
 from torch._functorch.aot_autograd import aot_function
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+from torch._inductor.fx_passes.reinplace import reinplace_inplaceable_ops_core
 from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -60,7 +62,13 @@ def trace(fn, inputs: list) -> list:
     graphs = []
 
     def compiler(gm, _example):
-        graphs.append(describe(gm))
+        nodes = describe(gm)
+        # Inductor's reinplacing pass: launches then write into their buffers, with no copies left
+        reinplace_inplaceable_ops_core(gm.graph)
+        for node, after in zip(nodes, describe(gm)):
+            if "kernel" in node:
+                node["clones_after_reinplace"] = after["clones"]
+        graphs.append(nodes)
         return gm
 
     aot_function(fn, fw_compiler=compiler)(*inputs)

@@ -6,7 +6,8 @@ tensors: no GPU needed, nothing launches. Checked per op, forward and backward g
 and symbolic batch / image sizes for three cases): every launch
 is a ``triton_kernel_wrapper_functional`` node of the expected kernels, no fastblocks op is left,
 and torch's analysis of the kernels (lowered to TTIR for sm_90) found exactly the output buffers
-written (if it failed, every tensor argument would be copied before each launch). The numbers
+written (if it failed, every tensor argument would be copied before each launch), and after
+Inductor's reinplacing pass no launch copies anything (each writes its fresh buffer). The numbers
 under torch.compile are checked on a GPU (``test_triton_gpu.py::test_compiled_graph_capture``).
 """
 
@@ -72,6 +73,7 @@ def test_triton_calls_become_kernel_launches(graphs, case):
         assert {n["kernel"] for n in nodes} == expected, f"{case} {phase}"
         for node in nodes:
             assert node["clones"] and set(node["clones"]) <= WRITTEN, f"{case} {phase}: {node}"
+            assert node["clones_after_reinplace"] == [], f"{case} {phase}: {node}"
 
 
 def test_kernel_sources_are_in_compile_cache_keys(graphs):
