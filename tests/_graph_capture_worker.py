@@ -65,7 +65,9 @@ def trace(fn, inputs: list) -> list:
         nodes = describe(gm)
         # Inductor's reinplacing pass: launches then write into their buffers, with no copies left
         reinplace_inplaceable_ops_core(gm.graph)
-        for node, after in zip(nodes, describe(gm)):
+        reinplaced = describe(gm)
+        assert [n.get("kernel") for n in reinplaced] == [n.get("kernel") for n in nodes], "launches changed"
+        for node, after in zip(nodes, reinplaced):
             if "kernel" in node:
                 node["clones_after_reinplace"] = after["clones"]
         graphs.append(nodes)
