@@ -54,8 +54,10 @@ RESULTS ?= benchmarks/results
 gpu-build:
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# The tests check results, not speed: one autotune config per kernel specialisation (all of them
+# would be ~2000 sequential compiles at the tests' many shapes, dtypes and layouts).
 gpu-test: gpu-build
-	$(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
+	$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
 
 # Compile every kernel config the op benchmark autotunes, in parallel, into the cache (its
 # autotuner would compile them one after another); a failure here only costs the warm-up.

@@ -22,6 +22,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", 
 # Environment variable that overrides the fixed block sizes used under the interpreter, e.g.
 # "BH=2,BW=4,BC=2" (tests use it to put block boundaries inside tiny tensors).
 INTERP_BLOCKS_ENV = "FASTBLOCKS_TRITON_INTERP_BLOCKS"
+CONFIG_LIMIT_ENV = "FASTBLOCKS_TRITON_CONFIGS"
 
 
 class _Capture(threading.local):
@@ -145,13 +146,31 @@ class _FixedConfig:
         return launch
 
 
+def config_limit() -> int | None:
+    """FASTBLOCKS_TRITON_CONFIGS=N: autotune over the first N configs left after pruning (None:
+    all). Compiling every config of every specialisation is what makes a first GPU run slow; the
+    GPU tests, which check results rather than speed, run with 1."""
+    value = os.environ.get(CONFIG_LIMIT_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"environment variable {CONFIG_LIMIT_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def autotune(configs, key, interp_config: triton.Config, prune=None):
     """``triton.autotune(configs, key)`` on a GPU (``prune``: its early_config_prune, called with
-    (configs, named_args, **kwargs)); a single fixed config under TRITON_INTERPRET."""
+    (configs, named_args, **kwargs)), limited by :func:`config_limit`; a single fixed config under
+    TRITON_INTERPRET."""
+    def early_config_prune(configs, named_args, **kwargs):
+        kept = prune(configs, named_args, **kwargs) if prune is not None else configs
+        limit = config_limit()
+        return kept[:limit] if limit else kept
+
     def decorate(fn):
         if INTERPRET:
             return _FixedConfig(fn, interp_config)
-        by = {"early_config_prune": prune} if prune is not None else None
+        by = {"early_config_prune": early_config_prune}
         return triton.autotune(configs=configs, key=key, prune_configs_by=by)(fn)
     return decorate
 

@@ -1,0 +1,48 @@
+"""The autotuner's config pruning (kernels/_common.autotune): the dW-register configs only where
+they apply, and FASTBLOCKS_TRITON_CONFIGS=N limiting every autotuned kernel to its first N configs
+(how the GPU tests bound compile time). Needs the kernels imported for a GPU (no interpreter):
+building an autotuner compiles nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton")
+
+import kernels._common as common  # noqa: E402
+
+pytestmark = pytest.mark.skipif(common.INTERPRET, reason="under TRITON_INTERPRET kernels use one fixed config")
+
+
+def _kept(tuner, **kwargs):
+    return tuner.early_config_prune(tuner.configs, {}, **kwargs)
+
+
+def test_dw_register_configs_only_for_the_dw_pass(monkeypatch):
+    import kernels.dwconv_bn_act as dw
+
+    monkeypatch.delenv(common.CONFIG_LIMIT_ENV, raising=False)
+    for tuner in (dw._fused_cl, dw._fused_nchw):
+        plain = [c for c in tuner.configs if not c.kwargs["DW_REGS"]]
+        assert _kept(tuner, NEED_DW=False, K=3) == plain
+        with_regs = _kept(tuner, NEED_DW=True, K=3)
+        assert len(with_regs) > len(plain) and with_regs[:len(plain)] == plain
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_config_limit(monkeypatch, limit):
+    import kernels.activation as act
+    import kernels.dwconv_bn_act as dw
+
+    monkeypatch.setenv(common.CONFIG_LIMIT_ENV, str(limit))
+    assert _kept(act._fwd) == act._fwd.configs[:limit]
+    assert _kept(dw._fused_cl, NEED_DW=True, K=5) == [c for c in dw._fused_cl.configs if not c.kwargs["DW_REGS"]][:limit]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_config_limit_rejects_bad_values(monkeypatch, value):
+    import kernels.activation as act
+
+    monkeypatch.setenv(common.CONFIG_LIMIT_ENV, value)
+    with pytest.raises(ValueError, match=common.CONFIG_LIMIT_ENV):
+        _kept(act._fwd)
