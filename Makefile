@@ -55,7 +55,7 @@ gpu-build:
 	$(PYTHON) setup.py -q build_ext --inplace
 
 # The tests check results, not speed: one autotune config per kernel specialisation (all of them
-# would be ~2000 sequential compiles at the tests' many shapes, dtypes and layouts).
+# would be, by estimate, ~2000 compiles one after another at the tests' shapes, dtypes and layouts).
 gpu-test: gpu-build
 	$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
 
