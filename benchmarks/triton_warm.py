@@ -1,7 +1,7 @@
 """Fill Triton's cache with every kernel the GPU op benchmark will autotune, compiled in parallel.
 
 ``python -m benchmarks.triton_warm [--jobs 16] [--models efficientnet_b0] [--ops ...]
-[--dtype bfloat16] [--channels-last] [--batch 128]``
+[--dtype bfloat16] [--channels-last] [--batch 128]``, or ``--gpu-tests``
 
 Triton's autotuner compiles every config of a kernel specialisation, one after another, the first
 time it meets it: about 440 compiles for the quick GPU op benchmark, minutes of a 10-minute device
@@ -10,6 +10,10 @@ under :class:`benchmarks.triton_codegen.CompileOnly` (every config compiled for 
 nothing launched), so a benchmark that follows on the same machine, with the same Triton,
 ``TRITON_CACHE_DIR``, shapes and dtype, finds the binaries in the cache and only times them. Where a
 cache key differs the autotuner compiles as before: nothing is lost but the warm-up time.
+
+``--gpu-tests`` does the same for the cases of ``tests/test_triton_gpu.py`` (``SPECS``), run as
+the tests run them but on CPU tensors, with the comparisons switched off (nothing is computed;
+only the compiles count). Set FASTBLOCKS_TRITON_CONFIGS as the tests will (``make gpu-test`` uses 1).
 """
 
 from __future__ import annotations
@@ -33,16 +37,38 @@ def _cases(args):
     return collect_cases(tuple(args.models), tuple(args.ops), progress=lambda *_: None)
 
 
+def _test_specs() -> list:
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    sys.path.insert(0, tests)
+    from test_triton_gpu import SPECS
+
+    return list(SPECS.values())
+
+
+def _compile_test_specs(specs) -> None:
+    import utils  # tests/utils.py
+    from test_triton_interpreter import run_case
+
+    # Nothing runs, so every comparison would fail and stop the case before its backward pass.
+    utils.assert_close_to_reference = lambda *args, **kwargs: 0.0
+    for spec in specs:
+        run_case(spec, device="cpu")
+
+
 def _shard(args) -> int:
     from .run import DTYPES
 
     index, count = (int(v) for v in args.shard.split("/"))
-    cases = _cases(args)[index::count]
+    cases = (_test_specs() if args.gpu_tests else _cases(args))[index::count]
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
+    failures = []
     with CompileOnly(args.arch, all_configs=True) as ctx:
-        failures = compile_cases(ctx, cases, batch=args.batch, dtype=DTYPES[args.dtype], memory_format=fmt,
-                                 modes=tuple(args.modes), progress=lambda *_: None)
+        if args.gpu_tests:
+            _compile_test_specs(cases)
+        else:
+            failures = compile_cases(ctx, cases, batch=args.batch, dtype=DTYPES[args.dtype], memory_format=fmt,
+                                     modes=tuple(args.modes), progress=lambda *_: None)
     for line in failures:
         print(f"failed: {line}", file=sys.stderr)
     print(f"shard {args.shard}: {len(cases)} cases, {len(ctx.compiled)} kernels")
@@ -60,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--batch", type=int, default=128, help="the benchmark's batch (default 128)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--gpu-tests", action="store_true", help="the cases of tests/test_triton_gpu.py instead")
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one worker's share
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.batch < 2:
@@ -69,7 +96,7 @@ def main(argv=None) -> int:
     if args.shard:
         return _shard(args)
 
-    jobs = min(args.jobs, len(_cases(args)))
+    jobs = min(args.jobs, len(_test_specs() if args.gpu_tests else _cases(args)))
     start = time.time()
     base = [sys.executable, "-m", "benchmarks.triton_warm"] + (sys.argv[1:] if argv is None else list(argv))
     procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"]) for i in range(jobs)]

@@ -34,56 +34,53 @@ def _poison_and_triton(monkeypatch):
     monkeypatch.setenv("FASTBLOCKS_POISON", "1")
 
 
-@pytest.mark.parametrize("c,h,k,stride", B0_DW)
-@pytest.mark.parametrize("training", [True, False])
-def test_b0_dwconv_bf16_channels_last(c, h, k, stride, training):
-    spec = dict(op="dwconv_bn_act", shape=(BATCH, c, h, h), k=k, stride=stride,
+def _specs() -> dict:
+    """Every case the GPU tests hand to ``run_case``, by test id (also compiled ahead of the tests
+    by ``python -m benchmarks.triton_warm --gpu-tests``)."""
+    specs = {}
+    for c, h, k, stride in B0_DW:
+        for training in (True, False):
+            specs[f"dw-b0-bf16-cl-c{c}-h{h}-k{k}-s{stride}-{'train' if training else 'eval'}"] = dict(
+                op="dwconv_bn_act", shape=(BATCH, c, h, h), k=k, stride=stride,
                 padding="tf_same" if stride == 2 else "same", training=training, act="silu", cl=True,
                 dtype="bfloat16", conv_bias=False)
-    run_case(spec, device="cuda")
-
-
-@pytest.mark.parametrize("c,h,k,stride", [B0_DW[1], B0_DW[4], B0_DW[9]])
-@pytest.mark.parametrize("cl", [True, False])
-def test_b0_dwconv_fp32(c, h, k, stride, cl):
-    spec = dict(op="dwconv_bn_act", shape=(4, c, h + 1, h - 1), k=k, stride=stride, padding="same",
+    for c, h, k, stride in (B0_DW[1], B0_DW[4], B0_DW[9]):
+        for cl in (True, False):
+            specs[f"dw-fp32-{'cl' if cl else 'nchw'}-c{c}-k{k}-s{stride}"] = dict(
+                op="dwconv_bn_act", shape=(4, c, h + 1, h - 1), k=k, stride=stride, padding="same",
                 training=True, act="hardswish", cl=cl, dtype="float32", conv_bias=True)
-    run_case(spec, device="cuda")
+    for act in ("silu", "relu", "relu6", "hardswish", "identity"):
+        specs[f"dw-fp16-nchw-k7-{act}"] = dict(op="dwconv_bn_act", shape=(BATCH, 40, 29, 31), k=7, stride=2,
+                                               padding=2, training=True, act=act, cl=False, dtype="float16")
+    for dtype, cl in (("bfloat16", True), ("float32", False)):
+        for c, h in ((32, 112), (192, 28), (1280, 7)):
+            for training in (True, False):
+                specs[f"bn-{dtype}-c{c}-h{h}-{'train' if training else 'eval'}"] = dict(
+                    op="bn_act", shape=(BATCH, c, h, h), training=training, act="silu", cl=cl, dtype=dtype)
+        for c, r, h in ((96, 4, 112), (240, 10, 28), (672, 28, 14), (1152, 48, 7)):
+            specs[f"se-{dtype}-c{c}-h{h}"] = dict(op="squeeze_excite", shape=(BATCH, c, h, h), r=r, act="silu",
+                                                  gate="sigmoid", cl=cl, dtype=dtype)
+    for c, h in ((64, 56), (512, 7)):
+        for gate in ("sigmoid", "hard_sigmoid"):
+            specs[f"eca-c{c}-{gate}"] = dict(op="eca", shape=(BATCH, c, h, h), k=5, gate=gate, cl=True,
+                                             dtype="bfloat16")
+            specs[f"gate-scale-c{c}-{gate}"] = dict(op="gate_scale", shape=(BATCH, c, h, h), gate=gate, cl=False,
+                                                    dtype="float32")
+    for act in ("silu", "hardswish", "relu6"):
+        for dtype in ("bfloat16", "float32"):
+            specs[f"act-{act}-{dtype}"] = dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype,
+                                               cl=True)
+    return specs
 
 
-@pytest.mark.parametrize("act", ["silu", "relu", "relu6", "hardswish", "identity"])
-def test_dwconv_acts_fp16_nchw(act):
-    spec = dict(op="dwconv_bn_act", shape=(BATCH, 40, 29, 31), k=7, stride=2, padding=2, training=True,
-                act=act, cl=False, dtype="float16")
-    run_case(spec, device="cuda")
+SPECS = _specs()
 
 
-@pytest.mark.parametrize("c,h", [(32, 112), (192, 28), (1280, 7)])
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("dtype,cl", [("bfloat16", True), ("float32", False)])
-def test_bn_act(c, h, training, dtype, cl):
-    spec = dict(op="bn_act", shape=(BATCH, c, h, h), training=training, act="silu", cl=cl, dtype=dtype)
-    run_case(spec, device="cuda")
-
-
-@pytest.mark.parametrize("c,r,h", [(96, 4, 112), (240, 10, 28), (672, 28, 14), (1152, 48, 7)])
-@pytest.mark.parametrize("dtype,cl", [("bfloat16", True), ("float32", False)])
-def test_squeeze_excite(c, r, h, dtype, cl):
-    spec = dict(op="squeeze_excite", shape=(BATCH, c, h, h), r=r, act="silu", gate="sigmoid", cl=cl, dtype=dtype)
-    run_case(spec, device="cuda")
-
-
-@pytest.mark.parametrize("c,h", [(64, 56), (512, 7)])
-@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
-def test_eca_and_gate_scale(c, h, gate):
-    run_case(dict(op="eca", shape=(BATCH, c, h, h), k=5, gate=gate, cl=True, dtype="bfloat16"), device="cuda")
-    run_case(dict(op="gate_scale", shape=(BATCH, c, h, h), gate=gate, cl=False, dtype="float32"), device="cuda")
-
-
-@pytest.mark.parametrize("act", ["silu", "hardswish", "relu6"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_activation_large(act, dtype):
-    run_case(dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype, cl=True), device="cuda")
+@pytest.mark.parametrize("name", list(SPECS))
+def test_case(name):
+    """B0 depthwise layers (bf16 channels_last train / eval; fp32 both layouts, odd sizes, conv
+    bias; fp16 NCHW k7 every act), bn_act, SE, ECA, gate_scale and activations at B0 sizes."""
+    run_case(SPECS[name], device="cuda")
 
 
 @pytest.mark.parametrize("case", ["determinism", "layouts", "large_values", "unsupported", "opcheck", "compiled"])
