@@ -104,7 +104,10 @@ def conv_pads(mode: str, padding: int, k: int, stride: int, dilation: int, h, w)
     # TensorFlow SAME: output ceil(size / stride), the extra pixel on the bottom / right.
     def split(size):
         out = -(-size // stride)
-        total = torch.sym_max((out - 1) * stride + span + 1 - size, 0)
+        total = (out - 1) * stride + span + 1 - size
+        # torch.sym_max for symbolic sizes only: on plain ints, torch 2.11's dynamo refuses it
+        # ("torch.* op returned non-Tensor"), which broke torch.compile(fullgraph=True) there.
+        total = max(total, 0) if isinstance(total, int) else torch.sym_max(total, 0)
         return total // 2, total - total // 2
     top, bottom = split(h)
     left, right = split(w)
