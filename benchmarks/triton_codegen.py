@@ -320,6 +320,15 @@ def compile_cases(ctx: CompileOnly, cases, *, batch: int, dtype: torch.dtype, me
     return failures
 
 
+def select_cases(models: list, ops: Optional[list], progress=print) -> list:
+    """The op cases of ``models`` (``["smoke"]``: :func:`smoke_cases`), only ``ops`` if given."""
+    from .cases import collect_cases
+
+    if models == ["smoke"]:
+        return [c for c in smoke_cases() if not ops or c.op in ops]
+    return collect_cases(tuple(models), tuple(ops) if ops else None, progress=progress)
+
+
 def smoke_cases(channels: int = 32, size: int = 9):
     """A few small cases that reach every kernel family (dwconv k3 s1 / k5 s2, BN+act, SE,
     activation): what the CI test compiles. ``channels`` a multiple of 16 lets Triton prove the
@@ -408,7 +417,7 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: this compiles for a GPU")
 
-    from .cases import OPS, collect_cases
+    from .cases import OPS
     from .run import DTYPES, _git_commit, _slug
 
     if args.ops:
@@ -416,10 +425,7 @@ def main(argv=None) -> int:
         if bad:
             parser.error(f"--ops: unknown {bad}; expected some of {list(OPS)}")
     torch.manual_seed(0)
-    if args.models == ["smoke"]:
-        cases = [c for c in smoke_cases() if not args.ops or c.op in args.ops]
-    else:
-        cases = collect_cases(tuple(args.models), tuple(args.ops) if args.ops else None, progress=print)
+    cases = select_cases(args.models, args.ops, progress=print)
     cases = cases[:args.limit] if args.limit is not None else cases
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     with CompileOnly(args.arch, all_configs=args.configs == "all") as ctx:

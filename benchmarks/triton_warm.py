@@ -26,15 +26,11 @@ import time
 
 import torch
 
-from .triton_codegen import MODES, CompileOnly, compile_cases, smoke_cases
+from .triton_codegen import MODES, CompileOnly, compile_cases, select_cases
 
 
 def _cases(args):
-    from .cases import collect_cases
-
-    if args.models == ["smoke"]:
-        return [c for c in smoke_cases() if c.op in args.ops]
-    return collect_cases(tuple(args.models), tuple(args.ops), progress=lambda *_: None)
+    return select_cases(args.models, args.ops, progress=lambda *_: None)
 
 
 def _test_specs() -> list:

@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip("triton")
 
 from fastblocks.ops import _capture  # noqa: E402
+from utils import gpu_compile_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_graph_capture_worker.py")
@@ -52,8 +53,7 @@ pytestmark = pytest.mark.skipif(not _capture.supported(), reason="this torch has
 
 
 def _trace(*cases: str, **env_extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
-    env.update(env_extra)
+    env = gpu_compile_env(**env_extra)
     proc = subprocess.run([sys.executable, WORKER, *cases], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -19,6 +19,8 @@ import pytest
 
 pytest.importorskip("triton")
 
+from utils import gpu_compile_env  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Kernels that stream full-size bf16 tensors (the reduction-finishing kernels read fp32 rows).
 STREAMING = ("_fused_kernel", "_dx_kernel", "_pool_kernel", "_scale_fwd_kernel", "_scale_bwd_kernel",
@@ -28,7 +30,7 @@ STREAMING = ("_fused_kernel", "_dx_kernel", "_pool_kernel", "_scale_fwd_kernel",
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("codegen")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
+    env = gpu_compile_env()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.triton_codegen", "--models", "smoke", "--channels-last",
          "--configs", "first", "--out", str(out)],
@@ -74,8 +76,7 @@ def test_no_heavy_register_spills(report):
 def test_warm_cache_is_reused(tmp_path):
     """``benchmarks.triton_warm`` fills TRITON_CACHE_DIR from parallel compile-only processes; a
     second run finds every binary there (what the GPU benchmark's autotuner relies on)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    env = gpu_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--ops", "activation",
            "--channels-last", "--batch", "2", "--jobs", "2"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -15,6 +16,14 @@ TOLERANCE = {
     torch.float16: (1e-2, 2e-2),
     torch.bfloat16: (1e-2, 2e-2),
 }
+
+
+def gpu_compile_env(**extra: str) -> dict:
+    """The environment for a subprocess that compiles the Triton kernels for a GPU (no
+    interpreter, no NaN poisoning), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTBLOCKS_POISON")}
+    env.update(extra)
+    return env
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
