@@ -118,6 +118,11 @@ def markdown(result: dict) -> str:
              f"- command: `{meta['command']}`", f"- date: {meta['date']}, git {meta['git_commit']}",
              f"- torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
              f"threads {meta['threads']}, python {meta['python']}"]
+    if meta.get("skipped"):
+        lines.append(f"- **incomplete**: the run's --deadline skipped {len(meta['skipped'])}: "
+                     + ", ".join(meta["skipped"]))
+    elif meta.get("complete") is False:
+        lines.append("- **incomplete**: written before the run ended (it was stopped or is still running)")
     if meta.get("copy_bandwidth"):
         lines.append(f"- measured device copy bandwidth: {meta['copy_bandwidth']['bytes_per_s'] / 1e9:.0f} GB/s")
     lines.append(f"- op level: batch {meta['op_batch']}, {meta['dtype']}, {meta['layout']}; "
@@ -196,10 +201,12 @@ def plots(result: dict, out_dir: str, slug: str) -> list[str]:
     return paths
 
 
-def write(result: dict, out_dir: str, slug: str) -> tuple[str, str]:
-    """<slug>.json, <slug>.md and plots/<slug>-*.png under ``out_dir``; returns the JSON and md paths."""
+def write(result: dict, out_dir: str, slug: str, with_plots: bool = True) -> tuple[str, str]:
+    """<slug>.json, <slug>.md and (``with_plots``) plots/<slug>-*.png under ``out_dir``; returns
+    the JSON and md paths."""
     os.makedirs(out_dir, exist_ok=True)
-    result["plots"] = [os.path.relpath(p, out_dir) for p in plots(result, os.path.join(out_dir, "plots"), slug)]
+    if with_plots:
+        result["plots"] = [os.path.relpath(p, out_dir) for p in plots(result, os.path.join(out_dir, "plots"), slug)]
     json_path, md_path = os.path.join(out_dir, f"{slug}.json"), os.path.join(out_dir, f"{slug}.md")
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1, default=str)

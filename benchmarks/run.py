@@ -22,6 +22,7 @@ import torch
 import fastblocks as fb
 
 from . import report, targets
+from .deadline import Deadline, parse_deadline
 from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, collect_cases
 from .model_bench import MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
 from .op_bench import MODES, VariantFactory, bench_case
@@ -83,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--tag", default="", help="extra text for the result file name")
+    p.add_argument("--deadline", type=parse_deadline, default=None,
+                   help="+SECONDS or a Unix time: skip (and record) op cases and model variants that would "
+                        "end later; results are written after each one")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
@@ -146,31 +150,58 @@ def main(argv=None) -> int:
     if not gpu:
         backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
     factory = VariantFactory(backends, with_compile=not args.no_compile)
+    name = torch.cuda.get_device_name() if gpu else "cpu-" + _cpu_name()
+    slug = "-".join(p for p in (_slug(name), result["meta"]["date"][:10], "quick" if args.quick else "",
+                                "cl" if args.channels_last else "", _slug(args.tag)) if p)
+    deadline = Deadline(args.deadline)
+
+    def checkpoint(final: bool = False):
+        """Write what is measured so far (a run killed later still leaves it); plots at the end."""
+        result["meta"]["skipped"] = list(deadline.skipped)
+        result["meta"]["complete"] = final and not deadline.skipped
+        report.add_ratios(result)
+        result["targets"] = targets.evaluate(result)
+        return report.write(result, args.out, slug, with_plots=final)
+
     ops = None if args.ops is None else tuple(o for o in args.ops if o != "none")
     if ops != ():
         cases = collect_cases(tuple(args.op_models), ops, progress=lambda s: tqdm.write(f"benchmarks: {s}"))
         cases = cases[:args.limit] if args.limit else cases
+        if ops:  # in the order asked for: under a deadline the first ops are the ones that get measured
+            cases.sort(key=lambda c: ops.index(c.op))
         for case in tqdm(cases, desc="op cases", unit="case"):
-            bench_case(case, factory, device=args.device, dtype=DTYPES[args.dtype], batch=args.batch,
-                       memory_format=memory_format, modes=tuple(args.modes), quick=args.quick, copy_bps=copy_bps,
-                       on_row=result["op_rows"].append)
-    for name in tqdm(args.models, desc="models", unit="model"):
-        variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
-        ModelBench(name, args.device, args.model_batch, memory_format, args.quick).run(
-            variants, result["model_rows"].append)
-        if args.memory_batches:
-            memory_vs_batch(name, args.device, tuple(args.memory_batches), memory_format, result["memory_rows"].append)
+            if not deadline.allows(case.op, case.label):
+                continue
+            with deadline.measure(case.op):
+                bench_case(case, factory, device=args.device, dtype=DTYPES[args.dtype], batch=args.batch,
+                           memory_format=memory_format, modes=tuple(args.modes), quick=args.quick,
+                           copy_bps=copy_bps, on_row=result["op_rows"].append)
+            checkpoint()
+    variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
+    for model in tqdm(args.models, desc="models", unit="model"):
+        bench = None
+        for variant in variants:
+            # a compiled variant compiles the whole model twice (inference, training): minutes
+            kind = "model compile" if variant.endswith("compile") else "model"
+            if not deadline.allows(kind, f"{model} {variant}", default_s=120.0 if "compile" in kind else 0.0):
+                continue
+            with deadline.measure(kind):
+                bench = bench or ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
+                bench.run((variant,), result["model_rows"].append)
+            checkpoint()
+        del bench
+        if args.memory_batches and deadline.allows("memory", f"{model} memory vs batch"):
+            with deadline.measure("memory"):
+                memory_vs_batch(model, args.device, tuple(args.memory_batches), memory_format,
+                                result["memory_rows"].append)
         if gpu:
             torch.cuda.empty_cache()
 
-    report.add_ratios(result)
-    result["targets"] = targets.evaluate(result)
-    name = torch.cuda.get_device_name() if gpu else "cpu-" + _cpu_name()
-    slug = "-".join(p for p in (_slug(name), result["meta"]["date"][:10], "quick" if args.quick else "",
-                                "cl" if args.channels_last else "", _slug(args.tag)) if p)
-    json_path, md_path = report.write(result, args.out, slug)
+    json_path, md_path = checkpoint(final=True)
     print(report.markdown(result))
     print(f"wrote {json_path}\nwrote {md_path}")
+    if deadline.skipped:
+        print(f"deadline: skipped {len(deadline.skipped)}: {', '.join(deadline.skipped)}", file=sys.stderr)
     failed = [r for r in result["op_rows"] + result["model_rows"] if r.get("status") in ("wrong", "error")]
     if failed:
         print(f"{len(failed)} variant(s) failed their correctness check or crashed (see 'status' in the JSON)",

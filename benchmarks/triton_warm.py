@@ -1,7 +1,7 @@
 """Fill Triton's cache with every kernel the GPU op benchmark will autotune, compiled in parallel.
 
 ``python -m benchmarks.triton_warm [--jobs 16] [--models efficientnet_b0] [--ops ...]
-[--dtype bfloat16] [--channels-last] [--batch 128]``, or ``--gpu-tests``
+[--dtype bfloat16] [--channels-last] [--batch 128] [--deadline +SECONDS]``, or ``--gpu-tests``
 
 Triton's autotuner compiles every config of a kernel specialisation, one after another, the first
 time it meets it: about 440 compiles for the quick GPU op benchmark, minutes of a 10-minute device
@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from .deadline import parse_deadline
 from .triton_codegen import MODES, CompileOnly, compile_cases, select_cases
 
 
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128, help="the benchmark's batch (default 128)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--gpu-tests", action="store_true", help="the cases of tests/test_triton_gpu.py instead")
+    parser.add_argument("--deadline", type=parse_deadline, default=None,
+                        help="+SECONDS or a Unix time: stop compiling then (what is cached stays)")
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one worker's share
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.batch < 2:
@@ -101,10 +104,18 @@ def main(argv=None) -> int:
     start = time.time()
     base = [sys.executable, "-m", "benchmarks.triton_warm"] + (sys.argv[1:] if argv is None else list(argv))
     procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"]) for i in range(jobs)]
-    codes = [p.wait() for p in procs]
-    print(f"triton_warm: {jobs} processes, {time.time() - start:.0f} s, "
-          f"cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
-    return max(codes)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=None if args.deadline is None else max(0.0, args.deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            p.kill()  # Triton writes each cache entry whole, so a killed compile leaves no half entry
+            codes.append(p.wait())
+    late = sum(c < 0 for c in codes)
+    print(f"triton_warm: {jobs} processes, {time.time() - start:.0f} s"
+          + (f", {late} stopped at the deadline" if late else "")
+          + f", cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
+    return max(abs(c) for c in codes)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ dispatch that reads it."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import fastblocks as fb
 from fastblocks import _dispatch
 from benchmarks import auto_table, report, targets
 from benchmarks.cases import collect_cases
+from benchmarks.compiled import ExpectCompiled, compile_fresh
+from benchmarks.deadline import Deadline
 from benchmarks.op_bench import VariantFactory, _check, bench_case, minimal_bytes
 from benchmarks.run import main, parse_args
 
@@ -137,8 +140,53 @@ def test_run_writes_results(tmp_path, capsys):
     assert "## Op level" in capsys.readouterr().out
 
 
+def test_run_under_a_deadline_records_what_it_skipped(tmp_path):
+    rc = main(["--device", "cpu", "--quick", "--ops", "activation", "--modes", "eval", "--models", "none",
+               "--no-compile", "--batch", "1", "--limit", "2", "--memory-batches", "--out", str(tmp_path),
+               "--deadline", "+0.001"])
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["op_rows"] == [] and len(result["meta"]["skipped"]) == 2
+    assert result["meta"]["complete"] is False
+    assert "incomplete" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_deadline_judges_by_the_longest_piece_of_a_kind():
+    deadline = Deadline(time.time() + 60)
+    assert deadline.allows("op", "a")
+    with deadline.measure("op"):
+        pass
+    deadline.longest["op"] = 120.0  # as if one case had taken two minutes
+    assert not deadline.allows("op", "b")
+    assert deadline.allows("model", "c") and not deadline.allows("model", "d", default_s=120.0)
+    assert deadline.skipped == ["b", "d"]
+    assert Deadline(None).allows("op", "e", default_s=1e9)
+
+
+def test_compile_variants_really_compile():
+    """Dynamo runs a code object eagerly once it has `recompile_limit` compiled entries; every op
+    case's reference module shares one forward, so a compile column needs a fresh cache per case."""
+    def forward(x):
+        return x * 2 + 1
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    with torch._dynamo.config.patch(**{limit: 2}):
+        for n in range(1, 5):
+            with ExpectCompiled(f"size {n}"):
+                compile_fresh(forward, backend="eager", dynamic=False)(torch.ones(n))
+        torch._dynamo.reset()
+        stale = torch.compile(forward, backend="eager", dynamic=False)
+        stale(torch.ones(1)), stale(torch.ones(2))
+        with pytest.raises(RuntimeError, match="compiled no graph for size 3"):
+            with ExpectCompiled("size 3"):
+                stale(torch.ones(3))
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("argv, message", [(["--batch", "0"], "--batch must be a positive integer"),
-                                           (["--ops", "conv"], "invalid choice")])
+                                           (["--ops", "conv"], "invalid choice"),
+                                           (["--deadline", "soon"], "expected +SECONDS or a Unix time"),
+                                           (["--deadline", "+0"], "is not in the future")])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", "cpu"] + argv)

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,3 +89,15 @@ def test_warm_cache_is_reused(tmp_path):
     first = warm()
     assert any(name.endswith(".cubin") for name in first)
     assert warm() == first
+
+
+def test_warm_stops_at_its_deadline(tmp_path):
+    """A warm-up that would run past its --deadline is stopped there (the device call it shares with
+    the benchmark has a hard limit); it says so and fails, so make only notes it."""
+    env = gpu_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--channels-last",
+           "--batch", "2", "--jobs", "2", "--deadline", "+2"]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert time.time() - start < 30
+    assert proc.returncode != 0 and "2 stopped at the deadline" in proc.stdout, proc.stdout + proc.stderr[-2000:]
