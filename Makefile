@@ -62,10 +62,13 @@ gpu-build:
 # The tests check results, not speed: one autotune config per kernel specialisation (274 compiles
 # for the GPU tests' cases, counted with benchmarks.triton_warm; the kernel families have 3-11
 # configs each, so all of them would be over 1000 compiles, one after another). Warmed in
-# parallel first; a failure there only costs the warm-up.
+# parallel first; a failure there only costs the warm-up. One process per backend: a kernel fault
+# (illegal address) poisons the CUDA context for every later test of its process.
 gpu-test: gpu-build
 	-$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m benchmarks.triton_warm --gpu-tests --deadline +240
-	$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m pytest -q -m gpu tests/test_triton_gpu.py tests/test_cuda_backend.py
+	@rc=0; for f in tests/test_triton_gpu.py tests/test_cuda_backend.py; do \
+		$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m pytest -q -m gpu $$f || rc=1; \
+	done; exit $$rc
 
 # Compile every kernel config the op benchmark autotunes, in parallel, into the cache (its
 # autotuner would compile them one after another); a failure here only costs the warm-up.

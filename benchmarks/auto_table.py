@@ -35,7 +35,9 @@ def table_from(paths: list[str]) -> tuple[dict, dict]:
     loaded = []
     for path in paths:
         with open(path) as f:
-            loaded.append((json.load(f), os.path.basename(path)))
+            result = json.load(f)
+        if "op_rows" in result:  # benchmark results only (the codegen report lives beside them)
+            loaded.append((result, os.path.basename(path)))
     loaded.sort(key=lambda item: item[0]["meta"]["date"])  # newer results override older ones
     for result, name in loaded:
         device = result["meta"]["device"]

@@ -4,20 +4,20 @@ the generator). Key: (device type, op, input layout, phase); value: backends fas
 Each entry's comment gives the result file and the geometric-mean speedup vs the reference."""
 
 AUTO_TABLE = {
-    ('cpu', 'activation', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.864, 'cpu': 0.88}
+    ('cpu', 'activation', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.834, 'cpu': 0.903}
     ('cpu', 'activation', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.861, 'cpu': 0.951}
     ('cpu', 'bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.797, 'cpu': 1.292}
     ('cpu', 'bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.735, 'cpu': 0.94}
     ('cpu', 'bn_act', 'nchw', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.801, 'cpu': 1.25}
     ('cpu', 'bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.773, 'cpu': 1.238}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.846, 'cpu': 1.252}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.756, 'cpu': 0.921}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.786, 'cpu': 1.179}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.813, 'cpu': 1.047}
     ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.897, 'cpu': 0.711}
     ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('eager', 'cpu'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.763, 'cpu': 0.693}
     ('cpu', 'eca', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.793, 'cpu': 0.824}
     ('cpu', 'eca', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.8, 'cpu': 0.933}
     ('cpu', 'gate_scale', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.891, 'cpu': 0.963}
     ('cpu', 'gate_scale', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.874, 'cpu': 0.929}
-    ('cpu', 'squeeze_excite', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 1.031, 'cpu': 1.21}
+    ('cpu', 'squeeze_excite', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.976, 'cpu': 1.181}
     ('cpu', 'squeeze_excite', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.926, 'cpu': 1.117}
 }

@@ -96,7 +96,9 @@ def test_ratios_targets_and_auto_table(tmp_path):
     assert "geomean" in report.markdown(result)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result))
-    table, _ = auto_table.table_from([str(path)])
+    codegen = tmp_path / "codegen.json"  # other reports share the results directory
+    codegen.write_text(json.dumps(dict(meta=dict(arch=90), kernels=[])))
+    table, _ = auto_table.table_from([str(codegen), str(path)])
     # eval: eager geomean 2.0x beats cpu sqrt(0.5 * 4) = 1.41x; train: cpu 2x beats eager 0.5x
     assert table[("cpu", "dwconv_bn_act", "nchw", "eval")] == ("eager", "cpu")
     assert table[("cpu", "dwconv_bn_act", "nchw", "train")] == ("cpu", "eager")
