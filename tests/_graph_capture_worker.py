@@ -7,7 +7,7 @@ the CUDA device guard are faked, since nothing runs: fake tensors only record wh
 
 Output: {case: {"forward": [...], "backward": [...]}}, each graph a list of
 {"kernel": name, "clones": [argument names functionalization copies], "clones_after_reinplace": [the
-same after Inductor's reinplacing pass]} for every Triton launch and
+same after Inductor's reinplacing pass], "configs": autotune configs Inductor will get (None: not autotuned)} for every Triton launch and
 {"op": name} for every fastblocks op left whole; plus "cache_key_sources": the kernels whose source
 torch.compile's AOTAutograd cache would hash for a graph holding fastblocks::dwconv_bn_act.
 """
@@ -26,6 +26,7 @@ from torch._inductor.fx_passes.reinplace import reinplace_inplaceable_ops_core
 from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from triton.runtime.autotuner import Autotuner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,7 +50,8 @@ def describe(gm: torch.fx.GraphModule) -> list:
         if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
             kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
             name = getattr(kernel, "fn", kernel).__name__
-            out.append({"kernel": name, "clones": sorted(node.kwargs["tensors_to_clone"])})
+            configs = len(kernel.configs) if isinstance(kernel, Autotuner) else None
+            out.append({"kernel": name, "clones": sorted(node.kwargs["tensors_to_clone"]), "configs": configs})
         elif str(node.target).startswith("fastblocks."):
             out.append({"op": str(node.target)})
     return out

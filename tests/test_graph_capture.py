@@ -96,3 +96,15 @@ def test_capture_can_be_turned_off():
     case = _trace("silu_cl", FASTBLOCKS_GRAPH_CAPTURE="0")["silu_cl"]
     assert case["forward"] == [{"op": "fastblocks.activation.default"}]
     assert case["backward"] == [{"op": "fastblocks.activation_backward.default"}]
+
+
+def test_inductor_gets_the_pruned_configs(graphs):
+    """The configs each captured launch hands Inductor's autotuner went through the kernels'
+    config pruning (torch runs early_config_prune while tracing), FASTBLOCKS_TRITON_CONFIGS too:
+    else the GPU tests under torch.compile would compile every config."""
+    assert any((n["configs"] or 0) > 1 for n in graphs["dwconv_k3_s1_train_cl"]["forward"])
+    limited = _trace("dwconv_k3_s1_train_cl", "squeeze_excite_cl", FASTBLOCKS_TRITON_CONFIGS="1")
+    for case in limited.values():
+        if isinstance(case, dict) and "forward" in case:
+            launches = case["forward"] + case["backward"]
+            assert {n["configs"] for n in launches if n["configs"] is not None} == {1}, launches
