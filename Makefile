@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fastblocks-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv install build demo test bench auto-table codegen gpu-build gpu-test gpu-warm gpu-bench-ops gpu-bench-models clean
+.PHONY: venv install build demo test bench auto-table codegen gpu-session gpu-stack gpu-carry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,46 +45,32 @@ auto-table: $(STAMP)
 codegen: $(STAMP)
 	$(BIN)/python -m benchmarks.triton_codegen --channels-last
 
-# On a lent GPU machine, with its own python3 (torch + triton installed, no .venv): build the
-# extension, run the GPU tests, then the quick benchmark in parts (one 10-minute device call each).
-# The Triton cache lives in the (git-ignored) work tree, so a call on the same still-warm machine
-# reuses the compiled kernels. RESULTS=$$OUT/results brings the results back.
-GPU_ENV := TRITON_CACHE_DIR=$(CURDIR)/.triton-cache
+# On a lent GPU machine, with its own python3 (torch + triton installed, no .venv): the whole
+# session in one device call (benchmarks/gpu_session.py: compile ahead + Triton GPU tests, then
+# issue 5's op benchmark alone on the GPU, then the CUDA tests and the model benchmark as time
+# allows). RESULTS=$$OUT brings the results back.
 RESULTS ?= benchmarks/results
-# A device call is killed at 600 s: the benchmarks skip (and record) what would end after
-# GPU_CALL_S from make's start, and write their results after every case.
-GPU_CALL_S ?= 540
-GPU_DEADLINE := $(shell echo $$(( $$(date +%s) + $(GPU_CALL_S) )))
-OPS ?= dwconv_bn_act squeeze_excite activation
-gpu-build:
-	$(PYTHON) setup.py -q build_ext --inplace
+GPU_BUDGET ?= 540
+gpu-session:
+	$(PYTHON) -m benchmarks.gpu_session --out $(RESULTS) --budget $(GPU_BUDGET)
 
-# The tests check results, not speed: one autotune config per kernel specialisation (274 compiles
-# for the GPU tests' cases, counted with benchmarks.triton_warm; the kernel families have 3-11
-# configs each, so all of them would be over 1000 compiles, one after another). Warmed in
-# parallel first; a failure there only costs the warm-up. One process per backend: a kernel fault
-# (illegal address) poisons the CUDA context for every later test of its process.
-gpu-test: gpu-build
-	-$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m benchmarks.triton_warm --gpu-tests --deadline +240
-	@rc=0; for f in tests/test_triton_gpu.py tests/test_cuda_backend.py; do \
-		$(GPU_ENV) FASTBLOCKS_TRITON_CONFIGS=1 $(PYTHON) -m pytest -q -m gpu $$f || rc=1; \
-	done; exit $$rc
-
-# Compile every kernel config the op benchmark autotunes, in parallel, into the cache (its
-# autotuner would compile them one after another); a failure here only costs the warm-up.
-gpu-warm:
-	-$(GPU_ENV) $(PYTHON) -m benchmarks.triton_warm --channels-last --ops $(OPS) --deadline +180
-
-# torch.compile of every case and mode dominates the time: all three ops may not fit one call, so
-# a session runs OPS=dwconv_bn_act (the targets' op, 16 layers) and OPS="squeeze_excite activation"
-# as two calls. Under the deadline a call keeps what it measured and records what it skipped.
-gpu-bench-ops: gpu-build gpu-warm
-	$(GPU_ENV) $(PYTHON) -m benchmarks.run --device cuda --quick --channels-last --models none \
-		--ops $(OPS) --deadline $(GPU_DEADLINE) --out $(RESULTS) --tag "ops $(OPS)"
-
-gpu-bench-models: gpu-build
-	$(GPU_ENV) $(PYTHON) -m benchmarks.run --device cuda --quick --channels-last --ops none \
-		--deadline $(GPU_DEADLINE) --out $(RESULTS) --tag models
+# Here, before a GPU session: compile every Triton kernel the session will load (benchmark: every
+# autotune config; GPU tests: the first) for sm_90 with the GPU machine's stack (Python 3.12,
+# torch 2.11, Triton 3.6: Triton's cache keys cover libtriton, which differs between Pythons) and
+# pack it into .gpu-carry/ (git-ignored), which the device call carries. `make gpu-stack` makes
+# that stack in $(GPU_STACK) (a CUDA build of torch: several GB, from PyPI).
+PY312     ?= python3.12
+GPU_STACK ?= /tmp/fastblocks-gpu-stack
+GPU_STACK_PY := $(GPU_STACK)/bin/python
+CARRY_CACHE ?= /tmp/fastblocks-carry-cache
+gpu-stack:
+	$(PY312) -m venv $(GPU_STACK)
+	$(GPU_STACK_PY) -m pip install -q torch==2.11.0 torchvision==0.26.0 "numpy<2.4" timm tqdm
+gpu-carry:
+	rm -rf $(CARRY_CACHE)
+	TRITON_CACHE_DIR=$(CARRY_CACHE) $(GPU_STACK_PY) -m benchmarks.triton_warm --channels-last
+	TRITON_CACHE_DIR=$(CARRY_CACHE) FASTBLOCKS_TRITON_CONFIGS=1 $(GPU_STACK_PY) -m benchmarks.triton_warm --gpu-tests
+	$(GPU_STACK_PY) -m benchmarks.triton_cache pack --cache $(CARRY_CACHE) --out .gpu-carry/triton-cache.tar.gz
 
 clean:
 	rm -rf build *.egg-info fastblocks/_C*.so

@@ -155,3 +155,14 @@ def collect_cases(models: tuple, ops: Optional[tuple] = None,
                 else:
                     cases[key] = OpCase(op, model_name, path, mod, shape, config)
     return list(cases.values())
+
+
+def select_op_cases(models: tuple, ops: Optional[tuple], limit: Optional[int] = None,
+                    progress: Callable[[str], None] = lambda s: None) -> list[OpCase]:
+    """The op benchmark's cases: :func:`collect_cases`, the first ``limit``, ordered by ``ops``
+    (under a deadline the first ops named are the ones that get measured)."""
+    cases = collect_cases(models, ops, progress=progress)
+    cases = cases[:limit] if limit else cases
+    if ops:
+        cases.sort(key=lambda c: ops.index(c.op))
+    return cases

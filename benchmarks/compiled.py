@@ -43,3 +43,13 @@ class ExpectCompiled:
         if exc_type is None and graphs_compiled() == self._before:
             raise RuntimeError(f"torch.compile compiled no graph for {self.what}: it would have run eagerly")
         return False
+
+
+def compile_cache_counters() -> dict:
+    """Hits / misses of torch.compile's on-disk caches in this process (Inductor's FX graph cache,
+    the AOTAutograd cache): whether a warm-up (``benchmarks.inductor_warm``) served the compiles."""
+    from torch._dynamo.utils import counters
+
+    return {f"{group}.{name}": int(n) for group in ("inductor", "aot_autograd")
+            for name, n in sorted(counters[group].items())
+            if name.startswith(("fxgraph_cache", "autograd_cache"))}

@@ -211,3 +211,17 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                     torch.cuda.synchronize()
                 traceback.print_exc()
             on_row(row)
+
+
+def warm_compile(case: OpCase, *, device: str, dtype: torch.dtype, batch: int, memory_format,
+                 modes: tuple) -> None:
+    """The first call of each mode's ``compile`` variant exactly as :func:`bench_case` makes it
+    (same module, inputs and call; nothing checked or timed): what torch.compile writes to its
+    on-disk caches then serves the benchmark's compiles (``benchmarks.inductor_warm``)."""
+    factory = VariantFactory([], with_compile=True)
+    base = case.instantiate(device, dtype)
+    first = _make_inputs(case, base, batch, device, dtype, memory_format, seed=0)
+    for mode in modes:
+        owner, fn, fresh = factory.variant("compile", base, mode != "eval")
+        with ExpectCompiled(f"{case.label} ({mode})") if fresh else contextlib.nullcontext():
+            _run(fn, mode, first, _params(owner))

@@ -22,8 +22,9 @@ import torch
 import fastblocks as fb
 
 from . import report, targets
+from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, select_op_cases
+from .compiled import compile_cache_counters
 from .deadline import Deadline, parse_deadline
-from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, collect_cases
 from .model_bench import MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
 from .op_bench import MODES, VariantFactory, bench_case
 from .timing import copy_bandwidth
@@ -81,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-batches", type=int, nargs="*", default=None, help="batches for the memory-vs-batch plot")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs and models")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
+    p.add_argument("--op-backends", nargs="+", default=None,
+                   help="fastblocks backends timed at op level (default: every available one but reference; "
+                        "the reference and compile columns are always there)")
+    p.add_argument("--no-plots", action="store_true", help="write JSON and markdown only (plots: benchmarks.report)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--tag", default="", help="extra text for the result file name")
@@ -95,6 +100,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     gpu = args.device == "cuda"
+    if args.op_backends is not None:
+        timed = _timed_backends(args.device)
+        unknown = [b for b in args.op_backends if b not in timed]
+        if unknown:
+            p.error(f"--op-backends: {', '.join(unknown)} cannot be timed on {args.device} here "
+                    f"(available: {', '.join(timed) or 'none'})")
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
     args.batch = args.batch or (128 if gpu else 8)
     args.model_batch = args.model_batch or (256 if gpu else 8)
@@ -109,6 +120,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.memory_batches is None:
         args.memory_batches = ([32, 64, 128, 256] if gpu else [2, 4, 8, 16])[:3 if args.quick else 4]
     return args
+
+
+def _timed_backends(device: str) -> list[str]:
+    """The fastblocks backends an op row can time on ``device``."""
+    backends = [b for b in fb.available_backends() if b != "reference"]
+    if device == "cpu":
+        backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
+    return backends
 
 
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -146,9 +165,7 @@ def main(argv=None) -> int:
         result["meta"]["copy_bandwidth"] = copy_bandwidth("cuda")
     copy_bps = result["meta"].get("copy_bandwidth", {}).get("bytes_per_s")
 
-    backends = [b for b in fb.available_backends() if b != "reference"]
-    if not gpu:
-        backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
+    backends = args.op_backends or _timed_backends(args.device)
     factory = VariantFactory(backends, with_compile=not args.no_compile)
     name = torch.cuda.get_device_name() if gpu else "cpu-" + _cpu_name()
     slug = "-".join(p for p in (_slug(name), result["meta"]["date"][:10], "quick" if args.quick else "",
@@ -159,16 +176,15 @@ def main(argv=None) -> int:
         """Write what is measured so far (a run killed later still leaves it); plots at the end."""
         result["meta"]["skipped"] = list(deadline.skipped)
         result["meta"]["complete"] = final and not deadline.skipped
+        result["meta"]["compile_caches"] = compile_cache_counters()
         report.add_ratios(result)
         result["targets"] = targets.evaluate(result)
-        return report.write(result, args.out, slug, with_plots=final)
+        return report.write(result, args.out, slug, with_plots=final and not args.no_plots)
 
     ops = None if args.ops is None else tuple(o for o in args.ops if o != "none")
     if ops != ():
-        cases = collect_cases(tuple(args.op_models), ops, progress=lambda s: tqdm.write(f"benchmarks: {s}"))
-        cases = cases[:args.limit] if args.limit else cases
-        if ops:  # in the order asked for: under a deadline the first ops are the ones that get measured
-            cases.sort(key=lambda c: ops.index(c.op))
+        cases = select_op_cases(tuple(args.op_models), ops, args.limit,
+                                progress=lambda s: tqdm.write(f"benchmarks: {s}"))
         for case in tqdm(cases, desc="op cases", unit="case"):
             if not deadline.allows(case.op, case.label):
                 continue

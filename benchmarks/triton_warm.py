@@ -13,20 +13,19 @@ cache key differs the autotuner compiles as before: nothing is lost but the warm
 
 ``--gpu-tests`` does the same for the cases of ``tests/test_triton_gpu.py`` (``SPECS``), run as
 the tests run them but on CPU tensors, with the comparisons switched off (nothing is computed;
-only the compiles count). Set FASTBLOCKS_TRITON_CONFIGS as the tests will (``make gpu-test`` uses 1).
+only the compiles count). Set FASTBLOCKS_TRITON_CONFIGS as the tests will (the GPU session uses 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 
 import torch
 
 from .deadline import parse_deadline
+from .shards import parse_shard, run_shards
 from .triton_codegen import MODES, CompileOnly, compile_cases, select_cases
 
 
@@ -60,7 +59,7 @@ def _compile_test_specs(specs) -> list[str]:
 def _shard(args) -> int:
     from .run import DTYPES
 
-    index, count = (int(v) for v in args.shard.split("/"))
+    index, count = parse_shard(args.shard)
     cases = (_test_specs() if args.gpu_tests else _cases(args))[index::count]
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -77,7 +76,7 @@ def _shard(args) -> int:
     return 1 if failures else 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: CPU count)")
     parser.add_argument("--arch", type=int, default=90)
@@ -92,6 +91,11 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline", type=parse_deadline, default=None,
                         help="+SECONDS or a Unix time: stop compiling then (what is cached stays)")
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/N": one worker's share
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.batch < 2:
         parser.error("--jobs must be >= 1 and --batch >= 2")
@@ -101,21 +105,10 @@ def main(argv=None) -> int:
         return _shard(args)
 
     jobs = min(args.jobs, len(_test_specs() if args.gpu_tests else _cases(args)))
-    start = time.time()
-    base = [sys.executable, "-m", "benchmarks.triton_warm"] + (sys.argv[1:] if argv is None else list(argv))
-    procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"]) for i in range(jobs)]
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=None if args.deadline is None else max(0.0, args.deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            p.kill()  # Triton writes each cache entry whole, so a killed compile leaves no half entry
-            codes.append(p.wait())
-    late = sum(c < 0 for c in codes)
-    print(f"triton_warm: {jobs} processes, {time.time() - start:.0f} s"
-          + (f", {late} stopped at the deadline" if late else "")
-          + f", cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
-    return max(abs(c) for c in codes)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = run_shards("benchmarks.triton_warm", argv, jobs, args.deadline)
+    print(f"triton_warm: cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,282 @@
+"""The whole GPU session in one device call: checks and benchmarks in order of need, in a budget.
+
+``python3 -m benchmarks.gpu_session --out $OUT [--budget 540] [--skip STEP ...] [--list]``
+
+A lent GPU gives a session about 15 minutes in all (start-up included) and one command at most 10,
+so everything runs from this one command, with the device's own python3. Phases run one after
+another; the chains of a phase run side by side, the steps of a chain one after another:
+
+1. compile ahead, on the CPUs, while the GPU checks correctness: the Triton cache carried from the
+   developer machine is unpacked (``benchmarks.triton_cache``) and topped up (``triton_warm``) and
+   the Triton GPU tests run; torch.compile's caches are filled for the benchmark's ``compile``
+   columns (``inductor_warm``); the CUDA extension is built. Nothing here is timed.
+2. issue 5's op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch
+   128, bf16, channels_last, eval and train fwd+bwd, against eager PyTorch and torch.compile.
+3. what time is left: the CUDA backend's GPU tests, the model-level benchmark.
+
+A step still running when its phase must end is stopped (SIGINT, then SIGKILL): pytest still
+prints its summary, the benchmarks have written what they measured after every case (and are
+given their own ``--deadline`` before that). ``$OUT`` receives at most 8 files: session.json (every
+step: command, exit code, seconds), session.md, session.log (the steps' output) and the
+benchmarks' JSON + markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRITON_CACHE = os.path.join(ROOT, ".triton-cache")
+INDUCTOR_CACHE = os.path.join(ROOT, ".inductor-cache")
+CARRIED_TRITON_CACHE = os.path.join(ROOT, ".gpu-carry", "triton-cache.tar.gz")
+LOG_TAIL_BYTES = 256 * 1024  # of each step's output in session.log
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list
+    env: dict = field(default_factory=dict)
+    requires: Optional[str] = None  # a step of an earlier phase that must have succeeded
+    deadline_flag: bool = False  # pass --deadline (its stop time less a margin) to the command
+    # filled in by the run
+    status: str = "not run"
+    rc: Optional[int] = None
+    seconds: float = 0.0
+    log: str = ""
+    kernels: tuple = ()  # compiled kernels in the Triton cache (before, after): what the step compiled
+
+
+@dataclass
+class Phase:
+    name: str
+    chains: list  # of lists of Step
+    cap_s: float  # at most this long
+    reserve: float  # share of the session's budget kept for the later phases
+
+
+def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
+    """The session's phases. ``smoke``: the same commands on ``device`` at tiny sizes (a rehearsal
+    on the CPU, where the GPU tests skip themselves)."""
+    py = sys.executable
+    ops = ["--ops", "dwconv_bn_act", "squeeze_excite", "activation"]
+    modes = ["--modes", "eval", "train_fwd_bwd"]
+    small = ["--batch", "2", "--limit", "2"] if smoke else []
+    bench = [py, "-m", "benchmarks.run", "--device", device, "--quick", "--channels-last", "--out", out, "--no-plots"]
+    one_config = {"FASTBLOCKS_TRITON_CONFIGS": "1"}
+    jobs = str(max(1, min(6, (os.cpu_count() or 2) // 3)))
+    pytest = [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
+    unpack = [Step("unpack-triton-cache", [py, "-m", "benchmarks.triton_cache", "unpack", CARRIED_TRITON_CACHE,
+                                           "--cache", TRITON_CACHE])]
+    triton_tests = [Step("warm-triton-tests", [py, "-m", "benchmarks.triton_warm", "--gpu-tests", "--jobs", jobs],
+                         env=one_config, deadline_flag=True),
+                    Step("test-triton", pytest + ["tests/test_triton_gpu.py"], env=one_config)]
+    warm_bench = [Step("warm-triton-bench", [py, "-m", "benchmarks.triton_warm", "--channels-last", "--jobs", jobs]
+                       + (["--models", "smoke"] if smoke else []), deadline_flag=True)]
+    warm_compile = [Step("warm-inductor", [py, "-m", "benchmarks.inductor_warm", "--device", device, "--channels-last",
+                                           "--jobs", "4", *ops, *modes]
+                         + (small + ["--dtype", "float32"] if smoke else []), deadline_flag=True)]
+    build = [Step("build-cuda", ["nice", "-n", "10", py, "setup.py", "-q", "build_ext", "--inplace"],
+                  env={"FASTBLOCKS_BUILD_CPU": "0", "MAX_JOBS": "4"})]
+    issue5 = [Step("bench-ops", bench + ops + modes + ["--models", "none", "--tag", "ops", "--op-backends",
+                                                       "triton" if device == "cuda" else "eager"] + small,
+                   deadline_flag=True)]
+    rest = [Step("test-cuda", pytest + ["tests/test_cuda_backend.py"], requires="build-cuda"),
+            Step("bench-models", bench + ["--ops", "none", "--tag", "models"]
+                 + (["--model-batch", "2", "--models", "mobilenetv2_100", "--memory-batches"] if smoke else []),
+                 deadline_flag=True)]
+    return [Phase("unpack the carried Triton cache", [unpack], cap_s=60, reserve=0.89),
+            Phase("compile ahead + correctness", [triton_tests, warm_bench, warm_compile, build],
+                  cap_s=240, reserve=0.5),
+            Phase("issue 5 op benchmark", [issue5], cap_s=420, reserve=0.04),
+            Phase("the rest", [rest], cap_s=600, reserve=0.0)]
+
+
+class Session:
+    def __init__(self, out: str, budget_s: float, logs: str):
+        self.out, self.logs = out, logs
+        self.start = time.time()
+        self.budget_s = budget_s
+        self.end = self.start + budget_s
+        self.steps: list = []
+        self.meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), budget_s=budget_s,
+                         command=" ".join(sys.argv), device=_device_facts())
+        os.makedirs(out, exist_ok=True)
+        os.makedirs(logs, exist_ok=True)
+
+    def run_phase(self, phase: Phase, skip: set) -> None:
+        stop_at = min(time.time() + phase.cap_s, self.end - phase.reserve * self.budget_s)
+        chains = [list(chain) for chain in phase.chains]
+        self.steps += [s for chain in chains for s in chain]
+        running: list = []  # (step, process, started, log file, chain)
+
+        def start_next(chain) -> None:
+            while chain:
+                step = chain.pop(0)
+                if step.name in skip:
+                    step.status = "skipped (--skip)"
+                    continue
+                need = next((s for s in self.steps if s.name == step.requires), None)
+                if need is not None and need.status != "ok":
+                    step.status = f"skipped ({step.requires}: {need.status})"
+                    continue
+                if time.time() >= stop_at - 1:
+                    step.status = "skipped (out of time)"
+                    continue
+                argv = list(step.argv) + (["--deadline", f"{stop_at - 20:.0f}"] if step.deadline_flag else [])
+                step.argv = argv
+                step.log = os.path.join(self.logs, f"{step.name}.log")
+                log = open(step.log, "w")
+                env = dict(os.environ, TRITON_CACHE_DIR=TRITON_CACHE, TORCHINDUCTOR_CACHE_DIR=INDUCTOR_CACHE,
+                           PYTHONUNBUFFERED="1", **step.env)
+                try:
+                    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+                except OSError as err:
+                    log.write(f"could not start: {err}\n")
+                    log.close()
+                    step.status, step.rc = "error", None
+                    continue
+                print(f"[{self._clock()}] start {step.name}", flush=True)
+                step.kernels = (compiled_kernels(),)
+                running.append((step, proc, time.time(), log, chain))
+                return
+
+        for chain in chains:
+            start_next(chain)
+        while running:
+            time.sleep(0.5)
+            for item in list(running):
+                step, proc, started, log, chain = item
+                late = time.time() >= stop_at
+                if proc.poll() is None and not late:
+                    continue
+                if proc.poll() is None:
+                    _stop(proc)
+                    step.status = "stopped at the phase's end"
+                else:
+                    step.status = "ok" if proc.returncode == 0 else "failed"
+                step.rc, step.seconds = proc.returncode, time.time() - started
+                step.kernels = (step.kernels[0], compiled_kernels())
+                log.close()
+                running.remove(item)
+                print(f"[{self._clock()}] {step.status}: {step.name} ({step.seconds:.0f} s, rc {step.rc})", flush=True)
+                self.write()
+                start_next(chain)
+        for chain in chains:  # whatever a stopped chain did not reach
+            for step in chain:
+                step.status = "skipped (out of time)"
+        self.write()
+
+    def _clock(self) -> str:
+        return f"{time.time() - self.start:5.0f} s"
+
+    def write(self) -> None:
+        """session.json, session.md and session.log in ``out`` (rewritten after every step)."""
+        rows = [dict(name=s.name, status=s.status, rc=s.rc, seconds=round(s.seconds, 1), command=" ".join(s.argv),
+                     env=s.env, triton_kernels_cached=list(s.kernels)) for s in self.steps]
+        with open(os.path.join(self.out, "session.json"), "w") as f:
+            json.dump(dict(meta=dict(self.meta, elapsed_s=round(time.time() - self.start, 1)), steps=rows), f, indent=1)
+        lines = [f"# GPU session {self.meta['date']}", "", f"device: {self.meta['device']}", "",
+                 "Triton kernels in the cache before / after each step (a step that finds its kernels "
+                 "compiled adds none, though steps running beside it may).", "",
+                 "| step | status | rc | seconds | Triton kernels cached |", "|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['status']} | {r['rc']} | {r['seconds']} | "
+                  f"{' -> '.join(map(str, r['triton_kernels_cached'])) or '-'} |" for r in rows]
+        with open(os.path.join(self.out, "session.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(self.out, "session.log"), "w") as f:
+            for s in self.steps:
+                if not s.log or not os.path.exists(s.log):
+                    continue
+                f.write(f"\n===== {s.name}: {s.status} (rc {s.rc}, {s.seconds:.0f} s)\n$ {' '.join(s.argv)}\n")
+                with open(s.log, "rb") as g:
+                    g.seek(max(0, os.path.getsize(s.log) - LOG_TAIL_BYTES))
+                    f.write(g.read().decode("utf-8", "replace"))
+
+
+def compiled_kernels(cache: str = TRITON_CACHE) -> int:
+    """Entries of the Triton cache that hold a compiled kernel binary."""
+    if not os.path.isdir(cache):
+        return 0
+    return sum(any(f.endswith((".cubin", ".hsaco")) for f in os.listdir(os.path.join(cache, key)))
+               for key in os.listdir(cache) if os.path.isdir(os.path.join(cache, key)))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to the step's process group (pytest prints its summary), SIGKILL 10 s later."""
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _device_facts() -> dict:
+    facts = {}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        facts["nvidia_smi"] = out.stdout.strip() or out.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        facts["nvidia_smi"] = f"unavailable: {err}"
+    facts["python"] = sys.version.split()[0]
+    for package in ("torch", "triton"):
+        try:
+            facts[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            facts[package] = None
+    facts["cpus"] = os.cpu_count()
+    return facts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")),
+                        help="where the results go (default $OUT)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole session (default 540)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps not to run")
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument("--smoke", action="store_true", help="the same steps at tiny sizes on the CPU (rehearsal)")
+    parser.add_argument("--logs", default=os.path.join(ROOT, ".gpu-session"), help="the steps' full logs")
+    args = parser.parse_args(argv)
+    if args.budget < 60:
+        parser.error(f"--budget must be at least 60 seconds, got {args.budget}")
+    phases = plan(os.path.abspath(args.out), device="cpu" if args.smoke else "cuda", smoke=args.smoke)
+    names = [s.name for p in phases for c in p.chains for s in c]
+    unknown = sorted(set(args.skip) - set(names))
+    if unknown:
+        parser.error(f"--skip: unknown step(s) {', '.join(unknown)} (steps: {', '.join(names)})")
+    if args.list:
+        for p in phases:
+            print(f"{p.name} (at most {p.cap_s:.0f} s, keeps {p.reserve:.0%} of the budget for later):")
+            for c in p.chains:
+                print("  " + " -> ".join(s.name for s in c))
+        return 0
+    session = Session(os.path.abspath(args.out), args.budget, args.logs)
+    for phase in phases:
+        print(f"[{session._clock()}] phase: {phase.name}", flush=True)
+        session.run_phase(phase, set(args.skip))
+    session.write()
+    bad = [s.name for s in session.steps if s.status not in ("ok",) and not s.status.startswith("skipped (--skip")]
+    print(f"gpu_session: {time.time() - session.start:.0f} s; not ok: {', '.join(bad) or 'none'}", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""benchmarks.gpu_session: the one-call GPU session (phases, chains, stops at a phase's end, the
+files it leaves) with stand-in steps, and its real plan's commands against their parsers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from benchmarks import gpu_session, inductor_warm, run, triton_warm
+from benchmarks.gpu_session import Phase, Session, Step
+
+
+def _py(code: str) -> list:
+    return [sys.executable, "-c", code]
+
+
+def test_phases_chains_requirements_and_stops(tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    session = Session(str(out), budget_s=120, logs=str(logs))
+    # a step that catches the stop signal and prints a summary, as pytest does
+    slow = _py("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('summary: stopped')\n")
+    phase = Phase("p", [[Step("ok", _py("print('hello')")), Step("bad", _py("raise SystemExit(3)")),
+                         Step("after-bad", _py("print('x')"))],
+                        [Step("slow", slow)]], cap_s=4, reserve=0.0)
+    start = time.time()
+    session.run_phase(phase, skip=set())
+    assert time.time() - start < 20
+    session.run_phase(Phase("q", [[Step("needs-bad", _py("print('y')"), requires="bad")]], 10, 0.0), skip=set())
+    status = {s.name: s.status for s in session.steps}
+    assert status == {"ok": "ok", "bad": "failed", "after-bad": "ok", "slow": "stopped at the phase's end",
+                      "needs-bad": "skipped (bad: failed)"}
+    rc = {s.name: s.rc for s in session.steps}
+    assert rc["bad"] == 3
+    log = (out / "session.log").read_text()
+    assert "hello" in log and "summary: stopped" in log  # SIGINT first: the step could still report
+    record = json.loads((out / "session.json").read_text())
+    assert [r["name"] for r in record["steps"]] == ["ok", "bad", "after-bad", "slow", "needs-bad"]
+    assert "| slow | stopped at the phase's end |" in (out / "session.md").read_text()
+    assert sorted(os.listdir(out)) == ["session.json", "session.log", "session.md"]
+
+
+def test_deadline_flag_skip_and_budget_share(tmp_path):
+    session = Session(str(tmp_path / "out"), budget_s=100, logs=str(tmp_path / "logs"))
+    echo = _py("import sys; print('ARGS', sys.argv[1:])")
+    # reserve 0.97 of a 100 s budget: the phase must end 3 s in, so a step's --deadline is in the past
+    # of anything longer; the step still gets one (its own end less 20 s)
+    first = Phase("a", [[Step("with-deadline", echo, deadline_flag=True), Step("skipped", echo)]],
+                  cap_s=60, reserve=0.0)
+    session.run_phase(first, skip={"skipped"})
+    late = Phase("b", [[Step("too-late", echo)]], cap_s=60, reserve=1.0)
+    session.run_phase(late, skip=set())
+    status = {s.name: s.status for s in session.steps}
+    assert status == {"with-deadline": "ok", "skipped": "skipped (--skip)", "too-late": "skipped (out of time)"}
+    step = session.steps[0]
+    deadline = float(step.argv[step.argv.index("--deadline") + 1])
+    assert session.start < deadline <= session.start + 100 - 20 + 1
+
+
+def _module_argv(step: Step):
+    """(module, args) of a ``python -m module args`` step."""
+    argv = step.argv[step.argv.index(sys.executable):] if sys.executable in step.argv else step.argv
+    assert argv[1] == "-m", step.argv
+    return argv[2], argv[3:]
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_plan_commands_parse(smoke, tmp_path, monkeypatch):
+    """Every step of the real plan names an importable module and arguments its parser accepts (a
+    typo here would cost a GPU session)."""
+    phases = gpu_session.plan(str(tmp_path), device="cpu" if smoke else "cuda", smoke=smoke)
+    steps = [s for p in phases for c in p.chains for s in c]
+    names = [s.name for s in steps]
+    assert len(set(names)) == len(names)
+    assert names.index("test-triton") < names.index("bench-ops") < names.index("bench-models")
+    parsers = {"benchmarks.run": run.parse_args, "benchmarks.inductor_warm": inductor_warm.build_parser().parse_args,
+               "benchmarks.triton_warm": triton_warm.build_parser().parse_args}
+    monkeypatch.setattr(run.torch.cuda, "is_available", lambda: True)  # --device cuda is checked on the GPU
+    monkeypatch.setattr(run, "_timed_backends", lambda device: ["eager", "triton", "cuda"])
+    for step in steps:
+        if step.argv[0] == "nice":
+            continue
+        module, args = _module_argv(step)
+        if module == "pytest":
+            assert all(os.path.exists(os.path.join(gpu_session.ROOT, a)) for a in args if a.startswith("tests/"))
+            continue
+        assert importlib.util.find_spec(module) is not None, module
+        if step.deadline_flag:
+            args = args + ["--deadline", f"{time.time() + 100:.0f}"]
+        if module in parsers:
+            parsers[module](args)
+    bench = next(s for s in steps if s.name == "bench-ops")
+    _, args = _module_argv(bench)
+    parsed = run.parse_args(args)
+    assert parsed.no_plots and parsed.out == str(tmp_path)  # at most 8 files come back from a device call
+    if not smoke:  # issue 5's setup
+        assert (parsed.batch, parsed.dtype, parsed.channels_last) == (128, "bfloat16", True)
+        assert parsed.op_backends == ["triton"] and not parsed.no_compile
+        assert set(parsed.modes) == {"eval", "train_fwd_bwd"}
+
+
+def test_cli_rejects_unknown_steps_and_lists_the_plan(capsys):
+    with pytest.raises(SystemExit):
+        gpu_session.main(["--skip", "no-such-step"])
+    assert "unknown step" in capsys.readouterr().err
+    assert gpu_session.main(["--list"]) == 0
+    assert "bench-ops" in capsys.readouterr().out
