@@ -9,7 +9,8 @@ another; the chains of a phase run side by side, the steps of a chain one after 
 1. compile ahead, on the CPUs, while the GPU checks correctness: the Triton cache carried from the
    developer machine is unpacked (``benchmarks.triton_cache``) and topped up (``triton_warm``) and
    the Triton GPU tests run; torch.compile's caches are filled for the benchmark's ``compile``
-   columns (``inductor_warm``); the CUDA extension is built. Nothing here is timed.
+   columns (``inductor_warm``). Nothing here is timed. The CUDA extension is built in the
+   background (``nice``), through the later phases if need be.
 2. issue 5's op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch
    128, bf16, channels_last, eval and train fwd+bwd, against eager PyTorch and torch.compile.
 3. what time is left: the CUDA backend's GPU tests, the model-level benchmark.
@@ -49,6 +50,7 @@ class Step:
     env: dict = field(default_factory=dict)
     requires: Optional[str] = None  # a step of an earlier phase that must have succeeded
     deadline_flag: bool = False  # pass --deadline (its stop time less a margin) to the command
+    background: bool = False  # runs on through the later phases (until the session's end)
     # filled in by the run
     status: str = "not run"
     rc: Optional[int] = None
@@ -86,8 +88,9 @@ def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
     warm_compile = [Step("warm-inductor", [py, "-m", "benchmarks.inductor_warm", "--device", device, "--channels-last",
                                            "--jobs", "4", *ops, *modes]
                          + (small + ["--dtype", "float32"] if smoke else []), deadline_flag=True)]
-    build = [Step("build-cuda", ["nice", "-n", "10", py, "setup.py", "-q", "build_ext", "--inplace"],
-                  env={"FASTBLOCKS_BUILD_CPU": "0", "MAX_JOBS": "4"})]
+    # needed only by the last phase: built at low priority while the others run
+    build = [Step("build-cuda", ["nice", "-n", "19", py, "setup.py", "-q", "build_ext", "--inplace"],
+                  env={"FASTBLOCKS_BUILD_CPU": "0", "MAX_JOBS": "4"}, background=True)]
     issue5 = [Step("bench-ops", bench + ops + modes + ["--models", "none", "--tag", "ops", "--op-backends",
                                                        "triton" if device == "cuda" else "eager"] + small,
                    deadline_flag=True)]
@@ -102,6 +105,16 @@ def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
             Phase("the rest", [rest], cap_s=600, reserve=0.0)]
 
 
+@dataclass
+class _Running:
+    step: Step
+    proc: subprocess.Popen
+    started: float
+    log: object
+    stop_at: float
+    chain: list  # the chain it belongs to
+
+
 class Session:
     def __init__(self, out: str, budget_s: float, logs: str):
         self.out, self.logs = out, logs
@@ -109,73 +122,103 @@ class Session:
         self.budget_s = budget_s
         self.end = self.start + budget_s
         self.steps: list = []
+        self.running: list = []  # of _Running, background steps of earlier phases included
         self.meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), budget_s=budget_s,
                          command=" ".join(sys.argv), device=_device_facts())
         os.makedirs(out, exist_ok=True)
         os.makedirs(logs, exist_ok=True)
 
     def run_phase(self, phase: Phase, skip: set) -> None:
+        """Run the chains side by side, each chain's steps one after another; return when every
+        step has ended or was stopped at the phase's end (a background step, last of its chain,
+        goes on into the later phases)."""
         stop_at = min(time.time() + phase.cap_s, self.end - phase.reserve * self.budget_s)
         chains = [list(chain) for chain in phase.chains]
-        self.steps += [s for chain in chains for s in chain]
-        running: list = []  # (step, process, started, log file, chain)
-
-        def start_next(chain) -> None:
-            while chain:
-                step = chain.pop(0)
-                if step.name in skip:
-                    step.status = "skipped (--skip)"
-                    continue
-                need = next((s for s in self.steps if s.name == step.requires), None)
-                if need is not None and need.status != "ok":
-                    step.status = f"skipped ({step.requires}: {need.status})"
-                    continue
-                if time.time() >= stop_at - 1:
-                    step.status = "skipped (out of time)"
-                    continue
-                argv = list(step.argv) + (["--deadline", f"{stop_at - 20:.0f}"] if step.deadline_flag else [])
-                step.argv = argv
-                step.log = os.path.join(self.logs, f"{step.name}.log")
-                log = open(step.log, "w")
-                env = dict(os.environ, TRITON_CACHE_DIR=TRITON_CACHE, TORCHINDUCTOR_CACHE_DIR=INDUCTOR_CACHE,
-                           PYTHONUNBUFFERED="1", **step.env)
-                try:
-                    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-                except OSError as err:
-                    log.write(f"could not start: {err}\n")
-                    log.close()
-                    step.status, step.rc = "error", None
-                    continue
-                print(f"[{self._clock()}] start {step.name}", flush=True)
-                step.kernels = (compiled_kernels(),)
-                running.append((step, proc, time.time(), log, chain))
-                return
-
         for chain in chains:
-            start_next(chain)
-        while running:
-            time.sleep(0.5)
-            for item in list(running):
-                step, proc, started, log, chain = item
-                late = time.time() >= stop_at
-                if proc.poll() is None and not late:
+            if any(step.background for step in chain[:-1]):
+                raise ValueError(f"phase {phase.name!r}: a background step must be the last of its chain")
+        self.steps += [s for chain in chains for s in chain]
+        waiting = list(chains)  # chains with steps left or running
+        while True:
+            for chain in list(waiting):
+                current = next((r for r in self.running if r.chain is chain), None)
+                if current is not None:
+                    if current.step.background:
+                        waiting.remove(chain)
                     continue
-                if proc.poll() is None:
-                    _stop(proc)
-                    step.status = "stopped at the phase's end"
-                else:
-                    step.status = "ok" if proc.returncode == 0 else "failed"
-                step.rc, step.seconds = proc.returncode, time.time() - started
-                step.kernels = (step.kernels[0], compiled_kernels())
-                log.close()
-                running.remove(item)
-                print(f"[{self._clock()}] {step.status}: {step.name} ({step.seconds:.0f} s, rc {step.rc})", flush=True)
-                self.write()
-                start_next(chain)
-        for chain in chains:  # whatever a stopped chain did not reach
-            for step in chain:
+                if not self._start_next(chain, stop_at, skip):
+                    waiting.remove(chain)
+            if not waiting:
+                break
+            time.sleep(0.5)
+            self._poll()
+        self.write()
+
+    def finish(self) -> None:
+        """Stop the background steps still running (the session's time is up)."""
+        for r in list(self.running):
+            self._end(r, stopped=True)
+        self.write()
+
+    def _start_next(self, chain: list, stop_at: float, skip: set) -> bool:
+        """Start the chain's next step that can run; True while the chain waits or runs a step."""
+        while chain:
+            step = chain[0]
+            need = next((s for s in self.steps if s.name == step.requires), None)
+            if step.name not in skip and need is not None and need.status == "running":
+                if time.time() < stop_at - 1:
+                    return True  # wait for it
+            chain.pop(0)
+            if step.name in skip:
+                step.status = "skipped (--skip)"
+                continue
+            if need is not None and need.status != "ok":
+                by_hand = need.status.startswith("skipped (--skip")
+                step.status = f"skipped (--skip, via {step.requires})" if by_hand else \
+                    f"skipped ({step.requires}: {need.status})"
+                continue
+            if time.time() >= stop_at - 1:
                 step.status = "skipped (out of time)"
+                continue
+            own_stop = self.end if step.background else stop_at
+            step.argv = list(step.argv) + (["--deadline", f"{own_stop - 20:.0f}"] if step.deadline_flag else [])
+            step.log = os.path.join(self.logs, f"{step.name}.log")
+            log = open(step.log, "w")
+            env = dict(os.environ, TRITON_CACHE_DIR=TRITON_CACHE, TORCHINDUCTOR_CACHE_DIR=INDUCTOR_CACHE,
+                       PYTHONUNBUFFERED="1", **step.env)
+            try:
+                proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            except OSError as err:
+                log.write(f"could not start: {err}\n")
+                log.close()
+                step.status = "error"
+                continue
+            print(f"[{self._clock()}] start {step.name}" + (" (background)" if step.background else ""), flush=True)
+            step.status, step.kernels = "running", (compiled_kernels(),)
+            self.running.append(_Running(step, proc, time.time(), log, own_stop, chain))
+            return True
+        return False
+
+    def _poll(self) -> None:
+        for r in list(self.running):
+            if r.proc.poll() is not None:
+                self._end(r, stopped=False)
+            elif time.time() >= r.stop_at:
+                self._end(r, stopped=True)
+
+    def _end(self, r: _Running, stopped: bool) -> None:
+        if stopped and r.proc.poll() is None:
+            _stop(r.proc)
+            r.step.status = "stopped at the session's end" if r.step.background else "stopped at the phase's end"
+        else:
+            r.step.status = "ok" if r.proc.returncode == 0 else "failed"
+        r.step.rc, r.step.seconds = r.proc.returncode, time.time() - r.started
+        r.step.kernels = (r.step.kernels[0], compiled_kernels())
+        r.log.close()
+        self.running.remove(r)
+        print(f"[{self._clock()}] {r.step.status}: {r.step.name} ({r.step.seconds:.0f} s, rc {r.step.rc})",
+              flush=True)
         self.write()
 
     def _clock(self) -> str:
@@ -272,7 +315,7 @@ def main(argv=None) -> int:
     for phase in phases:
         print(f"[{session._clock()}] phase: {phase.name}", flush=True)
         session.run_phase(phase, set(args.skip))
-    session.write()
+    session.finish()
     bad = [s.name for s in session.steps if s.status not in ("ok",) and not s.status.startswith("skipped (--skip")]
     print(f"gpu_session: {time.time() - session.start:.0f} s; not ok: {', '.join(bad) or 'none'}", flush=True)
     return 1 if bad else 0

@@ -109,3 +109,27 @@ def test_cli_rejects_unknown_steps_and_lists_the_plan(capsys):
     assert "unknown step" in capsys.readouterr().err
     assert gpu_session.main(["--list"]) == 0
     assert "bench-ops" in capsys.readouterr().out
+
+
+def test_a_step_needing_a_skipped_step_counts_as_skipped_by_hand(tmp_path):
+    session = Session(str(tmp_path / "out"), budget_s=100, logs=str(tmp_path / "logs"))
+    session.run_phase(Phase("a", [[Step("build", _py("print(1)"))]], 30, 0.0), skip={"build"})
+    session.run_phase(Phase("b", [[Step("test", _py("print(2)"), requires="build")]], 30, 0.0), skip=set())
+    assert session.steps[1].status == "skipped (--skip, via build)"
+
+
+def test_background_step_runs_on_and_a_later_step_waits_for_it(tmp_path):
+    session = Session(str(tmp_path / "out"), budget_s=60, logs=str(tmp_path / "logs"))
+    build = Step("build", _py("import time; time.sleep(3); print('built')"), background=True)
+    start = time.time()
+    session.run_phase(Phase("a", [[Step("quick", _py("print(1)"))], [build]], 30, 0.0), skip=set())
+    assert time.time() - start < 2.5 and build.status == "running"  # the phase did not wait for it
+    session.run_phase(Phase("b", [[Step("test", _py("print(2)"), requires="build")]], 30, 0.0), skip=set())
+    assert build.status == "ok" and session.steps[-1].status == "ok"
+    hang = Step("hang", _py("import time; time.sleep(60)"), background=True)
+    session.run_phase(Phase("c", [[hang]], 30, 0.0), skip=set())
+    session.finish()
+    assert hang.status == "stopped at the session's end"
+    with pytest.raises(ValueError, match="last of its chain"):
+        session.run_phase(Phase("d", [[Step("bg", echo := _py("1"), background=True), Step("x", echo)]], 5, 0.0),
+                          skip=set())
