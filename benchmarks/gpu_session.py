@@ -6,14 +6,14 @@ A lent GPU gives a session about 15 minutes in all (start-up included) and one c
 so everything runs from this one command, with the device's own python3. Phases run one after
 another; the chains of a phase run side by side, the steps of a chain one after another:
 
-1. compile ahead, on the CPUs, while the GPU checks correctness: the Triton cache carried from the
-   developer machine is unpacked (``benchmarks.triton_cache``) and topped up (``triton_warm``) and
-   the Triton GPU tests run; torch.compile's caches are filled for the benchmark's ``compile``
-   columns (``inductor_warm``). Nothing here is timed. The CUDA extension is built in the
-   background (``nice``), through the later phases if need be.
-2. issue 5's op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch
+1. the Triton cache carried from the developer machine is unpacked (``benchmarks.triton_cache``).
+2. compile ahead, on the CPUs, while the GPU checks correctness: the Triton cache is topped up
+   (``triton_warm``) and the Triton GPU tests run; torch.compile's caches are filled for the
+   benchmark's ``compile`` columns (``inductor_warm``). Nothing here is timed. The CUDA extension
+   is built in the background (``nice``), through the later phases if need be.
+3. issue 5's op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch
    128, bf16, channels_last, eval and train fwd+bwd, against eager PyTorch and torch.compile.
-3. what time is left: the CUDA backend's GPU tests, the model-level benchmark.
+4. what time is left: the CUDA backend's GPU tests, the model-level benchmark.
 
 A step still running when its phase must end is stopped (SIGINT, then SIGKILL): pytest still
 prints its summary, the benchmarks have written what they measured after every case (and are
@@ -230,7 +230,8 @@ class Session:
                      env=s.env, triton_kernels_cached=list(s.kernels)) for s in self.steps]
         with open(os.path.join(self.out, "session.json"), "w") as f:
             json.dump(dict(meta=dict(self.meta, elapsed_s=round(time.time() - self.start, 1)), steps=rows), f, indent=1)
-        lines = [f"# GPU session {self.meta['date']}", "", f"device: {self.meta['device']}", "",
+        facts = ", ".join(f"{k} {v}" for k, v in self.meta["device"].items())
+        lines = [f"# GPU session {self.meta['date']}", "", f"{facts}; budget {self.budget_s:.0f} s", "",
                  "Triton kernels in the cache before / after each step (a step that finds its kernels "
                  "compiled adds none, though steps running beside it may).", "",
                  "| step | status | rc | seconds | Triton kernels cached |", "|---|---|---|---|---|"]
