@@ -289,6 +289,17 @@ def _device_facts() -> dict:
     return facts
 
 
+def _gpu_problem() -> Optional[str]:
+    """Why no step could use a GPU here (None when torch sees one)."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available(), torch.version.cuda)"],
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        return f"python3 cannot import torch: {probe.stderr.strip().splitlines()[-1:]}"
+    if not probe.stdout.startswith("True"):
+        return f"torch sees no CUDA device (torch.cuda.is_available(), torch.version.cuda: {probe.stdout.strip()})"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")),
@@ -313,6 +324,13 @@ def main(argv=None) -> int:
                 print("  " + " -> ".join(s.name for s in c))
         return 0
     session = Session(os.path.abspath(args.out), args.budget, args.logs)
+    if not args.smoke:
+        problem = _gpu_problem()
+        if problem:  # every step would fail: stop now and keep the device time
+            session.meta["aborted"] = problem
+            session.write()
+            print(f"gpu_session: {problem}", file=sys.stderr)
+            return 2
     for phase in phases:
         print(f"[{session._clock()}] phase: {phase.name}", flush=True)
         session.run_phase(phase, set(args.skip))

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from benchmarks import gpu_session, inductor_warm, run, triton_warm
 from benchmarks.gpu_session import Phase, Session, Step
@@ -133,3 +134,13 @@ def test_background_step_runs_on_and_a_later_step_waits_for_it(tmp_path):
     with pytest.raises(ValueError, match="last of its chain"):
         session.run_phase(Phase("d", [[Step("bg", echo := _py("1"), background=True), Step("x", echo)]], 5, 0.0),
                           skip=set())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU (would run the session)")
+def test_without_a_gpu_the_session_stops_at_once(tmp_path, capsys):
+    start = time.time()
+    assert gpu_session.main(["--out", str(tmp_path), "--logs", str(tmp_path / "logs")]) == 2
+    assert time.time() - start < 60
+    assert "no CUDA device" in capsys.readouterr().err
+    record = json.loads((tmp_path / "session.json").read_text())
+    assert "no CUDA device" in record["meta"]["aborted"] and record["steps"] == []
