@@ -25,6 +25,9 @@ def run_shards(module: str, argv: list[str], jobs: int, deadline: Optional[float
                env: Optional[dict] = None) -> int:
     """Start ``jobs`` processes ``python -m module *argv --shard i/jobs`` and wait for them; those
     still running at ``deadline`` (a Unix time) are killed. Returns the largest |exit code|."""
+    if jobs < 1:
+        print(f"{module}: nothing to do", flush=True)
+        return 0
     start = time.time()
     full_env = dict(os.environ, **(env or {}))
     procs = [subprocess.Popen([sys.executable, "-m", module, *argv, "--shard", f"{i}/{jobs}"], env=full_env)
