@@ -130,6 +130,23 @@ def _timed_backends(device: str) -> list[str]:
     return backends
 
 
+def _progress_bar():
+    """tqdm, or a plain stand-in where it is not installed (a lent GPU machine has only its own python3)."""
+    try:
+        from tqdm import tqdm
+
+        return tqdm
+    except ImportError:
+        def plain(items, desc="", unit=""):
+            items = list(items)
+            for i, item in enumerate(items):
+                print(f"{desc}: {i + 1}/{len(items)} {unit}", flush=True)
+                yield item
+
+        plain.write = lambda text: print(text, flush=True)
+        return plain
+
+
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
     try:
         import triton
@@ -156,7 +173,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tqdm import tqdm
+    tqdm = _progress_bar()
 
     gpu = args.device == "cuda"
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format

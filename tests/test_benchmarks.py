@@ -193,3 +193,16 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", "cpu"] + argv)
     assert message in capsys.readouterr().err
+
+
+def test_progress_without_tqdm(monkeypatch, capsys):
+    """A lent GPU machine runs its own python3, which may lack tqdm: the benchmark still runs."""
+    import sys
+
+    from benchmarks.run import _progress_bar
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    bar = _progress_bar()
+    assert list(bar(["a", "b"], desc="op cases", unit="case")) == ["a", "b"]
+    bar.write("note")
+    assert capsys.readouterr().out.splitlines() == ["op cases: 1/2 case", "op cases: 2/2 case", "note"]
