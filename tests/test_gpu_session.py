@@ -102,6 +102,11 @@ def test_plan_commands_parse(smoke, tmp_path, monkeypatch):
         assert (parsed.batch, parsed.dtype, parsed.channels_last) == (128, "bfloat16", True)
         assert parsed.op_backends == ["triton"] and not parsed.no_compile
         assert set(parsed.modes) == {"eval", "train_fwd_bwd"}
+    # the warm-up compiles what the benchmark will compile, or its cache serves nothing
+    _, args = _module_argv(next(s for s in steps if s.name == "warm-inductor"))
+    warm = inductor_warm.build_parser().parse_args(args)
+    same = ("batch", "dtype", "channels_last", "modes", "ops", "op_models", "limit")
+    assert {k: getattr(warm, k) for k in same} == {k: getattr(parsed, k) for k in same}
 
 
 def test_cli_rejects_unknown_steps_and_lists_the_plan(capsys):
