@@ -20,18 +20,21 @@ def _py(code: str) -> list:
     return [sys.executable, "-c", code]
 
 
+def _sh(script: str) -> list:
+    return ["sh", "-c", script]  # starts in milliseconds even on a loaded machine, unlike python
+
+
 def test_phases_chains_requirements_and_stops(tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
     session = Session(str(out), budget_s=120, logs=str(logs))
     # a step that catches the stop signal and prints a summary, as pytest does
-    slow = _py("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('summary: stopped')\n")
-    phase = Phase("p", [[Step("ok", _py("print('hello')")), Step("bad", _py("raise SystemExit(3)")),
-                         Step("after-bad", _py("print('x')"))],
-                        [Step("slow", slow)]], cap_s=4, reserve=0.0)
+    slow = _sh("trap 'echo summary: stopped; kill $!; exit 0' INT; sleep 60 & wait")
+    phase = Phase("p", [[Step("ok", _sh("echo hello")), Step("bad", _sh("exit 3")), Step("after-bad", _sh("echo x"))],
+                        [Step("slow", slow)]], cap_s=6, reserve=0.0)
     start = time.time()
     session.run_phase(phase, skip=set())
-    assert time.time() - start < 20
-    session.run_phase(Phase("q", [[Step("needs-bad", _py("print('y')"), requires="bad")]], 10, 0.0), skip=set())
+    assert time.time() - start < 30
+    session.run_phase(Phase("q", [[Step("needs-bad", _sh("echo y"), requires="bad")]], 10, 0.0), skip=set())
     status = {s.name: s.status for s in session.steps}
     assert status == {"ok": "ok", "bad": "failed", "after-bad": "ok", "slow": "stopped at the phase's end",
                       "needs-bad": "skipped (bad: failed)"}
@@ -126,18 +129,17 @@ def test_a_step_needing_a_skipped_step_counts_as_skipped_by_hand(tmp_path):
 
 def test_background_step_runs_on_and_a_later_step_waits_for_it(tmp_path):
     session = Session(str(tmp_path / "out"), budget_s=60, logs=str(tmp_path / "logs"))
-    build = Step("build", _py("import time; time.sleep(3); print('built')"), background=True)
-    start = time.time()
-    session.run_phase(Phase("a", [[Step("quick", _py("print(1)"))], [build]], 30, 0.0), skip=set())
-    assert time.time() - start < 2.5 and build.status == "running"  # the phase did not wait for it
-    session.run_phase(Phase("b", [[Step("test", _py("print(2)"), requires="build")]], 30, 0.0), skip=set())
+    build = Step("build", _sh("sleep 5; echo built"), background=True)
+    session.run_phase(Phase("a", [[Step("quick", _sh("echo 1"))], [build]], 30, 0.0), skip=set())
+    assert build.status == "running"  # the phase did not wait for it
+    session.run_phase(Phase("b", [[Step("test", _sh("echo 2"), requires="build")]], 30, 0.0), skip=set())
     assert build.status == "ok" and session.steps[-1].status == "ok"
-    hang = Step("hang", _py("import time; time.sleep(60)"), background=True)
+    hang = Step("hang", _sh("sleep 60"), background=True)
     session.run_phase(Phase("c", [[hang]], 30, 0.0), skip=set())
     session.finish()
     assert hang.status == "stopped at the session's end"
     with pytest.raises(ValueError, match="last of its chain"):
-        session.run_phase(Phase("d", [[Step("bg", echo := _py("1"), background=True), Step("x", echo)]], 5, 0.0),
+        session.run_phase(Phase("d", [[Step("bg", _sh("true"), background=True), Step("x", _sh("true"))]], 5, 0.0),
                           skip=set())
 
 
