@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .report import write_whole
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRITON_CACHE = os.path.join(ROOT, ".triton-cache")
 INDUCTOR_CACHE = os.path.join(ROOT, ".inductor-cache")
@@ -228,8 +230,9 @@ class Session:
         """session.json, session.md and session.log in ``out`` (rewritten after every step)."""
         rows = [dict(name=s.name, status=s.status, rc=s.rc, seconds=round(s.seconds, 1), command=" ".join(s.argv),
                      env=s.env, triton_kernels_cached=list(s.kernels)) for s in self.steps]
-        with open(os.path.join(self.out, "session.json"), "w") as f:
-            json.dump(dict(meta=dict(self.meta, elapsed_s=round(time.time() - self.start, 1)), steps=rows), f, indent=1)
+        write_whole(os.path.join(self.out, "session.json"),
+                    json.dumps(dict(meta=dict(self.meta, elapsed_s=round(time.time() - self.start, 1)), steps=rows),
+                               indent=1))
         facts = ", ".join(f"{k} {v}" for k, v in self.meta["device"].items())
         lines = [f"# GPU session {self.meta['date']}", "", f"{facts}; budget {self.budget_s:.0f} s", "",
                  "Triton kernels in the cache before / after each step (a step that finds its kernels "
@@ -237,16 +240,16 @@ class Session:
                  "| step | status | rc | seconds | Triton kernels cached |", "|---|---|---|---|---|"]
         lines += [f"| {r['name']} | {r['status']} | {r['rc']} | {r['seconds']} | "
                   f"{' -> '.join(map(str, r['triton_kernels_cached'])) or '-'} |" for r in rows]
-        with open(os.path.join(self.out, "session.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-        with open(os.path.join(self.out, "session.log"), "w") as f:
-            for s in self.steps:
-                if not s.log or not os.path.exists(s.log):
-                    continue
-                f.write(f"\n===== {s.name}: {s.status} (rc {s.rc}, {s.seconds:.0f} s)\n$ {' '.join(s.argv)}\n")
-                with open(s.log, "rb") as g:
-                    g.seek(max(0, os.path.getsize(s.log) - LOG_TAIL_BYTES))
-                    f.write(g.read().decode("utf-8", "replace"))
+        write_whole(os.path.join(self.out, "session.md"), "\n".join(lines) + "\n")
+        parts = []
+        for s in self.steps:
+            if not s.log or not os.path.exists(s.log):
+                continue
+            parts.append(f"\n===== {s.name}: {s.status} (rc {s.rc}, {s.seconds:.0f} s)\n$ {' '.join(s.argv)}\n")
+            with open(s.log, "rb") as g:
+                g.seek(max(0, os.path.getsize(s.log) - LOG_TAIL_BYTES))
+                parts.append(g.read().decode("utf-8", "replace"))
+        write_whole(os.path.join(self.out, "session.log"), "".join(parts))
 
 
 def compiled_kernels(cache: str = TRITON_CACHE) -> int:

@@ -208,11 +208,18 @@ def write(result: dict, out_dir: str, slug: str, with_plots: bool = True) -> tup
     if with_plots:
         result["plots"] = [os.path.relpath(p, out_dir) for p in plots(result, os.path.join(out_dir, "plots"), slug)]
     json_path, md_path = os.path.join(out_dir, f"{slug}.json"), os.path.join(out_dir, f"{slug}.md")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1, default=str)
-    with open(md_path, "w") as f:
-        f.write(markdown(result))
+    write_whole(json_path, json.dumps(result, indent=1, default=str))
+    write_whole(md_path, markdown(result))
     return json_path, md_path
+
+
+def write_whole(path: str, text: str) -> None:
+    """Write to a temporary file, then rename: a run stopped mid-write (a device call's limit, the
+    GPU session's SIGINT) leaves the previous complete file, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
