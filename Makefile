@@ -57,16 +57,17 @@ gpu-session:
 # Here, before a GPU session: compile every Triton kernel the session will load (benchmark: every
 # autotune config; GPU tests: the first) for sm_90 with the GPU machine's stack (Python 3.12,
 # torch 2.11, Triton 3.6: Triton's cache keys cover libtriton, which differs between Pythons) and
-# pack it into .gpu-carry/ (git-ignored), which the device call carries. `make gpu-stack` makes
-# that stack in $(GPU_STACK) (a CUDA build of torch: several GB, from PyPI).
+# pack it into .gpu-carry/ (git-ignored), which the device call carries. The stack is made in
+# $(GPU_STACK) first if missing (`make gpu-stack`: a CUDA build of torch, several GB from PyPI).
 PY312     ?= python3.12
 GPU_STACK ?= /tmp/fastblocks-gpu-stack
 GPU_STACK_PY := $(GPU_STACK)/bin/python
 CARRY_CACHE ?= /tmp/fastblocks-carry-cache
-gpu-stack:
+gpu-stack: $(GPU_STACK_PY)
+$(GPU_STACK_PY):
 	$(PY312) -m venv $(GPU_STACK)
 	$(GPU_STACK_PY) -m pip install -q torch==2.11.0 torchvision==0.26.0 "numpy<2.4" timm tqdm
-gpu-carry:
+gpu-carry: $(GPU_STACK_PY)
 	rm -rf $(CARRY_CACHE)
 	TRITON_CACHE_DIR=$(CARRY_CACHE) $(GPU_STACK_PY) -m benchmarks.triton_warm --channels-last
 	TRITON_CACHE_DIR=$(CARRY_CACHE) FASTBLOCKS_TRITON_CONFIGS=1 $(GPU_STACK_PY) -m benchmarks.triton_warm --gpu-tests
