@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .report import write_whole
+from .triton_cache import BINARY_SUFFIXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRITON_CACHE = os.path.join(ROOT, ".triton-cache")
@@ -175,8 +176,7 @@ class Session:
                 step.status = "skipped (--skip)"
                 continue
             if need is not None and need.status != "ok":
-                by_hand = need.status.startswith("skipped (--skip")
-                step.status = f"skipped (--skip, via {step.requires})" if by_hand else \
+                step.status = f"skipped (--skip, via {step.requires})" if skipped_by_hand(need) else \
                     f"skipped ({step.requires}: {need.status})"
                 continue
             if time.time() >= stop_at - 1:
@@ -252,11 +252,16 @@ class Session:
         write_whole(os.path.join(self.out, "session.log"), "".join(parts))
 
 
+def skipped_by_hand(step: Step) -> bool:
+    """Skipped by --skip, or because a step it needs was (not a failure of the session)."""
+    return step.status.startswith("skipped (--skip")
+
+
 def compiled_kernels(cache: str = TRITON_CACHE) -> int:
     """Entries of the Triton cache that hold a compiled kernel binary."""
     if not os.path.isdir(cache):
         return 0
-    return sum(any(f.endswith((".cubin", ".hsaco")) for f in os.listdir(os.path.join(cache, key)))
+    return sum(any(f.endswith(BINARY_SUFFIXES) for f in os.listdir(os.path.join(cache, key)))
                for key in os.listdir(cache) if os.path.isdir(os.path.join(cache, key)))
 
 
@@ -338,7 +343,7 @@ def main(argv=None) -> int:
         print(f"[{session._clock()}] phase: {phase.name}", flush=True)
         session.run_phase(phase, set(args.skip))
     session.finish()
-    bad = [s.name for s in session.steps if s.status not in ("ok",) and not s.status.startswith("skipped (--skip")]
+    bad = [s.name for s in session.steps if s.status != "ok" and not skipped_by_hand(s)]
     print(f"gpu_session: {time.time() - session.start:.0f} s; not ok: {', '.join(bad) or 'none'}", flush=True)
     return 1 if bad else 0
 
