@@ -8,7 +8,8 @@ BatchNorm ops (whose arguments say whether they train) have phases "eval" (eval-
 "train" (forward+backward rows); the other ops have one phase, "any", pooling both, so forward and
 backward of one call always resolve to the same backend. Every result file given (default: all
 JSON under benchmarks/results/) counts; when two cover the same key, the newer one wins. Keys no
-result covers keep the device's default order in fastblocks/_dispatch.py.
+result covers keep the device's default order in fastblocks/_dispatch.py. Only per-call timings
+count (not CUDA-graph replays): auto serves eager callers, who pay the launch cost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from collections import defaultdict
 
-from .report import geomean
+from .report import geomean, timing_of
 
 FUSED = ("eager", "cpu", "triton", "cuda")
 PHASE_OF_MODE = {"eval": "eval", "train_fwd_bwd": "train"}
@@ -44,7 +45,8 @@ def table_from(paths: list[str]) -> tuple[dict, dict]:
         speedups: dict = defaultdict(lambda: defaultdict(list))
         for r in result["op_rows"]:
             phase = PHASE_OF_MODE.get(r["mode"])
-            if phase is None or r["variant"] not in FUSED or r.get("status") != "ok":
+            # per-call rows: what an eager caller of backend="auto" gets
+            if phase is None or r["variant"] not in FUSED or r.get("status") != "ok" or timing_of(r) != "per_call":
                 continue
             if r["op"] not in PHASED_OPS:
                 phase = "any"
@@ -70,8 +72,12 @@ def render(entries: dict, sources: dict) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    paths = argv or sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*.json")))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.auto_table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="*", help="result JSON files (default: benchmarks/results/*.json)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = args.results or sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*.json")))
     entries, sources = table_from(paths)
     with open(TABLE, "w") as f:
         f.write(render(entries, sources))

@@ -5,7 +5,8 @@ recording, batch statistics), ``train_fwd_bwd`` (forward + backward to x and eve
 Variants: ``reference`` (plain PyTorch composition, eager), ``compile`` (torch.compile of that same
 reference module) and each available fastblocks backend. Every variant is checked against a
 float64 run of the reference on the same inputs before it is timed; a variant that fails the check
-is reported, not timed.
+is reported, not timed. On CUDA each variant is timed twice (the row's ``timing``): per call, as an
+eager caller waits for it, and as CUDA-graph replays, the device time alone.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from fastblocks.utils import saved_tensor_bytes
 
 from .cases import OpCase, iter_with_bn, set_backend, set_training, to_float64
 from .compiled import ExpectCompiled, compile_fresh
-from .timing import copies_to_defeat_l2, time_calls
+from .timing import copies_to_defeat_l2, time_calls, time_cuda_graph
 
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
+# How a row was timed: per-call CUDA events / CPU timer (what an eager caller waits), or CUDA-graph
+# replays (GPU only: what the kernels cost with the host's launch overhead removed).
+PER_CALL, CUDA_GRAPH = "per_call", "cuda_graph"
+TIMINGS = (PER_CALL, CUDA_GRAPH)
 # rel. error bounds (CONVENTIONS numerics table): forward, gradients
 TOLERANCE = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-4),
              torch.float16: (1e-2, 2e-2), torch.bfloat16: (1e-2, 2e-2)}
@@ -178,7 +183,8 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                         batch=batch, dtype=str(dtype).replace("torch.", ""), layout=layout,
                         min_bytes=minimal_bytes(case.op, mode, x_bytes, y_bytes))
         for name in factory.names():
-            row = dict(base_row, variant=name)
+            row = dict(base_row, variant=name, timing=PER_CALL)
+            graph_row = None
             try:
                 owner, fn, fresh = factory.variant(name, base, training)
                 params = _params(owner)
@@ -200,9 +206,8 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                     calls[0]()
                     torch.cuda.synchronize()
                     row["peak_bytes"] = torch.cuda.max_memory_allocated()
-                    row["bytes_per_s"] = row["min_bytes"] / t.median
-                    if copy_bps:
-                        row["frac_copy_bw"] = row["bytes_per_s"] / copy_bps
+                    _add_bandwidth(row, copy_bps)
+                    graph_row = _graph_row(row, calls, quick, copy_bps)
             except fb.BackendUnavailableError as err:
                 row.update(status="n/a", error=str(err).split(": ")[-1])
             except Exception as err:  # a variant that crashes is a result to report, not a reason to stop
@@ -211,6 +216,30 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                     torch.cuda.synchronize()
                 traceback.print_exc()
             on_row(row)
+            if graph_row is not None:
+                on_row(graph_row)
+
+
+def _add_bandwidth(row: dict, copy_bps: Optional[float]) -> None:
+    row["bytes_per_s"] = row["min_bytes"] / row["median_s"]
+    if copy_bps:
+        row["frac_copy_bw"] = row["bytes_per_s"] / copy_bps
+
+
+def _graph_row(row: dict, calls: list, quick: bool, copy_bps: Optional[float]) -> dict:
+    """The same variant timed as CUDA-graph replays (device time, no host launch cost): a row with
+    timing "cuda_graph", or status "error" with the reason when the calls cannot be captured."""
+    out = {k: v for k, v in row.items() if k not in ("median_s", "p10_s", "p90_s", "samples",
+                                                      "bytes_per_s", "frac_copy_bw")}
+    out["timing"] = CUDA_GRAPH
+    try:
+        out.update(time_cuda_graph(calls, quick).as_dict())
+    except Exception as err:
+        torch.cuda.synchronize()
+        out.update(status="error", error=f"CUDA graph capture: {type(err).__name__}: {err}".splitlines()[0][:300])
+        return out
+    _add_bandwidth(out, copy_bps)
+    return out
 
 
 def warm_compile(case: OpCase, *, device: str, dtype: torch.dtype, batch: int, memory_format,

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Optional
 
 FASTBLOCKS_VARIANTS = ("eager", "cpu", "triton", "cuda")
+TIMING_HEADINGS = {"per_call": "", "cuda_graph": " — CUDA-graph replay (device time, no launch overhead)"}
 
 
 def _ms(s: Optional[float]) -> str:
@@ -23,6 +24,12 @@ def _x(r: Optional[float]) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def timing_of(row: dict) -> str:
+    """How an op row was timed: "per_call" or "cuda_graph" (results written before the
+    CUDA-graph rows existed have per-call rows only, with no field)."""
+    return row.get("timing", "per_call")
+
+
 def geomean(values) -> Optional[float]:
     values = [v for v in values if v]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
@@ -34,12 +41,13 @@ def add_ratios(result: dict) -> None:
     index = {}
     for r in result["op_rows"]:
         if r.get("status") == "ok":
-            index[(r["label"], r["mode"], r["variant"])] = r["median_s"]
+            index[(r["label"], r["mode"], timing_of(r), r["variant"])] = r["median_s"]
     for r in result["op_rows"]:
         if r.get("status") != "ok":
             continue
-        r["speedup_vs_reference"] = _ratio(index.get((r["label"], r["mode"], "reference")), r["median_s"])
-        r["speedup_vs_compile"] = _ratio(index.get((r["label"], r["mode"], "compile")), r["median_s"])
+        key = (r["label"], r["mode"], timing_of(r))
+        r["speedup_vs_reference"] = _ratio(index.get(key + ("reference",)), r["median_s"])
+        r["speedup_vs_compile"] = _ratio(index.get(key + ("compile",)), r["median_s"])
     index = {}
     for r in result["model_rows"]:
         if r.get("status") == "ok":
@@ -66,9 +74,9 @@ def _op_tables(result: dict) -> list[str]:
     lines = []
     groups: dict = defaultdict(dict)
     for r in rows:
-        groups[(r["op"], r["mode"])].setdefault(r["label"], {})[r["variant"]] = r
-    for (op, mode), cases in groups.items():
-        lines.append(f"\n#### {op}, {mode}\n")
+        groups[(r["op"], r["mode"], timing_of(r))].setdefault(r["label"], {})[r["variant"]] = r
+    for (op, mode, timing), cases in groups.items():
+        lines.append(f"\n#### {op}, {mode}{TIMING_HEADINGS.get(timing, '')}\n")
         head = ["layer (C@HxW, config)"] + [f"{v} ms" for v in variants]
         head += [f"{v} vs ref" for v in fused] + [f"{v} vs compile" for v in fused]
         if gpu:
@@ -127,6 +135,10 @@ def markdown(result: dict) -> str:
         lines.append(f"- measured device copy bandwidth: {meta['copy_bandwidth']['bytes_per_s'] / 1e9:.0f} GB/s")
     lines.append(f"- op level: batch {meta['op_batch']}, {meta['dtype']}, {meta['layout']}; "
                  "times are medians (p10/p90 in the JSON); 'vs ref' = reference time / this time")
+    if any(timing_of(r) == "cuda_graph" for r in result["op_rows"]):
+        lines.append("- op tables come twice: per call (CUDA events around each eager call: what a caller "
+                     "waits, host launch cost included) and CUDA-graph replay (the same calls captured once: "
+                     "device time, the fair measure of the kernels and of '% copy BW')")
     if result["op_rows"]:
         lines += ["", "## Op level"] + _op_tables(result)
     if result["model_rows"]:
@@ -161,8 +173,9 @@ def plots(result: dict, out_dir: str, slug: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     rows = [r for r in result["op_rows"] if r.get("status") == "ok" and r["variant"] in FASTBLOCKS_VARIANTS]
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        mode_rows = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["op"])  # grouped by op
+    for mode, timing in dict.fromkeys((r["mode"], timing_of(r)) for r in rows):
+        mode_rows = sorted((r for r in rows if r["mode"] == mode and timing_of(r) == timing),
+                           key=lambda r: r["op"])  # grouped by op
         labels = list(dict.fromkeys(r["label"] for r in mode_rows))
         backends = list(dict.fromkeys(r["variant"] for r in mode_rows))
         fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(labels) * max(1, len(backends))), 5))
@@ -174,11 +187,12 @@ def plots(result: dict, out_dir: str, slug: str) -> list[str]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
         ax.set_xticklabels(labels, rotation=90, fontsize=6)
         ax.set_ylabel("speedup vs eager reference")
-        ax.set_title(f"{result['meta']['device_name']}: {mode}, batch {result['meta']['op_batch']}, "
-                     f"{result['meta']['dtype']}, {result['meta']['layout']}")
+        graph = timing != "per_call"
+        ax.set_title(f"{result['meta']['device_name']}: {mode}{' (CUDA-graph replay)' if graph else ''}, "
+                     f"batch {result['meta']['op_batch']}, {result['meta']['dtype']}, {result['meta']['layout']}")
         ax.legend()
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{slug}-speedup-{mode}.png")
+        path = os.path.join(out_dir, f"{slug}-speedup-{mode}{'-graph' if graph else ''}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .report import geomean
+from .report import geomean, timing_of
 
 FUSED = ("eager", "cpu", "triton", "cuda")
 
@@ -23,8 +23,13 @@ def _best_fused(rows: list, key: str) -> Optional[tuple[str, float]]:
     return best
 
 
-def _ops(result, op, mode):
-    return [r for r in result["op_rows"] if r["op"] == op and r["mode"] == mode]
+def _ops(result, op, mode, timing="per_call"):
+    return [r for r in result["op_rows"] if r["op"] == op and r["mode"] == mode and timing_of(r) == timing]
+
+
+# GPU op targets are evaluated on both timings: per call (what an eager caller waits, the host's
+# launch cost included) and CUDA-graph replay (device time: what the kernel targets are about).
+_GPU_TIMINGS = (("cuda_graph", "CUDA-graph replay"), ("per_call", "per call"))
 
 
 def _model(result, model, mode, variant):
@@ -67,22 +72,23 @@ def evaluate(result: dict) -> list[dict]:
                 add(f"CPU {model} training: step time <= 1.15x eager", f"{slow:.2f}x {mb}", slow <= 1.15)
         return out
 
-    rows = _ops(result, "dwconv_bn_act", "train_fwd_bwd")
-    best = _best_fused(rows, "speedup_vs_reference")
-    if best:
-        add("GPU dwconv_bn_act train fwd+bwd >= 2.0x eager", f"{best[0]}: geomean {best[1]:.2f}x {setup}",
-            best[1] >= 2.0)
-    best = _best_fused(rows, "speedup_vs_compile")
-    if best:
-        add("GPU dwconv_bn_act train fwd+bwd >= 1.3x torch.compile", f"{best[0]}: geomean {best[1]:.2f}x {setup}",
-            best[1] >= 1.3)
-    for op, mode, bound, name in (("dwconv_bn_act", "eval", 0.7, "dwconv_bn_act eval"),
-                                  ("squeeze_excite", "eval", 0.8, "SE scale (eval)"),
-                                  ("activation", "eval", 0.8, "SiLU forward")):
-        best = _best_fused(_ops(result, op, mode), "frac_copy_bw")
+    for timing, how in _GPU_TIMINGS:
+        rows = _ops(result, "dwconv_bn_act", "train_fwd_bwd", timing)
+        best = _best_fused(rows, "speedup_vs_reference")
         if best:
-            add(f"GPU {name} >= {bound:.0%} of copy bandwidth", f"{best[0]}: geomean {best[1]:.0%} {setup}",
-                best[1] >= bound)
+            add(f"GPU dwconv_bn_act train fwd+bwd >= 2.0x eager [{how}]",
+                f"{best[0]}: geomean {best[1]:.2f}x {setup}", best[1] >= 2.0)
+        best = _best_fused(rows, "speedup_vs_compile")
+        if best:
+            add(f"GPU dwconv_bn_act train fwd+bwd >= 1.3x torch.compile [{how}]",
+                f"{best[0]}: geomean {best[1]:.2f}x {setup}", best[1] >= 1.3)
+        for op, mode, bound, name in (("dwconv_bn_act", "eval", 0.7, "dwconv_bn_act eval"),
+                                      ("squeeze_excite", "eval", 0.8, "SE scale (eval)"),
+                                      ("activation", "eval", 0.8, "SiLU forward")):
+            best = _best_fused(_ops(result, op, mode, timing), "frac_copy_bw")
+            if best:
+                add(f"GPU {name} >= {bound:.0%} of copy bandwidth [{how}]",
+                    f"{best[0]}: geomean {best[1]:.0%} {setup}", best[1] >= bound)
     model = "efficientnet_b0"
     fused = _model(result, model, "train_step", "fastblocks")
     if fused and fused.get("speedup_vs_eager"):

@@ -91,6 +91,52 @@ def time_calls(device: str, calls: Sequence[Callable[[], object]], quick: bool) 
     return time_cpu(calls, min_run_time=0.3 if quick else 1.0)
 
 
+def time_cuda_graph(calls: Sequence[Callable[[], object]], quick: bool, max_replays: int = 200) -> Timing:
+    """Per-call device time with the host out of the picture: ``calls`` (each once, in turn) are
+    captured into one CUDA graph, and each replay is timed with its own pair of events; the
+    quantiles are of replay time / len(calls).
+
+    Per-call event timing (:func:`time_cuda`) measures the host when it issues work slower than
+    the GPU runs it (a few-microsecond kernel behind ~100 us of Python), so that timing says what
+    an eager caller gets and this one what the kernels cost (METHOD.md: "for many small launches,
+    capture a graph and time its replays"). The calls must already have run (autotuning and
+    compilation happen outside the capture); they are run three more times on a side stream
+    before capture, as torch.cuda.make_graphed_callables does for autograd. Raises whatever the
+    capture raises (a host sync inside a call, say)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for fn in calls:
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for fn in calls:
+                fn()
+        graph.replay()  # first replay uploads the graph
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        estimate_ms = max(start.elapsed_time(end), 1e-3)
+        replays = int(min(max_replays, max(10, (30.0 if quick else 200.0) / estimate_ms)))
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        for i in range(replays):
+            starts[i].record()
+            graph.replay()
+            ends[i].record()
+        torch.cuda.synchronize()
+        return summarize([s.elapsed_time(e) / 1e3 / len(calls) for s, e in zip(starts, ends)])
+    finally:
+        del graph
+        torch.cuda.synchronize()
+
+
 def l2_bytes(device: str) -> int:
     """L2 cache size of the current GPU (0 on CPU: the CPU rows reuse one input set)."""
     if device != "cuda":

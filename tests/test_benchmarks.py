@@ -109,6 +109,76 @@ def test_ratios_targets_and_auto_table(tmp_path):
     assert namespace["AUTO_TABLE"] == table
 
 
+def test_graph_rows_are_their_own_comparison(tmp_path):
+    """GPU rows come per call and as CUDA-graph replays: ratios, tables, targets and the auto
+    table never mix the two."""
+    def r(variant, median, timing, frac=None):
+        row = _row("a", "eval", variant, median, layout="channels_last")
+        row.update(timing=timing, **({"frac_copy_bw": frac} if frac else {}))
+        return row
+
+    rows = [r("reference", 1.0, "per_call"), r("triton", 2.0, "per_call", 0.1),  # host-bound: slower
+            r("reference", 0.5, "cuda_graph"), r("triton", 0.1, "cuda_graph", 0.75)]
+    meta = dict(device="cuda", op_batch=128, dtype="bfloat16", layout="channels_last",
+                date="2026-12-01T00:00:00", device_name="test gpu", command="x", git_commit="x", torch="x",
+                triton="x", cuda="x", threads=16, python="3")
+    result = dict(meta=meta, op_rows=rows, model_rows=[], memory_rows=[])
+    report.add_ratios(result)
+    assert rows[1]["speedup_vs_reference"] == pytest.approx(0.5)
+    assert rows[3]["speedup_vs_reference"] == pytest.approx(5.0)
+    found = {t["target"]: t for t in targets.evaluate(result)}
+    assert found["GPU dwconv_bn_act eval >= 70% of copy bandwidth [CUDA-graph replay]"]["met"]
+    assert not found["GPU dwconv_bn_act eval >= 70% of copy bandwidth [per call]"]["met"]
+    md = report.markdown(result)
+    assert md.count("#### dwconv_bn_act, eval") == 2 and "CUDA-graph replay" in md
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(result))
+    table, sources = auto_table.table_from([str(path)])
+    assert sources[("cuda", "dwconv_bn_act", "channels_last", "eval")][1] == {"triton": 0.5}  # per call only
+
+
+def test_graph_row(monkeypatch):
+    from benchmarks import op_bench
+    from benchmarks.timing import Timing
+
+    per_call = dict(op="activation", variant="triton", timing="per_call", status="ok", min_bytes=1000,
+                    median_s=1e-3, p10_s=1e-3, p90_s=1e-3, samples=9, bytes_per_s=1e6, frac_copy_bw=0.5)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(op_bench, "time_cuda_graph", lambda calls, quick: Timing(1e-6, 1e-6, 2e-6, 10))
+    row = op_bench._graph_row(per_call, [], True, copy_bps=4e9)
+    assert row["timing"] == "cuda_graph" and row["median_s"] == 1e-6 and row["frac_copy_bw"] == pytest.approx(0.25)
+    assert per_call["timing"] == "per_call" and per_call["median_s"] == 1e-3  # untouched
+
+    def refuse(calls, quick):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(op_bench, "time_cuda_graph", refuse)
+    row = op_bench._graph_row(per_call, [], True, copy_bps=4e9)
+    assert row["status"] == "error" and "CUDA graph capture: RuntimeError" in row["error"]
+    assert "median_s" not in row and "frac_copy_bw" not in row  # no per-call numbers under the graph label
+
+
+@pytest.mark.gpu
+def test_cuda_graph_timer_measures_device_time():
+    from benchmarks.timing import time_cuda, time_cuda_graph
+
+    x = torch.randn(1 << 14, device="cuda")
+
+    def chain():  # 20 tiny kernels: the host takes longer to launch them than the GPU to run them
+        y = x
+        for _ in range(20):
+            y = y * 1.5 + 1.0
+        return y
+
+    small = [chain] * 4
+    graph = time_cuda_graph(small, quick=True)
+    assert 0 < graph.median < time_cuda(small, rep_ms=20).median  # launch cost removed
+    synced = [lambda: x.sum().item()]
+    with pytest.raises(Exception):
+        time_cuda_graph(synced, quick=True)  # a host sync cannot be captured
+    assert torch.ones(1, device="cuda").item() == 1.0  # and the device is usable afterwards
+
+
 def test_auto_order_reads_the_table(monkeypatch):
     from fastblocks import _auto_table
 
