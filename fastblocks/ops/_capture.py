@@ -62,17 +62,12 @@ def enabled() -> bool:
     return bool(getattr(config, "decompose_custom_triton_ops", True))
 
 
-def fused_op(name: str) -> Callable:
-    """``torch.library.custom_op(name, mutates_args=())`` whose body graph capture can trace.
-
-    The body must resolve its backend through :func:`run` before it runs any tensor op."""
-    def define(fn: Callable) -> Any:
-        opdef = torch.library.custom_op(name, mutates_args=())(fn)
-        if supported():
-            _register_decomposition(opdef, fn)
-            _register_cache_kernels(name)
-        return opdef
-    return define
+def enable(name: str, opdef, fn: Callable) -> None:
+    """Let graph capture trace the custom op ``opdef`` ("namespace::name", body ``fn``) where this
+    torch can."""
+    if supported():
+        _register_decomposition(opdef, fn)
+        _register_cache_kernels(name)
 
 
 def run(op: str, backend: str, forward_args: tuple, call: Callable[[_dispatch.BackendImpl], Any]) -> Any:

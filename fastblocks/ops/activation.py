@@ -9,7 +9,7 @@ import torch
 from .. import _dispatch
 from .._act import canonical_act
 from ..backends import reference
-from ._capture import fused_op
+from ._fused_op import fused_op
 from ._plumbing import run_backward, run_forward
 
 Tensor = torch.Tensor

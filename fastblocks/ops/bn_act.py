@@ -13,7 +13,7 @@ from ..backends import reference
 from .._recompute import offer
 from ..backends.eager._common import bn_act_forward as recompute_bn_act
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
-from ._capture import fused_op
+from ._fused_op import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor

@@ -12,7 +12,7 @@ from .._validate import (check_input, check_optional, check_tensor, conv_out_hw,
                          memory_format_of, padding_spec, scalar_int)
 from ..backends import reference
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
-from ._capture import fused_op
+from ._fused_op import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor

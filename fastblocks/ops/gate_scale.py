@@ -12,7 +12,7 @@ from .._validate import check_input, check_tensor, memory_format_of
 from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
-from ._capture import fused_op
+from ._fused_op import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
 
 Tensor = torch.Tensor

@@ -77,6 +77,26 @@ def dwconv_forward(x, weight, conv_bias, stride, padding_mode, padding, dilation
     return F.conv2d(x, weight, conv_bias, stride, (top, left), dilation, groups=x.shape[1])
 
 
+def dwconv_bn_act_folded(x, weight, conv_bias, bn_weight, bn_bias, mean, var, stride, padding_mode, padding,
+                         dilation, eps, act):
+    """Eval-mode act(BN(dwconv(x))) as one conv: BN folded into the weights and bias, so the conv
+    output is normalised as it is written (one pass over x and y, no separate BN pass). float32 /
+    float64 only: in half precision the folded bias (beta - mean * scale) would be rounded to x's
+    dtype, losing the digits that cancel against the conv term when |mean| >> std."""
+    acc = acc_dtype(x)
+    scale = torch.rsqrt(var.to(acc) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(acc)
+    shift = -mean.to(acc) * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(acc)
+    if conv_bias is not None:
+        shift = shift + conv_bias.to(acc) * scale
+    folded = (weight.to(acc) * scale[:, None, None, None]).to(x.dtype)
+    z = dwconv_forward(x, folded, shift.to(x.dtype), stride, padding_mode, padding, dilation)
+    return act_forward(act, z).contiguous(memory_format=memory_format_of(x))
+
+
 def dwconv_backward(dz, x, weight, stride, padding_mode, padding, dilation, need_x, need_w, need_b):
     """(dx, dweight, dbias) of the depthwise conv; None for grads not needed."""
     top, bottom, left, right = _explicit_pads(x, weight, stride, padding_mode, padding, dilation)
