@@ -276,3 +276,18 @@ def test_progress_without_tqdm(monkeypatch, capsys):
     assert list(bar(["a", "b"], desc="op cases", unit="case")) == ["a", "b"]
     bar.write("note")
     assert capsys.readouterr().out.splitlines() == ["op cases: 1/2 case", "op cases: 2/2 case", "note"]
+
+
+def test_host_overhead_table(capsys):
+    from benchmarks import host_overhead
+
+    assert host_overhead.main(["--calls", "2", "--backends", "eager", "cuda"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0].split(" | ")[1:4] == ["plain PyTorch", "eager direct", "eager custom op"]
+    body = lines[1:]  # (the |---| rule does not start with "| ")
+    assert len(body) == 5
+    for line in body:
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        assert all(float(c) > 0 for c in cells[1:4])
+        if "cuda" not in fb.available_backends():
+            assert cells[4:] == ["n/a", "n/a"]

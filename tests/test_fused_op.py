@@ -149,3 +149,9 @@ def test_transforms_and_tracing_still_work(counted):
     traced = torch.jit.trace(lambda t: fb.ops.silu(t, backend="eager"), (x,), check_trace=False)
     assert "fastblocks::activation" in str(traced.graph)
     assert torch.allclose(traced(x), torch.nn.functional.silu(x))
+
+
+def test_switch_sends_every_call_through_the_custom_op(counted, monkeypatch):
+    monkeypatch.setattr(_fused_op, "DIRECT", False)
+    fb.ops.silu(torch.randn(3, requires_grad=True), backend="eager").sum().backward()
+    assert counted["activation._forward"].calls == 1 and counted["activation._backward_op"].calls == 1
