@@ -10,7 +10,9 @@ depending on the compile-time ``MODE``:
   ``_welford_finalize_kernel`` in a fixed order (Chan's formula): deterministic, no atomics.
 * ``MODE_NORM``   (eval forward / training forward pass 2): y = act(z * scale + shift) with the
   BN folded on the fly (scale = gamma / sqrt(var + eps), shift = beta - mean * scale); reads x
-  once (plus halo re-reads from cache), writes y once. The conv output is never stored.
+  once (plus halo re-reads from cache), writes y once. The conv output is never stored. In eval
+  (``COPY_STATS``) it reads the running statistics in their own dtype and also writes the
+  float32 copies the op returns.
 * ``MODE_BWD_SUMS`` (training backward, pass 1): per-channel partial sums of du and du * zhat,
   du = act'(u) * dy, recomputing z from x and the saved mean / var.
 * ``MODE_BWD_DZ`` (backward pass 2): dz = dBN/dz (training uses the finished sums), written in
@@ -130,8 +132,8 @@ def _fused_kernel(
     K: tl.constexpr, KK_PAD: tl.constexpr, STRIDE: tl.constexpr, HAS_CONV: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
     MODE: tl.constexpr, TRAINING: tl.constexpr, ACT: tl.constexpr,
-    NEED_SUMS: tl.constexpr, NEED_DW: tl.constexpr, WRITE_OUT: tl.constexpr, ACC: tl.constexpr,
-    BH: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr, DW_REGS: tl.constexpr,
+    NEED_SUMS: tl.constexpr, NEED_DW: tl.constexpr, WRITE_OUT: tl.constexpr, COPY_STATS: tl.constexpr,
+    ACC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr, DW_REGS: tl.constexpr,
 ):
     pid_g = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -173,6 +175,12 @@ def _fused_kernel(
         invstd = 1.0 / tl.sqrt(var + eps)
         scale = gamma * invstd
         shift = beta - mean * scale
+        if COPY_STATS:
+            # eval: the op returns the running statistics it used as fresh (ACC) tensors; the
+            # first row of programs writes them (no clone kernels beside this launch)
+            if pid_g == 0:
+                tl.store(p0_ptr + offs_c, mean, mask=mask_c)
+                tl.store(p1_ptr + offs_c, var, mask=mask_c)
     if MODE == MODE_BWD_DZ:
         if TRAINING:
             mdu = tl.load(sdu_ptr + offs_c, mask=mask_c, other=0.0).to(ACC) / count
@@ -421,9 +429,12 @@ class _Problem:
         self.n, self.c, self.h, self.w = x.shape
         self.has_conv = weight is not None
         self.k = weight.shape[-1] if self.has_conv else 1
-        # Tap-major (K*K, C) in the accumulation dtype: one contiguous row of C weights per tap.
-        self.weight = (weight.reshape(self.c, self.k * self.k).t().to(acc_torch_dtype(x.dtype)).contiguous()
-                       if self.has_conv else None)
+        # Tap-major (K*K, C) in the accumulation dtype: one contiguous row of C weights per tap
+        # (transposed and cast by one copy kernel).
+        self.weight = None
+        if self.has_conv:
+            self.weight = empty((self.k * self.k, self.c), acc_torch_dtype(x.dtype), x.device)
+            self.weight.copy_(weight.reshape(self.c, self.k * self.k).t())
         self.conv_bias = conv_bias.contiguous() if conv_bias is not None else None
         self.gamma = bn_weight.contiguous() if bn_weight is not None else None
         self.beta = bn_bias.contiguous() if bn_bias is not None else None
@@ -444,7 +455,7 @@ class _Problem:
         return empty((self.g, *cols), self.acc, self.x.device)
 
     def launch(self, mode, *, mean=None, var=None, out=None, dy=None, sdu=None, sduz=None,
-               p0=None, p1=None, p2=None, training=False, need_sums=False, need_dw=False):
+               p0=None, p1=None, p2=None, training=False, need_sums=False, need_dw=False, copy_stats=False):
         x = self.x
         dummy = x
         out_t = out if out is not None else dummy
@@ -471,7 +482,7 @@ class _Problem:
                 K=self.k, KK_PAD=max(next_pow2(kk), 2), STRIDE=self.stride, HAS_CONV=self.has_conv,
                 HAS_BIAS=self.conv_bias is not None, HAS_GAMMA=self.gamma is not None,
                 HAS_BETA=self.beta is not None, MODE=mode, TRAINING=training, ACT=self.act,
-                NEED_SUMS=need_sums, NEED_DW=need_dw, WRITE_OUT=out is not None,
+                NEED_SUMS=need_sums, NEED_DW=need_dw, WRITE_OUT=out is not None, COPY_STATS=copy_stats,
                 ACC=acc_tl_dtype(x.dtype),
             )
 
@@ -500,13 +511,14 @@ def forward(x: torch.Tensor, weight: Optional[torch.Tensor], conv_bias, bn_weigh
     normalise); eval: 1 pass. y has x's dtype and memory format.
     """
     p = _Problem(x, weight, conv_bias, bn_weight, bn_bias, stride, pad_t, pad_l, ho, wo, eps, act)
+    y = p.new_out()
     if training:
         mean, var = p.batch_stats()
+        p.launch(NORM, mean=mean, var=var, out=y)
     else:
-        mean = running_mean.to(p.acc).clone()
-        var = running_var.to(p.acc).clone()
-    y = p.new_out()
-    p.launch(NORM, mean=mean, var=var, out=y)
+        mean = empty((p.c,), p.acc, x.device)
+        var = empty((p.c,), p.acc, x.device)
+        p.launch(NORM, mean=running_mean, var=running_var, out=y, p0=mean, p1=var, copy_stats=True)
     return y, mean, var
 
 
