@@ -2,6 +2,7 @@
 and must be indistinguishable from the custom op; anything that traces or transforms takes the
 custom op."""
 
+import copy
 import importlib
 
 import pytest
@@ -155,3 +156,21 @@ def test_switch_sends_every_call_through_the_custom_op(counted, monkeypatch):
     monkeypatch.setattr(_fused_op, "DIRECT", False)
     fb.ops.silu(torch.randn(3, requires_grad=True), backend="eager").sum().backward()
     assert counted["activation._forward"].calls == 1 and counted["activation._backward_op"].calls == 1
+
+
+def test_patched_model_under_autocast_is_the_same_on_both_paths(monkeypatch):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", num_classes=10)
+    fb.patch(model, backend="eager")
+    x = torch.randn(2, 3, 48, 48)
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(_fused_op, "DIRECT", direct)
+        m = copy.deepcopy(model).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        y.float().square().sum().backward()
+        results.append([y.detach().float()] + [p.grad for p in m.parameters()] + list(m.buffers()))
+    assert len(results[0]) > 300
+    assert all(torch.equal(a, b) for a, b in zip(*results))
