@@ -145,14 +145,18 @@ class Session:
         self.steps += [s for chain in chains for s in chain]
         waiting = list(chains)  # chains with steps left or running
         while True:
-            for chain in list(waiting):
+            done = []
+            for chain in waiting:
                 current = next((r for r in self.running if r.chain is chain), None)
                 if current is not None:
                     if current.step.background:
-                        waiting.remove(chain)
+                        done.append(chain)
                     continue
                 if not self._start_next(chain, stop_at, skip):
-                    waiting.remove(chain)
+                    done.append(chain)
+            # by identity: a chain whose last step runs is an empty list, equal to every other such
+            # chain, so list.remove() would drop a chain that is still running
+            waiting = [c for c in waiting if not any(c is d for d in done)]
             if not waiting:
                 break
             time.sleep(0.5)

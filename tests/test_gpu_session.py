@@ -143,6 +143,20 @@ def test_background_step_runs_on_and_a_later_step_waits_for_it(tmp_path):
                           skip=set())
 
 
+def test_a_phase_waits_for_every_running_chain(tmp_path):
+    """The real phase 2's shape: single-step chains (their lists are empty while the step runs,
+    equal to one another), one skipped and one background: the phase must still wait for both
+    foreground steps (a rehearsal once started the op benchmark beside a running warm-up)."""
+    session = Session(str(tmp_path / "out"), budget_s=60, logs=str(tmp_path / "logs"))
+    first, second = Step("warm-a", _sh("sleep 2")), Step("warm-b", _sh("sleep 3"))
+    phase = Phase("a", [[Step("tests", _sh("true")), Step("more", _sh("true"))], [first], [second],
+                        [Step("build", _sh("sleep 20"), background=True)], [Step("skipped", _sh("true"))]],
+                  cap_s=30, reserve=0.0)
+    session.run_phase(phase, skip={"skipped"})
+    assert first.status == "ok" and second.status == "ok"
+    session.finish()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU (would run the session)")
 def test_without_a_gpu_the_session_stops_at_once(tmp_path, capsys):
     start = time.time()
