@@ -518,7 +518,8 @@ def forward(x: torch.Tensor, weight: Optional[torch.Tensor], conv_bias, bn_weigh
     else:
         mean = empty((p.c,), p.acc, x.device)
         var = empty((p.c,), p.acc, x.device)
-        p.launch(NORM, mean=running_mean, var=running_var, out=y, p0=mean, p1=var, copy_stats=True)
+        p.launch(NORM, mean=running_mean.contiguous(), var=running_var.contiguous(), out=y, p0=mean, p1=var,
+                 copy_stats=True)
     return y, mean, var
 
 

@@ -164,6 +164,7 @@ CASES = {
     # structure
     "layouts-preserved": dict(op="layouts"),
     "no-autotune-under-interpreter": dict(op="no_autotune"),
+    "strided-running-stats": dict(op="strided_stats"),
 }
 
 
@@ -436,6 +437,34 @@ def _layouts(device, backend):
     return {}
 
 
+def _strided_stats(device, backend):
+    """Running statistics that are strided views (every other element of a buffer): eval reads
+    them, training updates them in place, like F.batch_norm (the eval pass reads them in the
+    kernel: a contiguous copy is its business, not the caller's)."""
+    import fastblocks as fb
+    errs = {}
+    g = torch.Generator().manual_seed(7)
+    c = 6
+    x = torch.randn(2, c, 7, 6, generator=g).to(device)
+    w = torch.randn(c, 1, 3, 3, generator=g).to(device)
+    gamma, beta = (torch.rand(c, generator=g) + 0.5).to(device), torch.randn(c, generator=g).to(device)
+    base_mean, base_var = torch.randn(2 * c, generator=g).to(device), (torch.rand(2 * c, generator=g) + 0.5).to(device)
+    for training in (False, True):
+        for op in ("dwconv_bn_act", "bn_act"):
+            stats = {}
+            for b in (backend, "reference"):
+                rm, rv = base_mean.clone()[::2], base_var.clone()[::2]
+                assert not rm.is_contiguous()
+                args = (x, w, gamma, beta, rm, rv) if op == "dwconv_bn_act" else (x, gamma, beta, rm, rv)
+                y = getattr(fb.ops, op)(*args, training=training, backend=b)
+                stats[b] = (y, rm, rv)
+            for name, a, ref in zip(("out", "running_mean", "running_var"), stats[backend], stats["reference"]):
+                err = float((a - ref).norm() / ref.norm())
+                assert err < 1e-5, f"{op} training={training} {name}: rel. error {err:.2e}"
+                errs[f"{op}-{'train' if training else 'eval'}-{name}"] = err
+    return errs
+
+
 def _no_autotune(device, backend):
     import kernels._common as common
     import kernels.activation
@@ -453,7 +482,7 @@ def _no_autotune(device, backend):
 
 _SPECIAL = {"gradcheck_dwconv": _gradcheck_dwconv, "determinism": _determinism, "opcheck": _opcheck,
             "compiled": _compiled, "unsupported": _unsupported, "large_values": _large_values, "layouts": _layouts,
-            "no_autotune": _no_autotune}
+            "no_autotune": _no_autotune, "strided_stats": _strided_stats}
 
 
 def _run_one(spec: dict) -> dict:

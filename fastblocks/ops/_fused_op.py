@@ -2,10 +2,10 @@
 
 The custom op is what torch.compile, torch.export, functorch transforms, tensor subclasses and
 dispatch modes see: fake impl, registered autograd, graph capture (:mod:`._capture`). But calling
-a Python custom op costs ~50 us of dispatch on the host, and ~150 us more when autograd records it
-(measured on this project's CPU machine, torch 2.14: ``torch._library``'s autograd wrapper rebuilds
-the schema's argument list per argument, ``fill_defaults``) — more than many of the ops' GPU
-kernels take. So a call from plain eager code (no tracing, no modes, no transforms, plain tensors)
+a Python custom op costs tens of microseconds of host time, and up to ~200 us a forward + backward
+when autograd records it (``python -m benchmarks.host_overhead`` on this project's CPU machine,
+torch 2.14; one part: ``torch._library``'s autograd wrapper rebuilds the schema's argument list
+per argument, ``fill_defaults``) — more than many of the ops' GPU kernels take. So a call from plain eager code (no tracing, no modes, no transforms, plain tensors)
 runs the op's body directly, and when autograd must record it, through a
 ``torch.autograd.Function`` built from the same ``setup_context`` and backward the custom op
 registers: same saved tensors (saved-tensor hooks see them alike), same gradients, same errors.
