@@ -235,8 +235,11 @@ def _graph_row(row: dict, calls: list, quick: bool, copy_bps: Optional[float]) -
     try:
         out.update(time_cuda_graph(calls, quick).as_dict())
     except Exception as err:
-        torch.cuda.synchronize()
         out.update(status="error", error=f"CUDA graph capture: {type(err).__name__}: {err}".splitlines()[0][:300])
+        try:
+            torch.cuda.synchronize()
+        except Exception as sync_err:  # the per-call row stands; say the device is left broken
+            out["error"] += f"; then {type(sync_err).__name__}: {sync_err}".splitlines()[0][:200]
         return out
     _add_bandwidth(out, copy_bps)
     return out
