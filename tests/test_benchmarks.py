@@ -281,7 +281,7 @@ def test_progress_without_tqdm(monkeypatch, capsys):
 def test_host_overhead_table(capsys):
     from benchmarks import host_overhead
 
-    assert host_overhead.main(["--calls", "2", "--backends", "eager", "cuda"]) == 0
+    assert host_overhead.main(["--calls", "2", "--backends", "eager", "cuda", "--model", "none"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert lines[0].split(" | ")[1:4] == ["plain PyTorch", "eager direct", "eager custom op"]
     body = lines[1:]  # (the |---| rule does not start with "| ")
@@ -291,3 +291,13 @@ def test_host_overhead_table(capsys):
         assert all(float(c) > 0 for c in cells[1:4])
         if "cuda" not in fb.available_backends():
             assert cells[4:] == ["n/a", "n/a"]
+
+
+def test_host_overhead_model_rows(capsys):
+    pytest.importorskip("timm")
+    from benchmarks import host_overhead
+
+    host_overhead._model_rows("efficientnet_b0", "cpu", calls=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| eval forward", "| train step"]
+    assert all(float(c) > 0 for r in rows[1:] for c in r.strip("| ").split(" | ")[1:])
