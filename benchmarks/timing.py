@@ -116,22 +116,10 @@ def time_cuda_graph(calls: Sequence[Callable[[], object]], quick: bool, max_repl
         with torch.cuda.graph(graph):
             for fn in calls:
                 fn()
-        graph.replay()  # first replay uploads the graph
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        estimate_ms = max(start.elapsed_time(end), 1e-3)
-        replays = int(min(max_replays, max(10, (30.0 if quick else 200.0) / estimate_ms)))
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-        for i in range(replays):
-            starts[i].record()
-            graph.replay()
-            ends[i].record()
-        torch.cuda.synchronize()
-        return summarize([s.elapsed_time(e) / 1e3 / len(calls) for s, e in zip(starts, ends)])
+        # per-replay events, as for any call (the first replay, its estimate run, uploads the graph)
+        t = time_cuda([graph.replay], warmup_ms=0.0, rep_ms=30.0 if quick else 200.0, max_reps=max_replays)
+        n = len(calls)
+        return Timing(t.median / n, t.p10 / n, t.p90 / n, t.samples)
     finally:
         del graph
         torch.cuda.synchronize()
