@@ -1,4 +1,4 @@
-// Depthwise conv + BN + act kernel passes on channels-last (NHWC) data.
+// Depthwise conv + BN + act kernel passes on channels-last (NHWC) data (NCHW: dwconv_bn_act_nchw_kernels.h).
 // NO include guard: included by dwconv_bn_act_cpu.cpp once per ISA namespace, after
 // fb_cpu_math.h. All passes are deterministic: reductions go to per-block partials (a fixed
 // partition of the N * H_out output rows) that the host combines in block order.
@@ -267,3 +267,6 @@ void dw_dx_pass(const typename AccOf<scalar_t>::type* dz, const typename AccOf<s
     }
   });
 }
+
+// The NCHW passes (one plane at a time) share this file's ISA copies.
+#include "dwconv_bn_act_nchw_kernels.h"

@@ -26,6 +26,20 @@ if native.available("cpu") is not None:
 ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 GATES = ["sigmoid", "hard_sigmoid"]
 LAYOUTS = ["channels_last", "nchw"]
+# dwconv_bn_act runs an NCHW input either plane by plane or through the channels-last kernels
+# (chosen by output row width): "nchw/<path>" forces one with FASTBLOCKS_CPU_DW_NCHW.
+DW_LAYOUTS = ["channels_last", "nchw/planes", "nchw/channels_last"]
+
+
+@pytest.fixture
+def dw_layout(monkeypatch):
+    """Returns fmt -> the layout name for utils.layout, forcing the NCHW path it names."""
+    def choose(fmt):
+        fmt, _, path = fmt.partition("/")
+        if path:
+            monkeypatch.setenv("FASTBLOCKS_CPU_DW_NCHW", path)
+        return fmt
+    return choose
 
 
 # ------------------------------------------------------------------------------- registration
@@ -65,13 +79,13 @@ def test_kernel_input_checks_have_clear_messages():
 
 
 # ------------------------------------------------------------------------------- dwconv_bn_act
-DW_GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False], LAYOUTS))
+DW_GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False], DW_LAYOUTS))
 
 
 @pytest.mark.parametrize("k,stride,padding,training,fmt", DW_GRID)
-def test_dwconv_matches_reference(k, stride, padding, training, fmt):
+def test_dwconv_matches_reference(k, stride, padding, training, fmt, dw_layout):
     act = ACTS[(k + stride + len(str(padding)) + training) % len(ACTS)]
-    inputs = dw_inputs(2, 5, 9, 7, k, seed=k * 10 + stride, fmt=fmt, stride=stride, padding=padding,
+    inputs = dw_inputs(2, 5, 9, 7, k, seed=k * 10 + stride, fmt=dw_layout(fmt), stride=stride, padding=padding,
                        training=training, act=act, momentum=0.3)
     compare_with_reference(dw_call, inputs, torch.float32, "cpu")
 
@@ -81,28 +95,34 @@ def test_dwconv_matches_reference(k, stride, padding, training, fmt):
 @pytest.mark.parametrize("n,c,h,w,k,stride,padding", [
     (1, 3, 7, 9, 3, 2, "tf_same"), (1, 1, 5, 5, 5, 1, "same"), (4, 17, 11, 13, 7, 2, "tf_same"),
     (2, 40, 9, 23, 3, 1, "same"), (1, 19, 12, 17, 5, 2, 1), (2, 40, 6, 21, 7, 1, "tf_same"),
+    # NCHW planes: rows of several whole vectors plus a tail (the 4-vector blocks of AVX-512 need
+    # 64 outputs), stride-2 rows long enough for the vector deinterleave, odd and even left pads.
+    (1, 3, 5, 77, 3, 1, "same"), (2, 2, 7, 133, 5, 2, 1), (1, 2, 6, 70, 7, 2, "tf_same"), (1, 2, 4, 66, 3, 2, 2),
 ])
-@pytest.mark.parametrize("fmt", LAYOUTS)
-def test_dwconv_odd_shapes_and_channel_tails(n, c, h, w, k, stride, padding, fmt):
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_dwconv_odd_shapes_and_channel_tails(n, c, h, w, k, stride, padding, fmt, dw_layout):
     for training in (True, False):
-        inputs = dw_inputs(n, c, h, w, k, seed=n + c, fmt=fmt, stride=stride, padding=padding, training=training)
+        inputs = dw_inputs(n, c, h, w, k, seed=n + c, fmt=dw_layout(fmt), stride=stride, padding=padding, training=training)
         compare_with_reference(dw_call, inputs, torch.float32, "cpu")
 
 
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("affine,running,conv_bias", [(True, True, False), (False, True, True),
                                                       (True, False, True), (False, False, False)])
-def test_dwconv_acts_affine_running_stats(act, affine, running, conv_bias):
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_dwconv_acts_affine_running_stats(act, affine, running, conv_bias, fmt, dw_layout):
+    fmt = dw_layout(fmt)
     for training in (True, False) if running else (True,):
-        inputs = dw_inputs(3, 12, 8, 10, 3, seed=7, affine=affine, running=running, conv_bias=conv_bias,
+        inputs = dw_inputs(3, 12, 8, 10, 3, seed=7, fmt=fmt, affine=affine, running=running, conv_bias=conv_bias,
                            training=training, act=act, eps=1e-3)
         compare_with_reference(dw_call, inputs, torch.float32, "cpu")
 
 
 @pytest.mark.parametrize("needs", [("x",), ("weight",), ("bn_weight",), ("conv_bias",), ("x", "bn_bias")])
 @pytest.mark.parametrize("training", [True, False])
-def test_dwconv_partial_grad_masks(needs, training):
-    inputs = dw_inputs(2, 9, 8, 8, 5, seed=3, conv_bias=True, training=training, stride=2)
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_dwconv_partial_grad_masks(needs, training, fmt, dw_layout):
+    inputs = dw_inputs(2, 9, 8, 8, 5, seed=3, fmt=dw_layout(fmt), conv_bias=True, training=training, stride=2)
     compare_with_reference(dw_call, inputs, torch.float32, "cpu", grad_names=list(needs))
 
 
@@ -217,8 +237,9 @@ def test_memory_format_preserved(fmt):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("fmt", LAYOUTS)
-def test_low_precision(dtype, fmt):
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_low_precision(dtype, fmt, dw_layout):
+    fmt = dw_layout(fmt)
     for training in (True, False):
         inputs = dw_inputs(2, 19, 10, 13, 5, seed=3, fmt=fmt, stride=2, training=training)
         compare_with_reference(dw_call, inputs, dtype, "cpu", param_dtype=torch.float32,
@@ -231,8 +252,9 @@ def test_low_precision(dtype, fmt):
     compare_with_reference(lambda x: fb.ops.silu(x), dict(x=randn(3, 70, seed=5)), dtype, "cpu")
 
 
-def test_training_statistics_are_deterministic_across_thread_counts():
-    x = torch.randn(4, 40, 33, 29).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_training_statistics_are_deterministic_across_thread_counts(fmt, dw_layout):
+    x = layout(torch.randn(4, 40, 33, 29), dw_layout(fmt))
     w, g, b = torch.randn(40, 1, 5, 5), torch.rand(40) + 0.5, torch.randn(40)
     before = torch.get_num_threads()
     outs = []
@@ -252,10 +274,10 @@ def test_training_statistics_are_deterministic_across_thread_counts():
     ("same", 1, True, True, 3), ("same", 2, False, True, 5), ("tf_same", 2, True, False, 3),
     ("tf_same", 1, False, False, 7), (1, 2, True, True, 3), (0, 1, False, True, 3),
 ])
-@pytest.mark.parametrize("fmt", LAYOUTS)
-def test_gradcheck_dwconv(padding, stride, training, affine, k, fmt):
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_gradcheck_dwconv(padding, stride, training, affine, k, fmt, dw_layout):
     c = 3
-    x = layout(randn(2, c, 6, 7, seed=1), fmt).requires_grad_()
+    x = layout(randn(2, c, 6, 7, seed=1), dw_layout(fmt)).requires_grad_()
     w, cb = randn(c, 1, k, k, seed=2).requires_grad_(), randn(c, seed=5).requires_grad_()
     gamma = rand_positive(c, seed=3).requires_grad_() if affine else None
     beta = randn(c, seed=4).requires_grad_() if affine else None
