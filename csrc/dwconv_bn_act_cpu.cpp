@@ -54,10 +54,12 @@ at::Tensor kernel_weights(const at::Tensor& weight, int64_t C, int64_t K, at::Sc
   return cl ? w.t().contiguous() : w.contiguous();
 }
 
-// t in the layout the kernels run on (channels-last or NCHW-contiguous).
-at::Tensor kernel_layout(const at::Tensor& t, bool cl) {
-  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+// The layout the kernels run on: channels-last or NCHW-contiguous.
+at::MemoryFormat kernel_format(bool cl) {
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
+
+at::Tensor kernel_layout(const at::Tensor& t, bool cl) { return t.contiguous(kernel_format(cl)); }
 
 // Which kernels run an NCHW input: the plane kernels (vectorised along W) when an output row
 // fills most of its vectors, else the channels-last kernels (x converted once, the result
@@ -98,7 +100,7 @@ Tensor3 dwconv_bn_act_forward(const at::Tensor& x_in, const at::Tensor& weight, 
   const at::Tensor beta = per_channel(bn_bias, C, acc, 0.0, kFwd, "bn_bias");
   const at::Tensor cb = per_channel(conv_bias, C, acc, 0.0, kFwd, "conv_bias");
   at::Tensor mean, var;
-  at::Tensor y = kernel_layout(at::empty({g.N, C, g.Ho, g.Wo}, x.options()), cl);
+  at::Tensor y = at::empty({g.N, C, g.Ho, g.Wo}, x.options().memory_format(kernel_format(cl)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dwconv_bn_act_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (training) {
@@ -169,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
   if (!need_dx && !need_dw && !need_bn) return {dx, dw, dgamma, dbeta, dcb};
   // Partials per block of output rows (channels-last) or per n (NCHW: [N][...][C] per plane).
   const int64_t R = rows_per_block(g.Wo), nb = cl ? (g.N * g.Ho + R - 1) / R : g.N;
-  if (need_dx) dx = kernel_layout(at::empty({g.N, C, g.H, g.W}, x.options()), cl);
+  if (need_dx) dx = at::empty({g.N, C, g.H, g.W}, x.options().memory_format(kernel_format(cl)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dwconv_bn_act_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* xp = x.const_data_ptr<scalar_t>();
