@@ -12,8 +12,8 @@ AUTO_TABLE = {
     ('cpu', 'bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.773, 'cpu': 1.238}
     ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.786, 'cpu': 1.179}
     ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.813, 'cpu': 1.047}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv.json: {'eager': 1.096, 'cpu': 0.738}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv.json: {'eager': 0.814, 'cpu': 0.954}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-planes.json: {'eager': 1.058, 'cpu': 1.336}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-planes.json: {'eager': 0.801, 'cpu': 1.206}
     ('cpu', 'eca', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.793, 'cpu': 0.824}
     ('cpu', 'eca', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.8, 'cpu': 0.933}
     ('cpu', 'gate_scale', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.891, 'cpu': 0.963}
