@@ -6,7 +6,7 @@
 // times: for the baseline ISA (32-byte GCC vectors lowered to SSE2), under
 // `#pragma GCC target("avx2,fma")` (32-byte vectors) and under an AVX-512 target (64-byte vectors),
 // the last two on x86-64 GCC only. isa_level() picks the best copy the CPU runs at first use;
-// FASTBLOCKS_CPU_ISA=default|avx2 caps it (the tests run every copy this way).
+// FASTBLOCKS_CPU_ISA=default|avx2 caps it (tests/test_cpu_backend.py runs the lower copies this way).
 #pragma once
 
 // The baseline copy passes 32/64-byte vectors between inline functions: no ABI is crossed.

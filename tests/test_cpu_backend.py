@@ -5,6 +5,9 @@ Skipped as a whole when the extension is not built (``python setup.py build_ext 
 
 import functools
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -344,3 +347,16 @@ def test_bfloat16_rounding_matches_torch_bit_exactly():
         nan = expected.isnan()
         assert torch.equal(y.isnan(), nan)
         assert torch.equal(y[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
+# ------------------------------------------------------------------------------- every ISA copy
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_lower_isa_copies_match_reference(cap):
+    # The kernels are compiled once per ISA (csrc/fb_cpu_isa_clones.h) and the best copy runs;
+    # FASTBLOCKS_CPU_ISA (read once per process) caps it, so the lower copies run in a subprocess.
+    env = dict(os.environ, FASTBLOCKS_CPU_ISA=cap)
+    select = "dwconv_odd_shapes or dwconv_matches_reference or low_precision or gradcheck_dwconv or bn_act_matches"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
+                           "-k", select], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
