@@ -6,6 +6,7 @@ Skipped as a whole when the extension is not built (``python setup.py build_ext 
 import functools
 import itertools
 import os
+import random
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ pytest.importorskip("fastblocks._C", reason="fastblocks._C extension not built (
 
 import fastblocks as fb  # noqa: E402
 from fastblocks import _dispatch  # noqa: E402
+from fastblocks._validate import conv_out_size, conv_pads  # noqa: E402
 from fastblocks.backends import native  # noqa: E402
 from utils import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
 from utils import dwconv_inputs  # noqa: E402
@@ -127,6 +129,32 @@ def test_dwconv_acts_affine_running_stats(act, affine, running, conv_bias, fmt, 
 def test_dwconv_partial_grad_masks(needs, training, fmt, dw_layout):
     inputs = dw_inputs(2, 9, 8, 8, 5, seed=3, fmt=dw_layout(fmt), conv_bias=True, training=training, stride=2)
     compare_with_reference(dw_call, inputs, torch.float32, "cpu", grad_names=list(needs))
+
+
+def _random_dw_configs(count, seed):
+    """Geometry the hand-picked grids miss: H or W of 1, pads wider than the kernel, W up to 140."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        k, stride = rng.choice([3, 5, 7]), rng.choice([1, 2])
+        h, w = rng.randint(1, 30), rng.choice([rng.randint(1, 30), rng.randint(30, 140)])
+        padding = rng.choice(["same", "tf_same", 0, 1, 3, 5])
+        n, c, training = rng.choice([1, 2, 3]), rng.choice([1, 3, 17]), rng.random() < 0.5
+        pads = conv_pads("explicit" if isinstance(padding, int) else padding,
+                         padding if isinstance(padding, int) else 0, k, stride, 1, h, w)
+        ho, wo = conv_out_size(h, pads[0], pads[1], k, stride, 1), conv_out_size(w, pads[2], pads[3], k, stride, 1)
+        if ho >= 1 and wo >= 1 and (not training or n * ho * wo > 1):
+            configs.append((n, c, h, w, k, stride, padding, training, rng.choice(ACTS), rng.random() < 0.3))
+    return configs
+
+
+@pytest.mark.parametrize("fmt", DW_LAYOUTS)
+def test_dwconv_random_geometry(fmt, dw_layout):
+    fmt = dw_layout(fmt)
+    for i, (n, c, h, w, k, stride, padding, training, act, conv_bias) in enumerate(_random_dw_configs(24, seed=5)):
+        inputs = dw_inputs(n, c, h, w, k, seed=i, fmt=fmt, stride=stride, padding=padding, training=training,
+                           act=act, conv_bias=conv_bias)
+        compare_with_reference(dw_call, inputs, torch.float32, "cpu")
 
 
 # ------------------------------------------------------------------------------- bn_act
@@ -355,7 +383,8 @@ def test_lower_isa_copies_match_reference(cap):
     # The kernels are compiled once per ISA (csrc/fb_cpu_isa_clones.h) and the best copy runs;
     # FASTBLOCKS_CPU_ISA (read once per process) caps it, so the lower copies run in a subprocess.
     env = dict(os.environ, FASTBLOCKS_CPU_ISA=cap)
-    select = "dwconv_odd_shapes or dwconv_matches_reference or low_precision or gradcheck_dwconv or bn_act_matches"
+    select = ("dwconv_odd_shapes or dwconv_matches_reference or dwconv_random_geometry or low_precision or "
+              "gradcheck_dwconv or bn_act_matches")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
                            "-k", select], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
