@@ -24,7 +24,7 @@ from fastblocks.utils import saved_tensor_bytes
 
 from .cases import OpCase, iter_with_bn, set_backend, set_training, to_float64
 from .compiled import ExpectCompiled, compile_fresh
-from .timing import copies_to_defeat_l2, time_calls, time_cuda_graph
+from .timing import copies_to_defeat_l2, cpu_run_time, time_calls, time_cpu_interleaved, time_cuda_graph
 
 MODES = ("eval", "train_fwd", "train_fwd_bwd")
 # How a row was timed: per-call CUDA events / CPU timer (what an eager caller waits), or CUDA-graph
@@ -182,9 +182,12 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                         config=case.config, also_in=[f"{m}:{p}" for m, p in case.also_in], mode=mode,
                         batch=batch, dtype=str(dtype).replace("torch.", ""), layout=layout,
                         min_bytes=minimal_bytes(case.op, mode, x_bytes, y_bytes))
+        # Every variant is built and checked first; then the correct ones are timed (on CPU
+        # together, taking turns: benchmarks.timing.time_cpu_interleaved), and the rows are
+        # reported in the variants' order.
+        rows, timed = {}, {}
         for name in factory.names():
-            row = dict(base_row, variant=name, timing=PER_CALL)
-            graph_row = None
+            row = rows[name] = dict(base_row, variant=name, timing=PER_CALL)
             try:
                 owner, fn, fresh = factory.variant(name, base, training)
                 params = _params(owner)
@@ -193,31 +196,48 @@ def bench_case(case: OpCase, factory: VariantFactory, *, device: str, dtype: tor
                 problem = _check(outs, expected, dtype, baseline)
                 if problem is not None:
                     row.update(status="wrong", error=problem)
-                    on_row(row)
                     continue
                 if mode == "train_fwd" and name != "compile":
                     row["saved_bytes"] = saved_tensor_bytes(lambda: fn(first.x.detach().requires_grad_(True)))
-                calls = [(lambda inp=inp: _run(fn, mode, inp, params)) for inp in inputs]
-                t = time_calls(device, calls, quick)
-                row.update(status="ok", **t.as_dict())
-                if device == "cuda":
+                timed[name] = [(lambda inp=inp, fn=fn, params=params: _run(fn, mode, inp, params)) for inp in inputs]
+            except Exception as err:  # a variant that crashes is a result to report, not a reason to stop
+                _report_failure(row, err, device)
+        graph_rows = {}
+        if device == "cuda":
+            for name, calls in timed.items():
+                row = rows[name]
+                try:
+                    row.update(status="ok", **time_calls(device, calls, quick).as_dict())
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     calls[0]()
                     torch.cuda.synchronize()
                     row["peak_bytes"] = torch.cuda.max_memory_allocated()
                     _add_bandwidth(row, copy_bps)
-                    graph_row = _graph_row(row, calls, quick, copy_bps)
-            except fb.BackendUnavailableError as err:
-                row.update(status="n/a", error=str(err).split(": ")[-1])
-            except Exception as err:  # a variant that crashes is a result to report, not a reason to stop
-                row.update(status="error", error=f"{type(err).__name__}: {err}".splitlines()[0][:300])
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                traceback.print_exc()
+                    graph_rows[name] = _graph_row(row, calls, quick, copy_bps)
+                except Exception as err:
+                    _report_failure(row, err, device)
+        else:
+            for name, result in time_cpu_interleaved(timed, min_run_time=cpu_run_time(quick)).items():
+                row = rows[name]
+                if isinstance(result, Exception):
+                    _report_failure(row, result, device)
+                else:
+                    row.update(status="ok", **result.as_dict())
+        for name, row in rows.items():
             on_row(row)
-            if graph_row is not None:
-                on_row(graph_row)
+            if name in graph_rows:
+                on_row(graph_rows[name])
+
+
+def _report_failure(row: dict, err: Exception, device: str) -> None:
+    if isinstance(err, fb.BackendUnavailableError):
+        row.update(status="n/a", error=str(err).split(": ")[-1])
+        return
+    row.update(status="error", error=f"{type(err).__name__}: {err}".splitlines()[0][:300])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    traceback.print_exception(err)
 
 
 def _add_bandwidth(row: dict, copy_bps: Optional[float]) -> None:

@@ -40,8 +40,8 @@ def summarize(times: Sequence[float]) -> Timing:
     return Timing(statistics.median(times), _quantile(times, 0.1), _quantile(times, 0.9), len(times))
 
 
-def time_cpu(calls: Sequence[Callable[[], object]], min_run_time: float) -> Timing:
-    """torch.utils.benchmark's blocked_autorange over ``calls`` used in turn (one per run)."""
+def _cpu_timer(calls: Sequence[Callable[[], object]]):
+    """A torch.utils.benchmark Timer whose statement runs ``calls`` in turn (one per run), warmed up."""
     from torch.utils import benchmark
 
     state = {"i": 0}
@@ -52,10 +52,37 @@ def time_cpu(calls: Sequence[Callable[[], object]], min_run_time: float) -> Timi
         fn()
 
     run_next()  # warm-up (first-call allocations, lazy init)
-    timer = benchmark.Timer(stmt="run_next()", globals={"run_next": run_next},
-                            num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return summarize(measurement.times)
+    return benchmark.Timer(stmt="run_next()", globals={"run_next": run_next}, num_threads=torch.get_num_threads())
+
+
+def time_cpu(calls: Sequence[Callable[[], object]], min_run_time: float) -> Timing:
+    """torch.utils.benchmark's blocked_autorange over ``calls`` used in turn (one per run)."""
+    return summarize(_cpu_timer(calls).blocked_autorange(min_run_time=min_run_time).times)
+
+
+def time_cpu_interleaved(variants: dict, min_run_time: float, rounds: int = 5) -> dict:
+    """Several variants ({name: calls}) timed in ``rounds`` rounds in which they take turns, each
+    a blocked_autorange of ``min_run_time / rounds``: a slow spell of a shared machine then falls
+    on every variant alike instead of on whichever ran during it, which keeps their ratios honest.
+    Returns {name: Timing over all rounds' blocks}, or {name: the exception} for a variant that
+    raised (it is dropped from the later rounds)."""
+    timers, results = {}, {}
+    for name, calls in variants.items():
+        try:
+            timers[name] = _cpu_timer(calls)
+        except Exception as err:  # noqa: BLE001 - a failing variant is reported, the others go on
+            results[name] = err
+    times = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name in list(timers):
+            try:
+                times[name] += timers[name].blocked_autorange(min_run_time=min_run_time / rounds).times
+            except Exception as err:  # noqa: BLE001
+                results[name] = err
+                del timers[name]
+    for name in timers:
+        results[name] = summarize(times[name])
+    return {name: results[name] for name in variants}
 
 
 def time_cuda(calls: Sequence[Callable[[], object]], warmup_ms: float = 25.0, rep_ms: float = 100.0,
@@ -85,10 +112,15 @@ def time_cuda(calls: Sequence[Callable[[], object]], warmup_ms: float = 25.0, re
     return summarize([s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)])
 
 
+def cpu_run_time(quick: bool) -> float:
+    """Seconds of timed runs per variant on CPU."""
+    return 0.3 if quick else 1.0
+
+
 def time_calls(device: str, calls: Sequence[Callable[[], object]], quick: bool) -> Timing:
     if device == "cuda":
         return time_cuda(calls, rep_ms=60.0 if quick else 200.0)
-    return time_cpu(calls, min_run_time=0.3 if quick else 1.0)
+    return time_cpu(calls, min_run_time=cpu_run_time(quick))
 
 
 def time_cuda_graph(calls: Sequence[Callable[[], object]], quick: bool, max_replays: int = 200) -> Timing:

@@ -12,7 +12,7 @@ import torch
 
 import fastblocks as fb
 from fastblocks import _dispatch
-from benchmarks import auto_table, report, targets
+from benchmarks import auto_table, report, targets, timing
 from benchmarks.cases import collect_cases
 from benchmarks.compiled import ExpectCompiled, compile_fresh
 from benchmarks.deadline import Deadline
@@ -301,3 +301,26 @@ def test_host_overhead_model_rows(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| eval forward", "| train step"]
     assert all(float(c) > 0 for r in rows[1:] for c in r.strip("| ").split(" | ")[1:])
+
+
+def test_cpu_interleaved_timer_takes_turns_and_reports_failures():
+    order = []
+
+    def sleeper(name, seconds):
+        def call():
+            order.append(name)
+            time.sleep(seconds)
+        return call
+
+    def broken():
+        raise RuntimeError("boom")
+
+    rounds = 4
+    res = timing.time_cpu_interleaved({"fast": [sleeper("fast", 0.001)], "slow": [sleeper("slow", 0.003)],
+                                       "bad": [broken]}, min_run_time=0.2, rounds=rounds)
+    assert list(res) == ["fast", "slow", "bad"]
+    assert isinstance(res["bad"], RuntimeError)
+    assert 2.0 < res["slow"].median / res["fast"].median < 4.5
+    # Each round runs every variant in turn: the runs switch variant at least twice a round.
+    switches = sum(a != b for a, b in zip(order, order[1:]))
+    assert switches >= 2 * rounds - 1
