@@ -25,7 +25,10 @@ inline PlaneGeo plane_geo(const ConvGeo& g) {
   PlaneGeo p{g.H, g.W, g.K, g.S, g.top, g.left, g.Ho, g.Wo, 0, 0, 0, 0};
   p.Wv = (g.Wo + L - 1) / L * L;
   p.Hp = std::max(g.S * (g.Ho - 1) + g.K, g.H + g.top);
-  const int64_t cols = std::max(g.S * (p.Wv - 1) + g.K, g.W + g.left);
+  // Columns any tap reads, and room for the input row copied in whole chunks of S * L
+  // (fill_padded / crop_padded: the chunk past W lands in the right padding).
+  const int64_t chunk = g.S * L, wc = (g.W + chunk - 1) / chunk * chunk;
+  const int64_t cols = std::max(g.S * (p.Wv - 1) + g.K, g.left + wc + 1);
   p.PO = g.S == 1 ? 0 : (cols + 1) / 2;
   p.RS = g.S == 1 ? cols : 2 * p.PO;
   return p;
@@ -38,32 +41,47 @@ inline fb_vi lane_index(int mul, int add) {
   return v;
 }
 
+// n < chunk elements of src, zero-filled to chunk, in tmp (the last, partial chunk of a row goes
+// through it so that every row is copied in whole vectors).
+template <typename in_t, typename acc_t>
+inline const acc_t* zero_padded_tail(const in_t* src, int64_t n, int64_t chunk, acc_t* tmp) {
+  for (int64_t i = 0; i < chunk; ++i) tmp[i] = i < n ? static_cast<acc_t>(src[i]) : acc_t(0);
+  return tmp;
+}
+
 // pad = zero-padded, acc_t copy of one H x W plane of x (see PlaneGeo for the layout).
 template <typename scalar_t, typename acc_t>
 inline void fill_padded(const scalar_t* __restrict__ xp, const PlaneGeo& p, acc_t* __restrict__ pad) {
+  constexpr int L = VecOf<acc_t>::lanes;
+  acc_t tmp[2 * L];
   std::memset(pad, 0, sizeof(acc_t) * p.Hp * p.RS);
+  const int64_t chunk = p.S * L, full = p.W / chunk * chunk;
   for (int64_t ih = 0; ih < p.H; ++ih) {
     const scalar_t* xr = xp + ih * p.W;
     acc_t* pr = pad + (ih + p.top) * p.RS;
     if (p.S == 1) {
-      convert_row<acc_t>(xr, p.W, pr + p.left);
+      convert_row<acc_t>(xr, full, pr + p.left);
+      if (full < p.W) convert_row<acc_t>(zero_padded_tail(xr + full, p.W - full, chunk, tmp), chunk, pr + p.left + full);
       continue;
     }
     // Stride 2: x[iw + 2i] lands in phase (iw + left) & 1, x[iw + 2i + 1] in the other.
     const int64_t ph = p.left & 1;
     acc_t* first = pr + ph * p.PO + (p.left >> 1);
     acc_t* second = pr + (1 - ph) * p.PO + ((p.left + 1) >> 1);
-    int64_t iw = 0;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      const fb_vi even = lane_index(2, 0), odd = lane_index(2, 1);
-      for (; iw + 2 * kVL <= p.W; iw += 2 * kVL) {
-        const fb_vf a = vload<float>(xr + iw), b = vload<float>(xr + iw + kVL);
-        vstore(first + iw / 2, __builtin_shuffle(a, b, even));
-        vstore(second + iw / 2, __builtin_shuffle(a, b, odd));
+    auto split = [&](const auto* src, int64_t iw) {
+      if constexpr (std::is_same_v<acc_t, float>) {
+        const fb_vf a = vload<float>(src), b = vload<float>(src + kVL);
+        vstore(first + iw / 2, __builtin_shuffle(a, b, lane_index(2, 0)));
+        vstore(second + iw / 2, __builtin_shuffle(a, b, lane_index(2, 1)));
+      } else {
+        for (int64_t i = 0; i < L; ++i) {
+          first[iw / 2 + i] = static_cast<acc_t>(src[2 * i]);
+          second[iw / 2 + i] = static_cast<acc_t>(src[2 * i + 1]);
+        }
       }
-    }
-    for (int64_t i = iw; i < p.W; i += 2) first[i >> 1] = static_cast<acc_t>(xr[i]);
-    for (int64_t i = iw + 1; i < p.W; i += 2) second[i >> 1] = static_cast<acc_t>(xr[i]);
+    };
+    for (int64_t iw = 0; iw < full; iw += chunk) split(xr + iw, iw);
+    if (full < p.W) split(zero_padded_tail(xr + full, p.W - full, chunk, tmp), full);
   }
 }
 
@@ -262,6 +280,9 @@ inline void dz_row_taps(const acc_t* dzr, const acc_t* pad, const PlaneGeo& p, c
 // dx plane (H x W, x's dtype) = the input window of the padded gradient buffer dpad.
 template <typename acc_t, typename scalar_t>
 inline void crop_padded(const acc_t* __restrict__ dpad, const PlaneGeo& p, scalar_t* __restrict__ dx) {
+  constexpr int L = VecOf<acc_t>::lanes;
+  acc_t tmp[2 * L];
+  const int64_t chunk = p.S * L, full = p.W / chunk * chunk;
   for (int64_t ih = 0; ih < p.H; ++ih) {
     const acc_t* pr = dpad + (ih + p.top) * p.RS;
     scalar_t* dr = dx + ih * p.W;
@@ -272,19 +293,25 @@ inline void crop_padded(const acc_t* __restrict__ dpad, const PlaneGeo& p, scala
     const int64_t ph = p.left & 1;
     const acc_t* first = pr + ph * p.PO + (p.left >> 1);
     const acc_t* second = pr + (1 - ph) * p.PO + ((p.left + 1) >> 1);
-    int64_t iw = 0;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      // lo = {f0, s0, f1, s1, ...}, hi = the next kVL of the interleaving.
-      const fb_vi lo = (lane_index(1, 0) >> 1) + (lane_index(1, 0) & 1) * kVL;
-      const fb_vi hi = lo + kVL / 2;
-      for (; iw + 2 * kVL <= p.W; iw += 2 * kVL) {
+    // dst[0 .. 2L) = first[iw/2 + i], second[iw/2 + i] interleaved.
+    auto merge = [&](auto* dst, int64_t iw) {
+      if constexpr (std::is_same_v<acc_t, float>) {
+        const fb_vi lo = (lane_index(1, 0) >> 1) + (lane_index(1, 0) & 1) * kVL, hi = lo + kVL / 2;
         const fb_vf a = vload<float>(first + iw / 2), b = vload<float>(second + iw / 2);
-        st(dr + iw, __builtin_shuffle(a, b, lo));
-        st(dr + iw + kVL, __builtin_shuffle(a, b, hi));
+        st(dst, __builtin_shuffle(a, b, lo));
+        st(dst + kVL, __builtin_shuffle(a, b, hi));
+      } else {
+        for (int64_t i = 0; i < L; ++i) {
+          dst[2 * i] = static_cast<std::remove_reference_t<decltype(*dst)>>(first[iw / 2 + i]);
+          dst[2 * i + 1] = static_cast<std::remove_reference_t<decltype(*dst)>>(second[iw / 2 + i]);
+        }
       }
+    };
+    for (int64_t iw = 0; iw < full; iw += chunk) merge(dr + iw, iw);
+    if (full < p.W) {
+      merge(tmp, full);
+      for (int64_t i = 0; i < p.W - full; ++i) dr[full + i] = static_cast<scalar_t>(tmp[i]);
     }
-    for (int64_t i = iw; i < p.W; i += 2) dr[i] = static_cast<scalar_t>(first[i >> 1]);
-    for (int64_t i = iw + 1; i < p.W; i += 2) dr[i] = static_cast<scalar_t>(second[i >> 1]);
   }
 }
 
