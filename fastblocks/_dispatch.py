@@ -93,15 +93,33 @@ def register_training_arg(op: str, index: int) -> None:
     _TRAINING_ARG[op] = index
 
 
+# Input H * W from which a 4-D call counts as "large" in the auto table (coarse on purpose: a few
+# layer shapes per class; at EfficientNet-B0 shapes it splits 112 / 56 from 28 / 14 / 7).
+LARGE_PLANE = 32 * 32
+
+
+def plane_size_class(h: int, w: int) -> str:
+    """The auto table's size class of an (N, C, H, W) input: "large" or "small" planes (kernels can
+    win at one and lose at the other, e.g. the cpu backend's NCHW depthwise kernels)."""
+    return "large" if h * w >= LARGE_PLANE else "small"
+
+
 def auto_order(op: str, device: torch.device, args: tuple) -> tuple[str, ...]:
-    """The backends ``auto`` tries for this call, fastest first."""
+    """The backends ``auto`` tries for this call, fastest first: the measured order for the call's
+    (device, op, layout, phase, size class), else for its (device, op, layout, phase), then the
+    device's default order."""
     from ._auto_table import AUTO_TABLE
 
-    layout = "channels_last" if memory_format_of(args[0]) == torch.channels_last else "nchw"
+    x = args[0]
+    layout = "channels_last" if memory_format_of(x) == torch.channels_last else "nchw"
     index = _TRAINING_ARG.get(op)
     phase = "any" if index is None else ("train" if args[index] else "eval")
     default = AUTO_PREFERENCE.get(device.type, AUTO_FALLBACK)
-    measured = AUTO_TABLE.get((device.type, op, layout, phase), ())
+    key = (device.type, op, layout, phase)
+    measured = ()
+    if x.dim() == 4:
+        measured = AUTO_TABLE.get(key + (plane_size_class(x.shape[2], x.shape[3]),), ())
+    measured = measured or AUTO_TABLE.get(key, ())
     return tuple(dict.fromkeys(measured + default))
 
 

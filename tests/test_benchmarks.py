@@ -70,8 +70,30 @@ def test_bench_case_rows(effnet_cases):
     assert saved["eager"] < saved["reference"]
 
 
-def _row(label, mode, variant, median, op="dwconv_bn_act", layout="nchw"):
-    return dict(op=op, label=label, mode=mode, variant=variant, median_s=median, status="ok", layout=layout)
+def _row(label, mode, variant, median, op="dwconv_bn_act", layout="nchw", shape=None):
+    row = dict(op=op, label=label, mode=mode, variant=variant, median_s=median, status="ok", layout=layout)
+    if shape is not None:
+        row["shape"] = shape
+    return row
+
+
+def test_auto_table_orders_each_plane_size_class_apart(tmp_path):
+    # cpu wins on the large layer, eager on the small one; pooled, eager wins (2x vs sqrt(4 * 0.25)).
+    big, small = [8, 56, 56], [8, 7, 7]
+    rows = [_row("L", "eval", "reference", 2.0, shape=big), _row("L", "eval", "eager", 1.0, shape=big),
+            _row("L", "eval", "cpu", 0.5, shape=big),
+            _row("S", "eval", "reference", 2.0, shape=small), _row("S", "eval", "eager", 1.0, shape=small),
+            _row("S", "eval", "cpu", 8.0, shape=small)]
+    meta = dict(device="cpu", date="2026-12-01T00:00:00")
+    result = dict(meta=meta, op_rows=rows, model_rows=[], memory_rows=[])
+    report.add_ratios(result)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    table, _ = auto_table.table_from([str(path)])
+    key = ("cpu", "dwconv_bn_act", "nchw", "eval")
+    assert table[key] == ("eager", "cpu")
+    assert table[key + ("large",)] == ("cpu", "eager")
+    assert table[key + ("small",)] == ("eager", "cpu")
 
 
 def test_ratios_targets_and_auto_table(tmp_path):
@@ -183,10 +205,13 @@ def test_auto_order_reads_the_table(monkeypatch):
     from fastblocks import _auto_table
 
     monkeypatch.setattr(_auto_table, "AUTO_TABLE", {("cpu", "dwconv_bn_act", "nchw", "eval"): ("eager", "cpu"),
+                                                    ("cpu", "dwconv_bn_act", "nchw", "eval", "large"): ("cpu", "eager"),
                                                     ("cpu", "activation", "channels_last", "any"): ("eager",)})
     x = torch.randn(2, 3, 4, 4)
     args = (x,) + (None,) * 10 + (False,)
-    assert _dispatch.auto_order("dwconv_bn_act", x.device, args) == ("eager", "cpu")
+    assert _dispatch.auto_order("dwconv_bn_act", x.device, args) == ("eager", "cpu")  # small: the pooled entry
+    big = torch.randn(1, 3, 32, 32)
+    assert _dispatch.auto_order("dwconv_bn_act", big.device, (big,) + args[1:]) == ("cpu", "eager")
     train = args[:11] + (True,)
     assert _dispatch.auto_order("dwconv_bn_act", x.device, train) == _dispatch.AUTO_PREFERENCE["cpu"]
     cl = x.contiguous(memory_format=torch.channels_last)
