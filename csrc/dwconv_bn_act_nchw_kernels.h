@@ -34,6 +34,35 @@ inline PlaneGeo plane_geo(const ConvGeo& g) {
   return p;
 }
 
+// Offset in a padded plane of tap (kh, kw) of output row 0, column 0 (add oh * S * RS + ow).
+template <int S>
+inline int64_t tap_offset(const PlaneGeo& p, int kh, int kw) {
+  return kh * p.RS + (kw % S) * p.PO + kw / S;
+}
+
+// Calls f(std::integral_constant<int, K>{}, std::integral_constant<int, S>{}) for the plane's
+// kernel size and stride.
+template <typename F>
+inline void dispatch_ks(const PlaneGeo& p, F&& f) {
+  using std::integral_constant;
+  switch (p.K * 10 + p.S) {
+    case 31: return f(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+    case 32: return f(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+    case 51: return f(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+    case 52: return f(integral_constant<int, 5>{}, integral_constant<int, 2>{});
+    case 71: return f(integral_constant<int, 7>{}, integral_constant<int, 1>{});
+    default: return f(integral_constant<int, 7>{}, integral_constant<int, 2>{});
+  }
+}
+
+// A padded row's two column phases as seen from x's columns (stride 2): x[iw] for even iw is at
+// first[iw / 2], for odd iw at second[iw / 2].
+template <typename T>
+inline std::pair<T*, T*> column_phases(T* row, const PlaneGeo& p) {
+  const int64_t ph = p.left & 1;
+  return {row + ph * p.PO + (p.left >> 1), row + (1 - ph) * p.PO + ((p.left + 1) >> 1)};
+}
+
 // Index vector {mul * i + add} (constant-folded: kVL is a compile-time constant).
 inline fb_vi lane_index(int mul, int add) {
   fb_vi v;
@@ -64,10 +93,7 @@ inline void fill_padded(const scalar_t* __restrict__ xp, const PlaneGeo& p, acc_
       if (full < p.W) convert_row<acc_t>(zero_padded_tail(xr + full, p.W - full, chunk, tmp), chunk, pr + p.left + full);
       continue;
     }
-    // Stride 2: x[iw + 2i] lands in phase (iw + left) & 1, x[iw + 2i + 1] in the other.
-    const int64_t ph = p.left & 1;
-    acc_t* first = pr + ph * p.PO + (p.left >> 1);
-    acc_t* second = pr + (1 - ph) * p.PO + ((p.left + 1) >> 1);
+    const auto [first, second] = column_phases(pr, p);
     auto split = [&](const auto* src, int64_t iw) {
       if constexpr (std::is_same_v<acc_t, float>) {
         const fb_vf a = vload<float>(src), b = vload<float>(src + kVL);
@@ -103,7 +129,7 @@ inline void conv_block(const acc_t* __restrict__ pad, const PlaneGeo& p, const a
   for (int kh = 0; kh < K; ++kh) {
 #pragma GCC unroll 7
     for (int kw = 0; kw < K; ++kw) {
-      const acc_t* src = base + kh * p.RS + (kw % S) * p.PO + kw / S;
+      const acc_t* src = base + tap_offset<S>(p, kh, kw);
       const V wv = V{} + w[kh * K + kw];
 #pragma GCC unroll 4
       for (int r = 0; r < NR; ++r)
@@ -145,32 +171,9 @@ inline void conv_plane_ks(const acc_t* pad, const PlaneGeo& p, const acc_t* w, a
 template <typename acc_t>
 inline void conv_plane(const acc_t* pad, const PlaneGeo& p, const acc_t* w, acc_t init, acc_t* out,
                        int64_t ostride) {
-  switch (p.K * 10 + p.S) {
-    case 31: return conv_plane_ks<3, 1>(pad, p, w, init, out, ostride);
-    case 32: return conv_plane_ks<3, 2>(pad, p, w, init, out, ostride);
-    case 51: return conv_plane_ks<5, 1>(pad, p, w, init, out, ostride);
-    case 52: return conv_plane_ks<5, 2>(pad, p, w, init, out, ostride);
-    case 71: return conv_plane_ks<7, 1>(pad, p, w, init, out, ostride);
-    default: return conv_plane_ks<7, 2>(pad, p, w, init, out, ostride);
-  }
-}
-
-// Sum over i < n of f(i, T) (T = fb_vf blocks, then acc_t): acc_t over chunks of kPlaneChunk
-// elements (bounds the float rounding), the chunks added in double in order.
-template <typename acc_t, typename F>
-inline double plane_reduce(int64_t n, F&& f) {
-  double s = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += kPlaneChunk) {
-    fb_vf va{};
-    acc_t a = 0;
-    vloop<acc_t>(std::min(n - i0, kPlaneChunk), [&](int64_t j, auto z) {
-      using T = decltype(z);
-      if constexpr (IsVec<T>::value) va += f(i0 + j, z); else a += f(i0 + j, z);
-    });
-    if constexpr (std::is_same_v<acc_t, float>) a += hsum(va);
-    s += static_cast<double>(a);
-  }
-  return s;
+  dispatch_ks(p, [&](auto k, auto s) {
+    conv_plane_ks<decltype(k)::value, decltype(s)::value>(pad, p, w, init, out, ostride);
+  });
 }
 
 // Scratch of one thread: the padded plane and the conv output plane, compact (Ho * Wo, row oh
@@ -201,8 +204,7 @@ void dw_stats_pass_nchw(const scalar_t* x, const typename AccOf<scalar_t>::type*
     const acc_t* z = sc.z.data();
     for (int64_t q = q0; q < q1; ++q) {
       sc.conv(x + q * g.H * g.W, p, w + (q % g.C) * KK, acc_t(0));
-      const double mean = plane_reduce<acc_t>(cnt, [&](int64_t i, auto t) { return ld<decltype(t)>(z + i); }) /
-                          static_cast<double>(cnt);
+      const double mean = plane_sum<acc_t>(z, cnt) / static_cast<double>(cnt);
       const acc_t m = static_cast<acc_t>(mean);
       const double m2 = plane_reduce<acc_t>(cnt, [&](int64_t i, auto t) {
         using T = decltype(t);
@@ -253,7 +255,7 @@ inline void dz_row_taps_ks(const acc_t* __restrict__ dzr, const acc_t* __restric
     for (int kh = 0; kh < K; ++kh) {
 #pragma GCC unroll 7
       for (int kw = 0; kw < K; ++kw) {
-        const int64_t at = base + kh * p.RS + (kw % S) * p.PO + kw / S;
+        const int64_t at = base + tap_offset<S>(p, kh, kw);
         if (dwacc != nullptr) {
           acc_t* a = dwacc + (kh * K + kw) * L;
           vstore(a, vload<acc_t>(a) + d * vload<acc_t>(pad + at));
@@ -267,14 +269,9 @@ inline void dz_row_taps_ks(const acc_t* __restrict__ dzr, const acc_t* __restric
 template <typename acc_t>
 inline void dz_row_taps(const acc_t* dzr, const acc_t* pad, const PlaneGeo& p, const acc_t* w, int64_t oh,
                         acc_t* dwacc, acc_t* dpad) {
-  switch (p.K * 10 + p.S) {
-    case 31: return dz_row_taps_ks<3, 1>(dzr, pad, p, w, oh, dwacc, dpad);
-    case 32: return dz_row_taps_ks<3, 2>(dzr, pad, p, w, oh, dwacc, dpad);
-    case 51: return dz_row_taps_ks<5, 1>(dzr, pad, p, w, oh, dwacc, dpad);
-    case 52: return dz_row_taps_ks<5, 2>(dzr, pad, p, w, oh, dwacc, dpad);
-    case 71: return dz_row_taps_ks<7, 1>(dzr, pad, p, w, oh, dwacc, dpad);
-    default: return dz_row_taps_ks<7, 2>(dzr, pad, p, w, oh, dwacc, dpad);
-  }
+  dispatch_ks(p, [&](auto k, auto s) {
+    dz_row_taps_ks<decltype(k)::value, decltype(s)::value>(dzr, pad, p, w, oh, dwacc, dpad);
+  });
 }
 
 // dx plane (H x W, x's dtype) = the input window of the padded gradient buffer dpad.
@@ -290,9 +287,7 @@ inline void crop_padded(const acc_t* __restrict__ dpad, const PlaneGeo& p, scala
       convert_row<acc_t>(pr + p.left, p.W, dr);
       continue;
     }
-    const int64_t ph = p.left & 1;
-    const acc_t* first = pr + ph * p.PO + (p.left >> 1);
-    const acc_t* second = pr + (1 - ph) * p.PO + ((p.left + 1) >> 1);
+    const auto [first, second] = column_phases(pr, p);
     // dst[0 .. 2L) = first[iw/2 + i], second[iw/2 + i] interleaved.
     auto merge = [&](auto* dst, int64_t iw) {
       if constexpr (std::is_same_v<acc_t, float>) {
@@ -352,13 +347,12 @@ void dw_backward_pass_nchw(const scalar_t* x, const scalar_t* dy, const typename
         });
         if (red != nullptr) {
           double* rq = red + n * 3 * C + c;
-          rq[0] = plane_reduce<acc_t>(cnt, [&](int64_t i, auto t) { return ld<decltype(t)>(du.data() + i); });
+          rq[0] = plane_sum<acc_t>(du.data(), cnt);
           rq[C] = plane_reduce<acc_t>(cnt, [&](int64_t i, auto t) {
                     using T = decltype(t);
                     return ld<T>(du.data() + i) * ld<T>(zc + i);
                   }) * static_cast<double>(is);
-          rq[2 * C] = plane_reduce<acc_t>(cnt, [&](int64_t i, auto t) { return ld<decltype(t)>(zc + i); }) *
-                      static_cast<double>(is);
+          rq[2 * C] = plane_sum<acc_t>(zc, cnt) * static_cast<double>(is);
         }
         if (!form_dz) continue;
         const acc_t a1 = k1[c], a2 = k2[c], a3 = k3[c];

@@ -337,25 +337,31 @@ inline void dz_row(const acc_t* __restrict__ du, const z_t* __restrict__ z, int6
   }
 }
 
-// Sum of a contiguous plane x[0 .. n): acc_t over chunks of kPlaneChunk elements, then double
-// (the chunks bound the float rounding error; the fixed order keeps it deterministic).
+// Sum over i < n of f(i, T) (T = fb_vf blocks, then acc_t on the tail): acc_t over chunks of
+// kPlaneChunk elements, the chunks added in double in order (the chunks bound the float rounding
+// error; the fixed order keeps it deterministic).
 constexpr int64_t kPlaneChunk = 1024;
 
-template <typename acc_t, typename in_t>
-inline double plane_sum(const in_t* __restrict__ x, int64_t n) {
+template <typename acc_t, typename F>
+inline double plane_reduce(int64_t n, F&& f) {
   double s = 0;
   for (int64_t i0 = 0; i0 < n; i0 += kPlaneChunk) {
-    const int64_t i1 = std::min(n, i0 + kPlaneChunk);
     fb_vf va{};
     acc_t a = 0;
-    vloop<acc_t>(i1 - i0, [&](int64_t j, auto z) {
+    vloop<acc_t>(std::min(n - i0, kPlaneChunk), [&](int64_t j, auto z) {
       using T = decltype(z);
-      if constexpr (IsVec<T>::value) va += ld<T>(x + i0 + j); else a += ld<T>(x + i0 + j);
+      if constexpr (IsVec<T>::value) va += f(i0 + j, z); else a += f(i0 + j, z);
     });
     if constexpr (std::is_same_v<acc_t, float>) a += hsum(va);
     s += a;
   }
   return s;
+}
+
+// Sum of a contiguous plane x[0 .. n).
+template <typename acc_t, typename in_t>
+inline double plane_sum(const in_t* __restrict__ x, int64_t n) {
+  return plane_reduce<acc_t>(n, [&](int64_t i, auto t) { return ld<decltype(t)>(x + i); });
 }
 
 // a[i] += b[i] * x[i].
