@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import fastblocks as fb
-from fastblocks.nn import (BatchNormAct2d, DWConvBNAct, EfficientChannelAttention, MemoryEfficientAct,
-                           SqueezeExcite, SqueezeExciteWithNorm)
+from fastblocks.nn import (BatchNormAct2d, DWConvBNAct, EffectiveSqueezeExcite, EfficientChannelAttention,
+                           MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm)
 
 # Models whose layers give the op shapes. timm names, plus "zoo:<name>" for fastblocks.zoo.
 OP_MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100", "zoo:eca_mobilenet_v2")
@@ -31,6 +31,7 @@ OP_OF = {
     BatchNormAct2d: "bn_act",
     SqueezeExcite: "squeeze_excite",
     SqueezeExciteWithNorm: "gate_scale",
+    EffectiveSqueezeExcite: "gate_scale",
     EfficientChannelAttention: "eca",
     MemoryEfficientAct: "activation",
 }
@@ -114,6 +115,8 @@ def _config(module: nn.Module) -> str:
         return f"rd{reduce.out_channels} {module.act}/{module.gate}"
     if isinstance(module, SqueezeExciteWithNorm):
         return f"rd{module.fc1.out_channels} {module.gate_name}"
+    if isinstance(module, EffectiveSqueezeExcite):
+        return f"effective {module.gate_name}"
     if isinstance(module, EfficientChannelAttention):
         return f"k{module.conv.weight.shape[-1]} {module.gate}"
     if isinstance(module, MemoryEfficientAct):

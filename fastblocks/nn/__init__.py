@@ -1,9 +1,10 @@
 """Fused modules used by :func:`fastblocks.patch` (and usable directly)."""
 
 from .activation import HardSwish, MemoryEfficientAct, SiLU
-from .attention import EfficientChannelAttention, SqueezeExcite, SqueezeExciteWithNorm
+from .attention import EffectiveSqueezeExcite, EfficientChannelAttention, SqueezeExcite, SqueezeExciteWithNorm
 from .batchnorm import AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, SyncBatchNormAct2d
 from .dwconv import DWConvBNAct
 
-__all__ = ["DWConvBNAct", "BatchNormAct2d", "AbsorbedBatchNorm2d", "SyncBatchNormAct2d", "AbsorbedSyncBatchNorm2d", "SqueezeExcite", "SqueezeExciteWithNorm",
-           "EfficientChannelAttention", "MemoryEfficientAct", "SiLU", "HardSwish"]
+__all__ = ["DWConvBNAct", "BatchNormAct2d", "AbsorbedBatchNorm2d", "SyncBatchNormAct2d", "AbsorbedSyncBatchNorm2d",
+           "SqueezeExcite", "SqueezeExciteWithNorm", "EffectiveSqueezeExcite", "EfficientChannelAttention",
+           "MemoryEfficientAct", "SiLU", "HardSwish"]

@@ -42,10 +42,26 @@ class SqueezeExcite(nn.Module):
         return f"act={self.act!r}, gate={self.gate!r}"
 
 
-class SqueezeExciteWithNorm(nn.Module):
-    """SE with a BatchNorm between the reduce conv and the activation (ReXNet). The (N, C) MLP runs
-    in PyTorch (its BN needs batch statistics over N); the full-size scale is fused
+class _PooledGateScale(nn.Module):
+    """SE variants whose excitation is not reduce -> act -> expand: the (N, C) part runs in
+    PyTorch (``_logits`` of the pooled input), the full-size scale is fused
     (``fastblocks.ops.gate_scale``), which saves x and the (N, C) logits only."""
+
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(x.mean((2, 3), keepdim=True))
+        return ops.gate_scale(x, logits, gate=self.gate_name, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate_name!r}"
+
+
+class SqueezeExciteWithNorm(_PooledGateScale):
+    """SE with a BatchNorm between the reduce conv and the activation (ReXNet): pool -> fc1 -> bn
+    -> act -> fc2 -> gate -> scale. The BN needs batch statistics over N, so the MLP stays in
+    PyTorch. Input (N, C, H, W) -> same; saves x and the (N, C) logits."""
 
     def __init__(self, fc1: nn.Conv2d, bn: nn.Module, act: nn.Module, fc2: nn.Conv2d, gate: str = "sigmoid",
                  backend: Optional[str] = None) -> None:
@@ -54,9 +70,26 @@ class SqueezeExciteWithNorm(nn.Module):
         self.gate_name = canonical_gate(gate)
         self.backend = backend
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.fc2(self.act(self.bn(self.fc1(x.mean((2, 3), keepdim=True)))))
-        return ops.gate_scale(x, logits, gate=self.gate_name, backend=self.backend)
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.bn(self.fc1(pooled))))
+
+
+class EffectiveSqueezeExcite(_PooledGateScale):
+    """'Effective' SE (CenterMask; timm ``EffectiveSEModule`` in VoVNet / RDNet / CSPNeXt, HGNet's
+    ``EseModule``): pool -> one full-width 1x1 conv (C -> C) -> gate -> scale. The conv is kept as
+    child ``name`` ("fc" for timm's, "conv" for HGNet's). Input (N, C, H, W) -> same; saves x and
+    the (N, C) logits."""
+
+    def __init__(self, fc: nn.Conv2d, gate: str = "hard_sigmoid", name: str = "fc",
+                 backend: Optional[str] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.add_module(name, fc)
+        self.gate_name = canonical_gate(gate)
+        self.backend = backend
+
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.name)(pooled)
 
 
 class EfficientChannelAttention(nn.Module):

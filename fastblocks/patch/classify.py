@@ -98,6 +98,19 @@ def bn_act_of(bn: nn.Module) -> str:
     return "identity"
 
 
+def pointwise_problem(conv: nn.Module) -> Optional[str]:
+    """None when ``conv`` is a plain 1x1 Conv2d (an SE excitation layer) the fused SE reproduces
+    as a matrix product on the pooled input."""
+    if qualname(conv) != "torch.nn.modules.conv.Conv2d":
+        return f"{type(conv).__name__} is not a plain Conv2d"
+    if has_hooks(conv):
+        return "module has hooks"
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1) or \
+            conv.padding not in ((0, 0), "valid", "same") or conv.dilation != (1, 1):
+        return "excitation conv is not a 1x1 conv (groups 1, no padding)"
+    return None
+
+
 def depthwise_problem(conv: nn.Module) -> Optional[str]:
     """None when ``conv`` is a depthwise conv the fused op reproduces exactly."""
     key = qualname(conv)

@@ -12,11 +12,11 @@ from typing import Callable, Optional
 from torch import nn
 
 from ..nn import (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, DWConvBNAct,
-                  EfficientChannelAttention, MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm,
-                  SyncBatchNormAct2d)
+                  EffectiveSqueezeExcite, EfficientChannelAttention, MemoryEfficientAct, SqueezeExcite,
+                  SqueezeExciteWithNorm, SyncBatchNormAct2d)
 from ..nn._common import has_hooks
 from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding,
-                       depthwise_problem, gate_name, is_sync_batchnorm, qualname)
+                       depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
 from .effnet_block import fused_class
 from .patcher import Patcher, join, parent_path
 
@@ -81,7 +81,8 @@ def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_n
     # A SyncBatchNorm is always replaced (lone ones too): DDP refuses CPU models containing one.
     sync = is_sync_batchnorm(bn)
     if act == "identity" and not p.fuse_lone_bn and not sync:
-        p.skip(join(path, bn_name), bn, "no activation follows: nothing to save (fuse_lone_bn=True fuses it)")
+        p.skip(join(path, bn_name), bn, "no activation known to follow: nothing to save (fuse_lone_bn=True "
+                                        "fuses it)")
         return False
     cls = SyncBatchNormAct2d if sync else BatchNormAct2d
     p.replace(parent, bn_name, cls.from_batchnorm(bn, act, backend=p.backend))
@@ -203,30 +204,42 @@ def _se_gate_act(p, path, module, act_attr, gate_attr):
     return act, gate
 
 
+# SE modules with reduce conv -> act -> expand conv -> gate: qualname -> (conv names, act attr, gate attr)
+_SE_LAYOUTS = {
+    "timm.models._efficientnet_blocks.SqueezeExcite": (("conv_reduce", "conv_expand"), "act1", "gate"),
+    "timm.layers.squeeze_excite.SEModule": (("fc1", "fc2"), "act", "gate"),
+    "timm.models.senet.SEModule": (("fc1", "fc2"), "relu", "sigmoid"),  # legacy_seresnet*, legacy_senet154
+    "torchvision.ops.misc.SqueezeExcitation": (("fc1", "fc2"), "activation", "scale_activation"),
+    "fastblocks.zoo.layers.SqueezeExcite": (("fc1", "fc2"), "act", "gate"),
+}
+# 'Effective' SE (one C -> C conv, then gate): qualname -> (conv name, gate attr)
+_EFFECTIVE_SE_LAYOUTS = {
+    "timm.layers.squeeze_excite.EffectiveSEModule": ("fc", "gate"),
+    "timm.models.hgnet.EseModule": ("conv", "sigmoid"),
+}
+
+
 def squeeze_excite_leaf(p, path, module, parent, name):
     key = qualname(module)
-    if parent is None:
-        return False
-    if key == "timm.models._efficientnet_blocks.SqueezeExcite":
-        names, act_attr, gate_attr = ("conv_reduce", "conv_expand"), "act1", "gate"
-    elif key == "timm.layers.squeeze_excite.SEModule":
-        if module.add_maxpool:
-            p.skip(path, module, "SEModule with add_maxpool")
-            return True
-        names, act_attr, gate_attr = ("fc1", "fc2"), "act", "gate"
-    elif key == "torchvision.ops.misc.SqueezeExcitation":
-        names, act_attr, gate_attr = ("fc1", "fc2"), "activation", "scale_activation"
-    elif key == "fastblocks.zoo.layers.SqueezeExcite":
-        names, act_attr, gate_attr = ("fc1", "fc2"), "act", "gate"
-    else:
+    if parent is None or (key not in _SE_LAYOUTS and key not in _EFFECTIVE_SE_LAYOUTS):
         return False
     if has_hooks(module):
         p.skip(path, module, "module has hooks")
         return True
+    if getattr(module, "add_maxpool", False):
+        p.skip(path, module, f"{type(module).__name__} with add_maxpool")
+        return True
+    if key in _EFFECTIVE_SE_LAYOUTS:
+        return effective_se(p, path, module, parent, name, *_EFFECTIVE_SE_LAYOUTS[key])
+    names, act_attr, gate_attr = _SE_LAYOUTS[key]
     act, gate = _se_gate_act(p, path, module, act_attr, gate_attr)
     if act is None or gate is None:
         return True
     reduce, expand = (module._modules[n] for n in names)
+    problem = pointwise_problem(reduce) or pointwise_problem(expand)
+    if problem is not None:
+        p.skip(path, module, problem)
+        return True
     if key == "timm.layers.squeeze_excite.SEModule" and act_name(module.bn) != "identity":
         if is_sync_batchnorm(module.bn):
             if batchnorm_problem(module.bn, sync_ok=True) is not None or bn_act_of(module.bn) != "identity":
@@ -241,6 +254,23 @@ def squeeze_excite_leaf(p, path, module, parent, name):
     p.replace(parent, name, SqueezeExcite(reduce, expand, act, gate, names, backend=p.backend))
     p.claim(reduce, expand)
     p.record(path, type(module).__name__, "SqueezeExcite", f"(act={act}, gate={gate})")
+    return True
+
+
+def effective_se(p, path, module, parent, name, conv_name, gate_attr):
+    """pool -> one C -> C conv -> gate -> scale; the scale is fused (EffectiveSqueezeExcite)."""
+    conv, gate_module = module._modules[conv_name], module._modules[gate_attr]
+    gate = gate_name(gate_module)
+    if gate is None:
+        p.skip(path, module, f"unsupported SE gate ({type(gate_module).__name__})")
+        return True
+    problem = pointwise_problem(conv)
+    if problem is not None:
+        p.skip(path, module, problem)
+        return True
+    p.replace(parent, name, EffectiveSqueezeExcite(conv, gate, conv_name, backend=p.backend))
+    p.claim(conv)
+    p.record(path, type(module).__name__, "EffectiveSqueezeExcite", f"(gate={gate})")
     return True
 
 
@@ -291,7 +321,8 @@ RULES = [
     Rule("batchnorm", "generic", "BatchNorm2d / timm BatchNormAct2d (act inside); SyncBatchNorm / timm "
          "SyncBatchNormAct (always, lone ones too)", batchnorm_leaf),
     Rule("squeeze_excite", "timm / torchvision / zoo",
-         "timm SqueezeExcite, timm SEModule (+BN: ReXNet), torchvision SqueezeExcitation, zoo SqueezeExcite",
+         "timm SqueezeExcite, timm SEModule (+BN: ReXNet), timm legacy senet SEModule, timm EffectiveSEModule "
+         "(VoVNet, RDNet) / HGNet EseModule, torchvision SqueezeExcitation, zoo SqueezeExcite",
          squeeze_excite_leaf),
     Rule("eca", "timm / zoo", "timm EcaModule, zoo EcaLayer", eca_leaf),
     Rule("activation", "generic", "standalone SiLU / Swish / Hardswish modules", activation_leaf),
