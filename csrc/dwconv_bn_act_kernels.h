@@ -40,77 +40,149 @@ inline void gather_pixel(const in_t* const* xs, const acc_t* const* ws, int nt, 
   }
 }
 
-// Interior block of OWB output pixels [ow0, ow0 + OWB) of row oh whose taps are all inside the
-// image horizontally (rows kh in [kh0, kh1) are the valid ones): per channel vector, OWB
-// accumulators stay in registers and each weight vector is loaded once for the OWB pixels.
-template <int OWB, typename scalar_t, typename acc_t>
-inline void conv_block_interior(const scalar_t* xn, const acc_t* wt, const acc_t* init, const ConvGeo& g,
-                                int64_t oh, int64_t ow0, int64_t kh0, int64_t kh1, acc_t* buf) {
+// The weights twice: tap-major (wt[tap * C + c], for the scalar channel tail) and blocked by
+// channel vector (blocked[(q * KK + tap) * L + lane] = wt[tap * C + q * L + lane] for the C / L
+// full vectors q), so that a tile finds each of its taps at a compile-time offset.
+template <typename acc_t>
+struct TapWeights {
+  const acc_t* tap_major;
+  std::vector<acc_t> blocked;
+  TapWeights(const acc_t* wt, int64_t KK, int64_t C) : tap_major(wt) {
+    constexpr int L = VecOf<acc_t>::lanes;
+    const int64_t nq = C / L;
+    blocked.resize(nq * KK * L);
+    for (int64_t q = 0; q < nq; ++q)
+      for (int64_t t = 0; t < KK; ++t)
+        for (int l = 0; l < L; ++l) blocked[(q * KK + t) * L + l] = wt[t * C + q * L + l];
+  }
+};
+
+// OWB output pixels x CV channel vectors: OWB * CV independent accumulators (enough to cover the
+// FMA latency; one accumulator per vector would serialise every tap on it). Per kernel row the
+// K x CV weight vectors are loaded once, then the row's (OWB - 1) * S + K input columns slide
+// past: each x vector is loaded once and feeds every pixel whose window holds it. xoff: offset in
+// xn of the block's first tap (kh = kw = 0) at the tile's channel (it may lie "outside" the
+// image: only the valid taps are read, rows [kh0, kh1) and, with CLIP, columns [kw0, kw1));
+// wq: the blocked weights of the tile's first vector; initc / outc: init and output there.
+template <int OWB, int CV, int K, int S, bool CLIP, typename scalar_t, typename acc_t>
+inline void conv_tile(const scalar_t* xn, int64_t xoff, const acc_t* wq, const acc_t* initc, int64_t C,
+                      int64_t xrow, int64_t kh0, int64_t kh1, int kw0, int kw1, acc_t* outc) {
   using V = typename VecOf<acc_t>::type;
-  constexpr int L = VecOf<acc_t>::lanes;
-  const int64_t C = g.C, K = g.K, S = g.S;
-  const int64_t xrow = g.W * C, x0 = ((oh * S - g.top) * g.W + ow0 * S - g.left) * C;
-  int64_t c = 0;
-  for (; c + L <= C; c += L) {
-    V acc[OWB];
-    const V b = vload<acc_t>(init + c);
+  constexpr int L = VecOf<acc_t>::lanes, KK = K * K, T = (OWB - 1) * S + K;
+  V acc[OWB][CV];
 #pragma GCC unroll 8
-    for (int j = 0; j < OWB; ++j) acc[j] = b;
-    for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const scalar_t* xr = xn + x0 + kh * xrow + c;
-      const acc_t* wr = wt + kh * K * C + c;
-      for (int64_t kw = 0; kw < K; ++kw) {
-        const V w = vload<acc_t>(wr + kw * C);
+  for (int v = 0; v < CV; ++v) {
+    const V b = vload<acc_t>(initc + v * L);
 #pragma GCC unroll 8
-        for (int j = 0; j < OWB; ++j) acc[j] += vload<acc_t>(xr + (j * S + kw) * C) * w;
+    for (int j = 0; j < OWB; ++j) acc[j][v] = b;
+  }
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const scalar_t* xp = xn + (xoff + kh * xrow);
+    const acc_t* wr = wq + kh * K * L;
+    V w[K][CV];
+#pragma GCC unroll 7
+    for (int kw = 0; kw < K; ++kw)
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) w[kw][v] = vload<acc_t>(wr + (v * KK + kw) * L);
+#pragma GCC unroll 13
+    for (int t = 0; t < T; ++t, xp += C) {
+      if (CLIP && (t < kw0 || t >= kw1)) continue;
+      V xv[CV];
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) xv[v] = vload<acc_t>(xp + v * L);
+#pragma GCC unroll 8
+      for (int j = 0; j < OWB; ++j) {
+        const int kw = t - j * S;
+        if (kw < 0 || kw >= K) continue;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * w[kw][v];
       }
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < OWB; ++j) vstore(buf + (ow0 + j) * C + c, acc[j]);
   }
-  for (; c < C; ++c) {
-    for (int j = 0; j < OWB; ++j) {
-      acc_t a = init[c];
-      for (int64_t kh = kh0; kh < kh1; ++kh)
-        for (int64_t kw = 0; kw < K; ++kw)
-          a += static_cast<acc_t>(xn[x0 + kh * xrow + (j * S + kw) * C + c]) * wt[(kh * K + kw) * C + c];
-      buf[(ow0 + j) * C + c] = a;
-    }
+#pragma GCC unroll 8
+  for (int j = 0; j < OWB; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < CV; ++v) vstore(outc + j * C + v * L, acc[j][v]);
+}
+
+// Calls f(std::integral_constant<int, K>{}, std::integral_constant<int, S>{}) for K in {3, 5, 7},
+// S in {1, 2}.
+template <typename F>
+inline void dispatch_kernel_stride(int64_t K, int64_t S, F&& f) {
+  using std::integral_constant;
+  switch (K * 10 + S) {
+    case 31: return f(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+    case 32: return f(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+    case 51: return f(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+    case 52: return f(integral_constant<int, 5>{}, integral_constant<int, 2>{});
+    case 71: return f(integral_constant<int, 7>{}, integral_constant<int, 1>{});
+    default: return f(integral_constant<int, 7>{}, integral_constant<int, 2>{});
   }
 }
 
 // buf[ow * C + c] = init[c] + conv(x)[oh, ow, c] for one output row of image xn (H x W x C).
-// Border pixels gather their valid taps; interior pixels go through conv_block_interior.
+// Channel chunks (4 vectors, then 2, then 1, then the scalar tail) are the outer loop, so a
+// chunk's input window and weights stay in L1 while its whole row is computed; within a chunk,
+// interior pixels go in blocks of 4 (4 x 2-vector tiles) or alone (one tile of the chunk), border
+// pixels (some tap columns outside the image) alone with their valid columns.
 template <typename scalar_t, typename acc_t>
-inline void conv_row(const scalar_t* xn, const acc_t* wt, const acc_t* init, const ConvGeo& g, int64_t oh,
-                     acc_t* buf) {
-  const scalar_t* xs[kMaxTaps];
-  const acc_t* ws[kMaxTaps];
-  const int64_t C = g.C, K = g.K, S = g.S;
+inline void conv_row(const scalar_t* xn, const TapWeights<acc_t>& taps, const acc_t* init, const ConvGeo& g,
+                     int64_t oh, acc_t* buf) {
+  constexpr int L = VecOf<acc_t>::lanes;
+  const int64_t C = g.C, K = g.K, S = g.S, xrow = g.W * C;
   const int64_t kh0 = std::max<int64_t>(0, g.top - oh * S), kh1 = std::min<int64_t>(K, g.H + g.top - oh * S);
   // Interior: ow * S - left >= 0 and ow * S - left + K - 1 < W.
   const int64_t lo = std::min<int64_t>(g.Wo, g.left > 0 ? (g.left + S - 1) / S : 0);
-  const int64_t hi = g.W - K + g.left >= 0 ? std::min<int64_t>(g.Wo, (g.W - K + g.left) / S + 1) : 0;
-  constexpr int OWB = 4;
-  auto border = [&](int64_t ow) {
-    int nt = 0;
-    for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const int64_t ih = oh * S - g.top + kh;
-      for (int64_t kw = 0; kw < K; ++kw) {
-        const int64_t iw = ow * S - g.left + kw;
-        if (iw < 0 || iw >= g.W) continue;
-        xs[nt] = xn + (ih * g.W + iw) * C;
-        ws[nt] = wt + (kh * K + kw) * C;
-        ++nt;
+  const int64_t hi = std::max(lo, g.W - K + g.left >= 0 ? std::min<int64_t>(g.Wo, (g.W - K + g.left) / S + 1) : 0);
+  const int64_t xrow0 = (oh * S - g.top) * g.W - g.left;  // in pixels: x offset of (kh, kw) = (0, 0) at ow = 0
+  auto clip = [&](int64_t ow, int64_t KC) {
+    const int64_t iw0 = ow * S - g.left;
+    return std::pair<int, int>(static_cast<int>(std::clamp<int64_t>(-iw0, 0, KC)),
+                               static_cast<int>(std::clamp<int64_t>(g.W - iw0, 0, KC)));
+  };
+  dispatch_kernel_stride(K, S, [&](auto k, auto s) {
+    constexpr int KC = decltype(k)::value, SC = decltype(s)::value;
+    // Channels [c, c + CV * L) of the whole row.
+    auto chunk = [&](auto cv, int64_t c) {
+      constexpr int CV = decltype(cv)::value;
+      const acc_t* wq = taps.blocked.data() + c * KC * KC;
+      auto at = [&](int64_t ow, int64_t dc) { return (xrow0 + ow * SC) * C + c + dc; };
+      auto border = [&](int64_t ow) {
+        const auto [kw0, kw1] = clip(ow, KC);
+        conv_tile<1, CV, KC, SC, true>(xn, at(ow, 0), wq, init + c, C, xrow, kh0, kh1, kw0, kw1, buf + ow * C + c);
+      };
+      int64_t ow = 0;
+      for (; ow < lo; ++ow) border(ow);
+      for (; ow + 4 <= hi; ow += 4) {
+        if constexpr (CV % 2 == 0) {
+          for (int64_t dc = 0; dc < CV * L; dc += 2 * L)
+            conv_tile<4, 2, KC, SC, false>(xn, at(ow, dc), wq + dc * KC * KC, init + c + dc, C, xrow, kh0, kh1, 0,
+                                           KC, buf + ow * C + c + dc);
+        } else {
+          conv_tile<4, CV, KC, SC, false>(xn, at(ow, 0), wq, init + c, C, xrow, kh0, kh1, 0, KC, buf + ow * C + c);
+        }
+      }
+      for (; ow < hi; ++ow)
+        conv_tile<1, CV, KC, SC, false>(xn, at(ow, 0), wq, init + c, C, xrow, kh0, kh1, 0, KC, buf + ow * C + c);
+      for (; ow < g.Wo; ++ow) border(ow);
+    };
+    int64_t c = 0;
+    for (; c + 4 * L <= C; c += 4 * L) chunk(std::integral_constant<int, 4>{}, c);
+    for (; c + 2 * L <= C; c += 2 * L) chunk(std::integral_constant<int, 2>{}, c);
+    for (; c + L <= C; c += L) chunk(std::integral_constant<int, 1>{}, c);
+    const acc_t* wt = taps.tap_major;
+    for (; c < C; ++c) {
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const auto [kw0, kw1] = clip(ow, KC);
+        const int64_t x0 = (xrow0 + ow * SC) * C + c;
+        acc_t a = init[c];
+        for (int64_t kh = kh0; kh < kh1; ++kh)
+          for (int kw = kw0; kw < kw1; ++kw)
+            a += static_cast<acc_t>(xn[x0 + kh * xrow + kw * C]) * wt[(kh * KC + kw) * C + c];
+        buf[ow * C + c] = a;
       }
     }
-    gather_pixel(xs, ws, nt, init, buf + ow * C, C);
-  };
-  int64_t ow = 0;
-  for (; ow < std::min(lo, g.Wo); ++ow) border(ow);
-  for (; ow + OWB <= hi; ow += OWB) conv_block_interior<OWB>(xn, wt, init, g, oh, ow, kh0, kh1, buf);
-  for (; ow < hi; ++ow) conv_block_interior<1>(xn, wt, init, g, oh, ow, kh0, kh1, buf);
-  for (; ow < g.Wo; ++ow) border(ow);
+  });
 }
 
 // dwacc[(kh * K + kw) * C + c] += sum_ow dz[ow, c] * x[ih, iw, c] for one output row.
@@ -137,6 +209,7 @@ void dw_stats_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt, 
                    double* mean_b, double* m2_b, int64_t* counts) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C;
+  const TapWeights<acc_t> taps(wt, g.K * g.K, C);
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> buf(g.Wo * C), zero(C, acc_t(0)), rm(C), rm2(C);
     for (int64_t b = b0; b < b1; ++b) {
@@ -147,7 +220,7 @@ void dw_stats_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt, 
       int64_t cnt = 0;
       for (int64_t r = b * R; r < std::min(rows, (b + 1) * R); ++r) {
         const int64_t n = r / g.Ho, oh = r % g.Ho;
-        conv_row(x + n * g.H * g.W * C, wt, zero.data(), g, oh, buf.data());
+        conv_row(x + n * g.H * g.W * C, taps, zero.data(), g, oh, buf.data());
         row_stats(buf.data(), g.Wo, C, rm.data(), rm2.data());
         chan_merge(bm, bm2, cnt, rm.data(), rm2.data(), g.Wo, C);
       }
@@ -162,13 +235,14 @@ void dw_apply_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt,
                    const typename AccOf<scalar_t>::type* shift, const ConvGeo& g, Act act, scalar_t* y) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t rows = g.N * g.Ho, C = g.C, row_len = g.Wo * C;
+  const TapWeights<acc_t> taps(wt, g.K * g.K, C);
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> buf(row_len);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.Ho, oh = r % g.Ho;
-        conv_row(x + n * g.H * g.W * C, wt, shift, g, oh, buf.data());
+        conv_row(x + n * g.H * g.W * C, taps, shift, g, oh, buf.data());
         act_row<A, acc_t>(buf.data(), row_len, y + r * row_len);
       }
     });
@@ -188,6 +262,7 @@ void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const typename AccO
                       double* red, bool form_dz, typename AccOf<scalar_t>::type* dz_full, double* dw_part) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C, row_len = g.Wo * C, KK = g.K * g.K;
+  const TapWeights<acc_t> taps(wt, KK, C);
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
@@ -199,7 +274,7 @@ void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const typename AccO
         for (int64_t r = b * R; r < std::min(rows, (b + 1) * R); ++r) {
           const int64_t n = r / g.Ho, oh = r % g.Ho;
           const scalar_t* xn = x + n * g.H * g.W * C;
-          conv_row(xn, wt, zinit, g, oh, zc.data());
+          conv_row(xn, taps, zinit, g, oh, zc.data());
           bn_du_row<A, acc_t>(zc.data(), dy + r * row_len, g.Wo, C, zero.data(), invstd, gamma, beta, du.data(),
                               s.data(), s.data() + C, s.data() + 2 * C);
           if (!form_dz) continue;
@@ -230,11 +305,12 @@ void dw_dx_pass(const typename AccOf<scalar_t>::type* dz, const typename AccOf<s
   const int64_t rows = g.N * g.H, C = g.C, K = g.K, S = g.S;
   if (S == 1 && g.top >= 0 && g.top <= K - 1 && g.left >= 0 && g.left <= K - 1) {
     const ConvGeo t{g.N, C, g.Ho, g.Wo, K, 1, g.H, g.W, K - 1 - g.top, K - 1 - g.left};
+    const TapWeights<acc_t> taps(wflip, K * K, C);
     at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> buf(g.W * C), zero(C, acc_t(0));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
-        conv_row(dz + n * g.Ho * g.Wo * C, wflip, zero.data(), t, ih, buf.data());
+        conv_row(dz + n * g.Ho * g.Wo * C, taps, zero.data(), t, ih, buf.data());
         convert_row<acc_t>(buf.data(), g.W * C, dx + r * g.W * C);
       }
     });

@@ -40,19 +40,10 @@ inline int64_t tap_offset(const PlaneGeo& p, int kh, int kw) {
   return kh * p.RS + (kw % S) * p.PO + kw / S;
 }
 
-// Calls f(std::integral_constant<int, K>{}, std::integral_constant<int, S>{}) for the plane's
-// kernel size and stride.
+// dispatch_kernel_stride (dwconv_bn_act_kernels.h) for the plane's kernel size and stride.
 template <typename F>
 inline void dispatch_ks(const PlaneGeo& p, F&& f) {
-  using std::integral_constant;
-  switch (p.K * 10 + p.S) {
-    case 31: return f(integral_constant<int, 3>{}, integral_constant<int, 1>{});
-    case 32: return f(integral_constant<int, 3>{}, integral_constant<int, 2>{});
-    case 51: return f(integral_constant<int, 5>{}, integral_constant<int, 1>{});
-    case 52: return f(integral_constant<int, 5>{}, integral_constant<int, 2>{});
-    case 71: return f(integral_constant<int, 7>{}, integral_constant<int, 1>{});
-    default: return f(integral_constant<int, 7>{}, integral_constant<int, 2>{});
-  }
+  dispatch_kernel_stride(p.K, p.S, std::forward<F>(f));
 }
 
 // A padded row's two column phases as seen from x's columns (stride 2): x[iw] for even iw is at
