@@ -23,18 +23,18 @@ AUTO_TABLE = {
     ('cpu', 'bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.773, 'cpu': 1.238}
     ('cpu', 'bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.903, 'cpu': 2.323}
     ('cpu', 'bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.73, 'cpu': 0.984}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.786, 'cpu': 1.179}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.911, 'cpu': 1.562}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.73, 'cpu': 1.025}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.813, 'cpu': 1.047}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.86, 'cpu': 0.964}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.791, 'cpu': 1.091}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 1.046, 'cpu': 1.042}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 1.174, 'cpu': 1.673}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'small'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 0.987, 'cpu': 0.822}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 0.873, 'cpu': 1.419}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 1.001, 'cpu': 1.938}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-01-quick-nchw-dwconv-interleaved.json: {'eager': 0.816, 'cpu': 1.214}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.982, 'cpu': 1.329}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 1.163, 'cpu': 1.528}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.902, 'cpu': 1.24}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.794, 'cpu': 0.962}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.764, 'cpu': 0.845}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.81, 'cpu': 1.027}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.08, 'cpu': 1.033}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.196, 'cpu': 1.816}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'small'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.026, 'cpu': 0.78}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 0.929, 'cpu': 1.141}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.067, 'cpu': 1.71}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 0.866, 'cpu': 0.932}
     ('cpu', 'eca', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.793, 'cpu': 0.824}
     ('cpu', 'eca', 'channels_last', 'any', 'large'): ('eager', 'cpu'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.965, 'cpu': 0.96}
     ('cpu', 'eca', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.733, 'cpu': 0.775}
