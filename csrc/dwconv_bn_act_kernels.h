@@ -120,6 +120,23 @@ inline void dispatch_kernel_stride(int64_t K, int64_t S, F&& f) {
   }
 }
 
+// Which taps of output row oh are inside the image: kernel rows [kh0, kh1); interior pixels
+// [lo, hi) have all K columns, the others (border) the columns cols(ow). xrow0: pixel offset in
+// the image of tap (0, 0) at ow = 0 (tap (kh, kw) of pixel ow: xrow0 + kh * W + ow * S + kw).
+struct RowSpan {
+  int64_t kh0, kh1, lo, hi, xrow0, S, left, W, K;
+  RowSpan(const ConvGeo& g, int64_t oh)
+      : kh0(std::max<int64_t>(0, g.top - oh * g.S)),
+        kh1(std::min<int64_t>(g.K, g.H + g.top - oh * g.S)),
+        lo(std::min<int64_t>(g.Wo, g.left > 0 ? (g.left + g.S - 1) / g.S : 0)),
+        hi(std::max(lo, g.W - g.K + g.left >= 0 ? std::min<int64_t>(g.Wo, (g.W - g.K + g.left) / g.S + 1) : 0)),
+        xrow0((oh * g.S - g.top) * g.W - g.left), S(g.S), left(g.left), W(g.W), K(g.K) {}
+  std::pair<int, int> cols(int64_t ow) const {
+    const int64_t iw0 = ow * S - left;
+    return {static_cast<int>(std::clamp<int64_t>(-iw0, 0, K)), static_cast<int>(std::clamp<int64_t>(W - iw0, 0, K))};
+  }
+};
+
 // buf[ow * C + c] = init[c] + conv(x)[oh, ow, c] for one output row of image xn (H x W x C).
 // Channel chunks (4 vectors, then 2, then 1, then the scalar tail) are the outer loop, so a
 // chunk's input window and weights stay in L1 while its whole row is computed; within a chunk,
@@ -129,18 +146,10 @@ template <typename scalar_t, typename acc_t>
 inline void conv_row(const scalar_t* xn, const TapWeights<acc_t>& taps, const acc_t* init, const ConvGeo& g,
                      int64_t oh, acc_t* buf) {
   constexpr int L = VecOf<acc_t>::lanes;
-  const int64_t C = g.C, K = g.K, S = g.S, xrow = g.W * C;
-  const int64_t kh0 = std::max<int64_t>(0, g.top - oh * S), kh1 = std::min<int64_t>(K, g.H + g.top - oh * S);
-  // Interior: ow * S - left >= 0 and ow * S - left + K - 1 < W.
-  const int64_t lo = std::min<int64_t>(g.Wo, g.left > 0 ? (g.left + S - 1) / S : 0);
-  const int64_t hi = std::max(lo, g.W - K + g.left >= 0 ? std::min<int64_t>(g.Wo, (g.W - K + g.left) / S + 1) : 0);
-  const int64_t xrow0 = (oh * S - g.top) * g.W - g.left;  // in pixels: x offset of (kh, kw) = (0, 0) at ow = 0
-  auto clip = [&](int64_t ow, int64_t KC) {
-    const int64_t iw0 = ow * S - g.left;
-    return std::pair<int, int>(static_cast<int>(std::clamp<int64_t>(-iw0, 0, KC)),
-                               static_cast<int>(std::clamp<int64_t>(g.W - iw0, 0, KC)));
-  };
-  dispatch_kernel_stride(K, S, [&](auto k, auto s) {
+  const int64_t C = g.C, xrow = g.W * C;
+  const RowSpan r(g, oh);
+  const int64_t kh0 = r.kh0, kh1 = r.kh1, lo = r.lo, hi = r.hi, xrow0 = r.xrow0;
+  dispatch_kernel_stride(g.K, g.S, [&](auto k, auto s) {
     constexpr int KC = decltype(k)::value, SC = decltype(s)::value;
     // Channels [c, c + CV * L) of the whole row.
     auto chunk = [&](auto cv, int64_t c) {
@@ -148,7 +157,7 @@ inline void conv_row(const scalar_t* xn, const TapWeights<acc_t>& taps, const ac
       const acc_t* wq = taps.blocked.data() + c * KC * KC;
       auto at = [&](int64_t ow, int64_t dc) { return (xrow0 + ow * SC) * C + c + dc; };
       auto border = [&](int64_t ow) {
-        const auto [kw0, kw1] = clip(ow, KC);
+        const auto [kw0, kw1] = r.cols(ow);
         conv_tile<1, CV, KC, SC, true>(xn, at(ow, 0), wq, init + c, C, xrow, kh0, kh1, kw0, kw1, buf + ow * C + c);
       };
       int64_t ow = 0;
@@ -173,7 +182,7 @@ inline void conv_row(const scalar_t* xn, const TapWeights<acc_t>& taps, const ac
     const acc_t* wt = taps.tap_major;
     for (; c < C; ++c) {
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        const auto [kw0, kw1] = clip(ow, KC);
+        const auto [kw0, kw1] = r.cols(ow);
         const int64_t x0 = (xrow0 + ow * SC) * C + c;
         acc_t a = init[c];
         for (int64_t kh = kh0; kh < kh1; ++kh)
@@ -185,22 +194,66 @@ inline void conv_row(const scalar_t* xn, const TapWeights<acc_t>& taps, const ac
   });
 }
 
-// dwacc[(kh * K + kw) * C + c] += sum_ow dz[ow, c] * x[ih, iw, c] for one output row.
+// Channels [c, c + CV * L) of dweight_row: per kernel row, K x CV accumulators in registers
+// over the row's pixels (each dz vector loaded once for its K taps, each x vector once), added to
+// dwacc once per kernel row.
+template <int K, int S, int CV, typename scalar_t, typename acc_t>
+inline void dweight_chunk(const scalar_t* xn, const acc_t* dzr, const RowSpan& r, int64_t Wo, int64_t C,
+                          int64_t c, acc_t* dwacc) {
+  using V = typename VecOf<acc_t>::type;
+  constexpr int L = VecOf<acc_t>::lanes;
+  for (int64_t kh = r.kh0; kh < r.kh1; ++kh) {
+    V acc[K][CV];
+#pragma GCC unroll 7
+    for (int kw = 0; kw < K; ++kw)
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) acc[kw][v] = V{};
+    auto pixel = [&](int64_t ow, int kw0, int kw1) {
+      const scalar_t* xp = xn + ((r.xrow0 + kh * r.W + ow * S) * C + c);
+      V dz[CV];
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) dz[v] = vload<acc_t>(dzr + ow * C + c + v * L);
+#pragma GCC unroll 7
+      for (int kw = 0; kw < K; ++kw) {
+        if (kw < kw0 || kw >= kw1) continue;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; ++v) acc[kw][v] += dz[v] * vload<acc_t>(xp + kw * C + v * L);
+      }
+    };
+    for (int64_t ow = 0; ow < r.lo; ++ow) pixel(ow, r.cols(ow).first, r.cols(ow).second);
+    for (int64_t ow = r.lo; ow < r.hi; ++ow) pixel(ow, 0, K);
+    for (int64_t ow = r.hi; ow < Wo; ++ow) pixel(ow, r.cols(ow).first, r.cols(ow).second);
+#pragma GCC unroll 7
+    for (int kw = 0; kw < K; ++kw)
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) {
+        acc_t* d = dwacc + (kh * K + kw) * C + c + v * L;
+        vstore(d, vload<acc_t>(d) + acc[kw][v]);
+      }
+  }
+}
+
+// dwacc[(kh * K + kw) * C + c] += sum_ow dz[ow, c] * x[ih, iw, c] for one output row: channel
+// chunks of 4 (k3) or 2 vectors, single vectors, then a scalar tail.
 template <typename scalar_t, typename acc_t>
 inline void dweight_row(const scalar_t* xn, const acc_t* dzr, const ConvGeo& g, int64_t oh, acc_t* dwacc) {
-  const int64_t C = g.C, K = g.K;
-  for (int64_t ow = 0; ow < g.Wo; ++ow) {
-    const acc_t* dp = dzr + ow * C;
-    for (int64_t kh = 0; kh < K; ++kh) {
-      const int64_t ih = oh * g.S - g.top + kh;
-      if (ih < 0 || ih >= g.H) continue;
-      for (int64_t kw = 0; kw < K; ++kw) {
-        const int64_t iw = ow * g.S - g.left + kw;
-        if (iw < 0 || iw >= g.W) continue;
-        fma_row(dwacc + (kh * K + kw) * C, dp, xn + (ih * g.W + iw) * C, C);
-      }
-    }
-  }
+  constexpr int L = VecOf<acc_t>::lanes;
+  const int64_t C = g.C;
+  const RowSpan r(g, oh);
+  dispatch_kernel_stride(g.K, g.S, [&](auto k, auto s) {
+    constexpr int KC = decltype(k)::value, SC = decltype(s)::value, CV = KC == 3 ? 4 : 2;
+    int64_t c = 0;
+    for (; c + CV * L <= C; c += CV * L) dweight_chunk<KC, SC, CV>(xn, dzr, r, g.Wo, C, c, dwacc);
+    for (; c + L <= C; c += L) dweight_chunk<KC, SC, 1>(xn, dzr, r, g.Wo, C, c, dwacc);
+    for (; c < C; ++c)
+      for (int64_t kh = r.kh0; kh < r.kh1; ++kh)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const auto [kw0, kw1] = r.cols(ow);
+          const int64_t x0 = (r.xrow0 + kh * g.W + ow * SC) * C + c;
+          for (int kw = kw0; kw < kw1; ++kw)
+            dwacc[(kh * KC + kw) * C + c] += dzr[ow * C + c] * static_cast<acc_t>(xn[x0 + kw * C]);
+        }
+  });
 }
 
 // Training forward, pass 1: per-block (mean, M2) of the conv output without bias.

@@ -23,18 +23,18 @@ AUTO_TABLE = {
     ('cpu', 'bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.773, 'cpu': 1.238}
     ('cpu', 'bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.903, 'cpu': 2.323}
     ('cpu', 'bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.73, 'cpu': 0.984}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.982, 'cpu': 1.329}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 1.163, 'cpu': 1.528}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.902, 'cpu': 1.24}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.794, 'cpu': 0.962}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.764, 'cpu': 0.845}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-tiles.json: {'eager': 0.81, 'cpu': 1.027}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.08, 'cpu': 1.033}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.196, 'cpu': 1.816}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'small'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.026, 'cpu': 0.78}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 0.929, 'cpu': 1.141}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 1.067, 'cpu': 1.71}
-    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-tiles.json: {'eager': 0.866, 'cpu': 0.932}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 1.048, 'cpu': 1.392}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 1.162, 'cpu': 1.513}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.995, 'cpu': 1.336}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.816, 'cpu': 1.06}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.82, 'cpu': 0.99}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.813, 'cpu': 1.097}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.201, 'cpu': 1.141}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.665, 'cpu': 2.408}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'small'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.02, 'cpu': 0.786}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 0.813, 'cpu': 1.118}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 0.758, 'cpu': 1.564}
+    ('cpu', 'dwconv_bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 0.842, 'cpu': 0.945}
     ('cpu', 'eca', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.793, 'cpu': 0.824}
     ('cpu', 'eca', 'channels_last', 'any', 'large'): ('eager', 'cpu'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.965, 'cpu': 0.96}
     ('cpu', 'eca', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.733, 'cpu': 0.775}
