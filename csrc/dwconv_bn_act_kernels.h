@@ -220,9 +220,13 @@ inline void dweight_chunk(const scalar_t* xn, const acc_t* dzr, const RowSpan& r
         for (int v = 0; v < CV; ++v) acc[kw][v] += dz[v] * vload<acc_t>(xp + kw * C + v * L);
       }
     };
-    for (int64_t ow = 0; ow < r.lo; ++ow) pixel(ow, r.cols(ow).first, r.cols(ow).second);
+    auto border = [&](int64_t ow) {
+      const auto [kw0, kw1] = r.cols(ow);
+      pixel(ow, kw0, kw1);
+    };
+    for (int64_t ow = 0; ow < r.lo; ++ow) border(ow);
     for (int64_t ow = r.lo; ow < r.hi; ++ow) pixel(ow, 0, K);
-    for (int64_t ow = r.hi; ow < Wo; ++ow) pixel(ow, r.cols(ow).first, r.cols(ow).second);
+    for (int64_t ow = r.hi; ow < Wo; ++ow) border(ow);
 #pragma GCC unroll 7
     for (int kw = 0; kw < K; ++kw)
 #pragma GCC unroll 8
