@@ -109,6 +109,41 @@ def test_hooks_subclasses_and_unusual_convs_are_skipped_with_reasons():
     assert type(model[10]) is nn.BatchNorm2d
 
 
+def test_sequential_subclasses_fuse_only_when_they_keep_sequential_forward():
+    class ConvNorm(nn.Sequential):  # RepViT / EfficientViT-M style: forward inherited, plus a fuse()
+        def fuse(self):
+            conv, bn = self._modules.values()
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            fused = nn.Conv2d(4, 4, 3, padding=1, groups=4, dtype=conv.weight.dtype)
+            fused.weight.data.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.data.copy_(bn.bias - bn.running_mean * scale)
+            return fused
+
+    class Reordered(nn.Sequential):  # own forward: the children's order says nothing
+        def forward(self, x):
+            return self[0](self[2](self[1](x)))
+
+    def conv_bn():
+        return nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvNorm(*conv_bn()), Reordered(*conv_bn(), nn.SiLU())).double()
+    model.train()(torch.randn(2, 4, 6, 6, dtype=torch.float64))
+    model.eval()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    expected = model(x)
+    report = fb.patch(model, backend="eager")
+    assert [r.path for r in report.replaced if r.replacement == "DWConvBNAct"] == ["0.0"], report
+    torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
+    # fuse() reads the original conv and BN: the patched block puts them back first
+    model[0] = model[0].fuse()
+    assert type(model[0]) is nn.Conv2d
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    fb.unpatch(model)
+    assert not any(type(m).__module__.startswith("fastblocks") for m in model.modules())
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_compiled_patched_model_matches():
     torch._dynamo.reset()
     model = small_model().eval()

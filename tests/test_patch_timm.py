@@ -29,9 +29,22 @@ CASES = {
     # 4 stages x 1 OSA block, each ending in an EffectiveSEModule; BN+ReLU: 3 stem convs, and per
     # block the 1x1 reduction, 3 separable convs (dw -> pw -> BN+act) and the concat conv
     "ese_vovnet19b_dw": {"EffectiveSqueezeExcite": 4, "BatchNormAct2d": 23},
-    # HGNet-tiny: 1 + 1 + 2 + 1 HG blocks, each with HGNet's own EseModule (conv, sigmoid); its
-    # ConvBNAct blocks are not known to the patcher (their BNs are reported lone)
-    "hgnet_tiny": {"EffectiveSqueezeExcite": 5},
+    # HGNet-tiny: 1 + 1 + 2 + 1 HG blocks, each with HGNet's own EseModule (conv, sigmoid); HGNet
+    # ConvBNAct (conv, bn, act, lab): the dw 3x3 s2 downsample of stages 2-4 (no act) -> 3 dw; BN+ReLU:
+    # 3 stem convs + 5 blocks x (5 layers + the aggregation conv) = 33
+    "hgnet_tiny": {"EffectiveSqueezeExcite": 5, "DWConvBNAct": 3, "BatchNormAct2d": 33},
+    # HGNetV2-B0 (LearnableAffineBlock after each act): dw = 3 downsamples + 9 light blocks' k5 dw
+    # conv (conv2, +ReLU); BN+ReLU: 5 stem convs, 3 + 2 per dense block, 2 per light block = 21;
+    # the light blocks' 1x1 conv1 has no act: 9 lone BNs, reported
+    "hgnetv2_b0": {"DWConvBNAct": 12, "BatchNormAct2d": 21},
+    # RepViT: ConvNorm / RepVggDw are Sequential subclasses (forward kept): 26 dw 3x3 + BN; 10 SE
+    "repvit_m0_9": {"DWConvBNAct": 26, "SqueezeExcite": 10},
+    # GhostNetV3: re-parameterisable branches of timm ConvBnAct (dw kxk and 1x1 depthwise + BN)
+    "ghostnetv3_050": {"DWConvBNAct": 149, "SqueezeExcite": 7, "BatchNormAct2d": 1},
+    # aligned Xception: 13 blocks x 3 SeparableConv2d (conv_dw, bn_dw, act_dw, conv_pw, bn_pw, act_pw): 39 dw
+    # + BN; BN+ReLU: 2 stem ConvNormAct, the exit block's 3 pointwise BNs (the other blocks apply their
+    # ReLU before each separable conv: their pointwise BNs are lone)
+    "xception41": {"DWConvBNAct": 39, "BatchNormAct2d": 5},
     # MixedConv2d depthwise convs are skipped (with the reason); single-kernel groups fuse.
     "mixnet_s": None,
 }
@@ -70,3 +83,30 @@ def test_excitation_convs_that_are_not_plain_1x1_are_skipped_with_the_reason():
     assert "not a 1x1 conv" in reasons["2"] and "hooks" in reasons["1"] and "add_maxpool" in reasons["3"]
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(model(x), original(x), rtol=1e-12, atol=1e-12)
+
+
+# Re-parameterisable (MobileOne, RepViT, GhostNetV3): timm's reparameterize_model folds the branches'
+# conv / BN weights; on a patched model the blocks put their original modules back first.
+@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9", "ghostnetv3_050"])
+def test_reparameterize_patched_model(name):
+    from timm.utils.model import reparameterize_model
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    model(x)  # running stats away from their init, so folding them is tested
+    model.eval()
+    expected = reparameterize_model(model)(x)
+    patched = fb.patch(model, backend="eager")
+    assert patched.counts().get("DWConvBNAct", 0) > 0, patched
+    deployed = reparameterize_model(model)  # a deep copy; the patched model stays usable
+    err = ((deployed(x) - expected).norm() / expected.norm()).item()
+    assert err < 1e-5, err
+    assert not any(type(m).__module__.startswith("fastblocks.nn") and type(m).__name__ == "DWConvBNAct"
+                   for m in deployed.modules())
+    assert any(type(m).__name__ == "DWConvBNAct" for m in model.modules())
+    reparameterize_model(model, inplace=True)
+    fb.unpatch(model)  # what the re-parameterised blocks already restored is not restored twice
+    assert not any(type(m).__module__.startswith("fastblocks") for m in model.modules())
+    assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5

@@ -12,6 +12,11 @@ from .._recompute import recompute_scope
 from .report import PatchReport, Replaced, Skipped
 
 _UNDO = "_fastblocks_undo"
+# On a re-parameterisable block with fused modules inside: the model's undo log (see reparam_class)
+_ROOT_UNDO = "_fastblocks_root_undo"
+# Methods timm's reparameterize_model (and RepVGG-style code) call to fold a block's branches for
+# inference; they read the original conv / BN modules.
+REPARAM_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 
 
 class Patcher:
@@ -73,6 +78,55 @@ def scoped_class(cls: type) -> type:
     return _SCOPED[cls]
 
 
+_REPARAM: dict = {}
+
+
+def reparam_class(cls: type) -> type:
+    """``cls`` whose re-parameterisation methods (:data:`REPARAM_METHODS`: ``fuse``,
+    ``reparameterize``, ``switch_to_deploy``) first put the block's original modules back (its
+    part of the model's undo log), then run as written: they fold the original conv / BN weights,
+    which the fused modules hold under other structure. Same name, like :func:`scoped_class`."""
+    if cls not in _REPARAM:
+        def restoring(method_name):
+            def method(self, *args, **kwargs):
+                _restore_subtree(self)
+                self.__class__ = cls  # already so, unless the undo log was lost (never recurse)
+                return getattr(self, method_name)(*args, **kwargs)
+            method.__name__ = method_name
+            return method
+
+        overrides = {n: restoring(n) for n in REPARAM_METHODS if callable(getattr(cls, n, None))}
+        _REPARAM[cls] = type(cls.__name__, (cls,), {**overrides, "__module__": cls.__module__,
+                                                    "__qualname__": cls.__qualname__})
+    return _REPARAM[cls]
+
+
+def _restore_subtree(block: nn.Module) -> None:
+    """Undo the patch inside ``block`` (its own class swap included), leaving the rest of the model
+    patched; the entries leave the model's undo log."""
+    undo = block.__dict__.pop(_ROOT_UNDO, None)
+    if undo is None:
+        return
+    inside = {id(m) for m in block.modules()}
+    mine = [entry for entry in undo if id(entry[1]) in inside]
+    _apply_undo(mine)
+    undo[:] = [entry for entry in undo if not any(entry is e for e in mine)]
+
+
+def _guard_reparam_blocks(patcher: Patcher) -> None:
+    """Blocks with re-parameterisation methods and fused modules inside get :func:`reparam_class`,
+    so ``timm.utils.reparameterize_model`` on a patched model folds the original weights."""
+    targets = {id(entry[1]) for entry in patcher.undo if entry[0] == "module"}
+    for module in patcher.model.modules():
+        cls = type(module)
+        if module is patcher.model or _ROOT_UNDO in module.__dict__ or \
+                not any(callable(getattr(cls, n, None)) for n in REPARAM_METHODS):
+            continue
+        if any(id(m) in targets for m in module.modules()):
+            patcher.swap_class(module, reparam_class(cls))
+            module.__dict__[_ROOT_UNDO] = patcher.undo
+
+
 def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False) -> PatchReport:
     """Swap fused fastblocks modules into ``model`` in place and report what changed.
 
@@ -111,6 +165,7 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
         for rule in RULES:
             if rule.apply(patcher, path, module, parent, name):
                 break
+    _guard_reparam_blocks(patcher)
     if report.replaced and not getattr(type(model), "_fastblocks_scoped", False):
         # Recompute-on-load across fused ops needs a scope around the model's forward.
         patcher.swap_class(model, scoped_class(type(model)))
@@ -121,10 +176,15 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch`: the original module objects go back, holding the model's current
     parameter and buffer tensors (so training done while patched is kept). Returns ``model``."""
-    undo = model.__dict__.pop(_UNDO, [])
+    _apply_undo(model.__dict__.pop(_UNDO, []))
+    return model
+
+
+def _apply_undo(undo: list) -> None:
     for kind, target, name, old in reversed(undo):
         if kind == "class":
             target.__class__ = name
+            target.__dict__.pop(_ROOT_UNDO, None)
             continue
         new = target._modules[name]
         for store in ("_parameters", "_buffers"):
@@ -134,4 +194,3 @@ def unpatch(model: nn.Module) -> nn.Module:
                     mine[key] = theirs[key]
         old.train(new.training)
         target._modules[name] = old
-    return model

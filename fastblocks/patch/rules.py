@@ -137,32 +137,48 @@ def efficientnet_pytorch_stem_head(p, path, module, parent, name):
     return False  # children still get their own rules
 
 
-_TIMM_DW_BLOCKS = {
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": ("conv_dw", "bn1"),
-    "timm.models._efficientnet_blocks.InvertedResidual": ("conv_dw", "bn2"),
-    "timm.layers.conv_bn_act.ConvNormAct": ("conv", "bn"),
+# Blocks whose forward runs conv -> bn (-> act) chains: qualname -> chains of (conv name, BN name, sibling act
+# module or None: the BN applies the act itself, timm BatchNormAct2d)
+_TIMM_CONV_BN_BLOCKS = {
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (("conv_dw", "bn1", None),),
+    "timm.models._efficientnet_blocks.InvertedResidual": (("conv_dw", "bn2", None),),
+    "timm.layers.conv_bn_act.ConvNormAct": (("conv", "bn", None),),
+    "timm.models._efficientnet_blocks.ConvBnAct": (("conv", "bn1", None),),  # GhostNetV3 branches, ...
+    "timm.models.hgnet.ConvBNAct": (("conv", "bn", "act"),),  # PP-HGNet / HGNetV2: conv, bn, act, lab
+    "timm.models.xception_aligned.SeparableConv2d": (("conv_dw", "bn_dw", "act_dw"), ("conv_pw", "bn_pw", "act_pw")),
 }
 
 
-def timm_dw_blocks(p, path, module, parent, name):
-    names = _TIMM_DW_BLOCKS.get(qualname(module))
-    if names is None or has_hooks(module):
+def timm_conv_bn_blocks(p, path, module, parent, name):
+    chains = _TIMM_CONV_BN_BLOCKS.get(qualname(module))
+    if chains is None or has_hooks(module):
         return False
-    conv_name, bn_name = names
-    conv = module._modules.get(conv_name)
-    if conv is None or getattr(conv, "groups", 0) == 1:
-        return False  # not depthwise (e.g. a pointwise ConvNormAct): leaf rules handle its BN
-    fuse_dw_bn(p, path, module, conv_name, bn_name)
+    for conv_name, bn_name, act_attr in chains:
+        conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
+        if conv is None or bn is None or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
+            continue  # not this block's layout, or already patched
+        act_module = module._modules.get(act_attr) if act_attr is not None else None
+        act_module_name = act_attr if act_module is not None and act_name(act_module) not in (None, "identity") \
+            else None
+        # Anything but a plain dense conv is tried as depthwise (MixedConv2d, grouped: skipped, with why)
+        if getattr(conv, "groups", None) != 1 and fuse_dw_bn(p, path, module, conv_name, bn_name, act_module_name):
+            continue
+        if act_module_name is not None and id(bn) not in p.claimed:
+            fuse_bn(p, path, module, bn_name, act_module_name)
+        # else the BN applies its own act (or none): the leaf rules handle it
     return False
 
 
-_SEQUENTIALS = ("torch.nn.modules.container.Sequential", "torchvision.ops.misc.Conv2dNormActivation")
+def _is_plain_sequential(module: nn.Module) -> bool:
+    """nn.Sequential or a subclass keeping its forward (torchvision Conv2dNormActivation, the
+    ConvNorm / ConvBN Sequentials of RepViT, EfficientViT-M, StarNet, TinyViT, ...): children run in order."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def sequential_chains(p, path, module, parent, name):
-    """In a Sequential (plain, or torchvision's Conv2dNormActivation): dwconv, BN[, act] -> DWConvBNAct;
+    """In a Sequential (or a subclass that keeps its forward): dwconv, BN[, act] -> DWConvBNAct;
     BN, act -> BatchNormAct2d."""
-    if qualname(module) not in _SEQUENTIALS or has_hooks(module):
+    if not _is_plain_sequential(module) or has_hooks(module):
         return False
     names = list(module._modules)
     i = 0
@@ -313,11 +329,12 @@ RULES = [
          "MBConvBlock: expand BN+swish, depthwise Conv2dStaticSamePadding+BN+swish, inline SE", efficientnet_pytorch_mbconv),
     Rule("efficientnet_pytorch.EfficientNet", "efficientnet_pytorch",
          "stem / head BN followed by the shared _swish", efficientnet_pytorch_stem_head),
-    Rule("timm.efficientnet_blocks", "timm",
-         "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d",
-         timm_dw_blocks),
+    Rule("timm.conv_bn_blocks", "timm",
+         "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d; "
+         "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused)", timm_conv_bn_blocks),
     Rule("sequential", "torchvision / zoo / generic",
-         "Sequential or Conv2dNormActivation: depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
+         "Sequential or a subclass keeping its forward (Conv2dNormActivation, RepViT / EfficientViT-M ConvNorm, ...): "
+         "depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
     Rule("batchnorm", "generic", "BatchNorm2d / timm BatchNormAct2d (act inside); SyncBatchNorm / timm "
          "SyncBatchNormAct (always, lone ones too)", batchnorm_leaf),
     Rule("squeeze_excite", "timm / torchvision / zoo",
