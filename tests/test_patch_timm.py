@@ -20,11 +20,13 @@ CASES = {
                               "MemoryEfficientAct": 1},
     # 16 bottlenecks; SE with BN inside in 13 of them; BN+SiLU: stem, 15 expansions, head.
     "rexnet_100": {"DWConvBNAct": 16, "SqueezeExciteWithNorm": 13, "BatchNormAct2d": 17},
-    # no depthwise convs; ECA in each of the 8 bottlenecks; BN+ReLU twice in the deep stem Sequential
-    # (block BNs feed shared-position activations in the block's forward: left alone)
-    "ecaresnet26t": {"EfficientChannelAttention": 8, "BatchNormAct2d": 2},
+    # no depthwise convs; ECA in each of the 8 bottlenecks; BN+ReLU: 2 in the deep stem Sequential, the
+    # stem's bn1 + act1, bn1 + act1 and bn2 + act2 of each bottleneck (bn3 feeds the residual add) = 19
+    "ecaresnet26t": {"EfficientChannelAttention": 8, "BatchNormAct2d": 19},
+    # basic blocks: bn1 + act1 of each of the 8 and the stem's; SE (timm SEModule) in each block
+    "seresnet18": {"SqueezeExcite": 8, "BatchNormAct2d": 9},
     # original SENet port: SE (legacy SEModule: fc1, relu, fc2, sigmoid) in each of the 8 basic blocks;
-    # BN+ReLU in the layer0 stem Sequential (the blocks' BNs feed ReLUs in forward code: lone)
+    # BN+ReLU in the layer0 stem Sequential (the blocks' BNs feed one ReLU module shared in forward: lone)
     "legacy_seresnet18": {"SqueezeExcite": 8, "BatchNormAct2d": 1},
     # 4 stages x 1 OSA block, each ending in an EffectiveSEModule; BN+ReLU: 3 stem convs, and per
     # block the 1x1 reduction, 3 separable convs (dw -> pw -> BN+act) and the concat conv
@@ -110,3 +112,26 @@ def test_reparameterize_patched_model(name):
     fb.unpatch(model)  # what the re-parameterised blocks already restored is not restored twice
     assert not any(type(m).__module__.startswith("fastblocks") for m in model.modules())
     assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t"])
+def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
+    """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
+    saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""
+    import copy
+
+    from fastblocks.utils import saved_tensor_bytes
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).train()
+    patched = copy.deepcopy(model)
+    report = fb.patch(patched, backend="eager")
+    fused = {r.path for r in report.replaced if r.replacement == "BatchNormAct2d"}
+    out_bytes = []
+    for path, module in model.named_modules():
+        if path in fused:
+            module.register_forward_hook(lambda m, i, o: out_bytes.append(o.numel() * o.element_size()))
+    x = torch.randn(2, 3, 64, 64)
+    unpatched_bytes = saved_tensor_bytes(lambda: model(x))
+    assert len(out_bytes) == len(fused) >= 9
+    assert unpatched_bytes - saved_tensor_bytes(lambda: patched(x)) >= sum(out_bytes)

@@ -7,7 +7,7 @@ handles a module wins. Block rules (which know a block's forward order) come bef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from torch import nn
 
@@ -137,34 +137,59 @@ def efficientnet_pytorch_stem_head(p, path, module, parent, name):
     return False  # children still get their own rules
 
 
-# Blocks whose forward runs conv -> bn (-> act) chains: qualname -> chains of (conv name, BN name, sibling act
-# module or None: the BN applies the act itself, timm BatchNormAct2d)
+class Chain(NamedTuple):
+    """conv -> bn [-> between] [-> act] inside a block's forward, by attribute name. ``act``: a sibling
+    activation module (None: the BN applies its own act, timm BatchNormAct2d); ``between``: a module
+    run between bn and act that must be an Identity for the chain to fuse (timm ResNet's drop_block)."""
+    conv: str
+    bn: str
+    act: Optional[str] = None
+    between: Optional[str] = None
+
+
+# Blocks whose forward is known, by qualname -> their conv / BN / act chains
 _TIMM_CONV_BN_BLOCKS = {
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (("conv_dw", "bn1", None),),
-    "timm.models._efficientnet_blocks.InvertedResidual": (("conv_dw", "bn2", None),),
-    "timm.layers.conv_bn_act.ConvNormAct": (("conv", "bn", None),),
-    "timm.models._efficientnet_blocks.ConvBnAct": (("conv", "bn1", None),),  # GhostNetV3 branches, ...
-    "timm.models.hgnet.ConvBNAct": (("conv", "bn", "act"),),  # PP-HGNet / HGNetV2: conv, bn, act, lab
-    "timm.models.xception_aligned.SeparableConv2d": (("conv_dw", "bn_dw", "act_dw"), ("conv_pw", "bn_pw", "act_pw")),
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (Chain("conv_dw", "bn1"),),
+    "timm.models._efficientnet_blocks.InvertedResidual": (Chain("conv_dw", "bn2"),),
+    "timm.layers.conv_bn_act.ConvNormAct": (Chain("conv", "bn"),),
+    "timm.models._efficientnet_blocks.ConvBnAct": (Chain("conv", "bn1"),),  # GhostNetV3 branches, ...
+    "timm.models.hgnet.ConvBNAct": (Chain("conv", "bn", "act"),),  # PP-HGNet / HGNetV2: conv, bn, act, lab
+    "timm.models.xception_aligned.SeparableConv2d": (Chain("conv_dw", "bn_dw", "act_dw"),
+                                                     Chain("conv_pw", "bn_pw", "act_pw")),
+    # timm ResNet family (resnet*, seresnet*, ecaresnet*, resnext*, ...): bn3 / bn2 feed the residual
+    "timm.models.resnet.BasicBlock": (Chain("conv1", "bn1", "act1", between="drop_block"),),
+    "timm.models.resnet.Bottleneck": (Chain("conv1", "bn1", "act1"),
+                                      Chain("conv2", "bn2", "act2", between="drop_block")),
+    "timm.models.resnet.ResNet": (Chain("conv1", "bn1", "act1"),),  # stem (conv1 may be a deep-stem Sequential)
 }
+
+
+def _tried_as_depthwise(conv: nn.Module) -> bool:
+    """A grouped conv goes to the depthwise fusion (which fuses it or reports why not: grouped,
+    dilated, MixedConv2d, ...); a dense conv or any other module (a deep stem) only feeds the BN."""
+    if isinstance(conv, nn.Conv2d):
+        return conv.groups > 1
+    return qualname(conv).endswith("MixedConv2d")
 
 
 def timm_conv_bn_blocks(p, path, module, parent, name):
     chains = _TIMM_CONV_BN_BLOCKS.get(qualname(module))
     if chains is None or has_hooks(module):
         return False
-    for conv_name, bn_name, act_attr in chains:
-        conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
+    for chain in chains:
+        conv, bn = module._modules.get(chain.conv), module._modules.get(chain.bn)
         if conv is None or bn is None or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
             continue  # not this block's layout, or already patched
-        act_module = module._modules.get(act_attr) if act_attr is not None else None
-        act_module_name = act_attr if act_module is not None and act_name(act_module) not in (None, "identity") \
-            else None
-        # Anything but a plain dense conv is tried as depthwise (MixedConv2d, grouped: skipped, with why)
-        if getattr(conv, "groups", None) != 1 and fuse_dw_bn(p, path, module, conv_name, bn_name, act_module_name):
+        between = module._modules.get(chain.between) if chain.between is not None else None
+        act_module = module._modules.get(chain.act) if chain.act is not None else None
+        act_module_name = chain.act if act_module is not None and act_name(act_module) not in (None, "identity") \
+            and act_name(between) == "identity" and bn_act_of(bn) == "identity" else None
+        if _tried_as_depthwise(conv):
+            if act_name(between) == "identity":
+                fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name)
             continue
         if act_module_name is not None and id(bn) not in p.claimed:
-            fuse_bn(p, path, module, bn_name, act_module_name)
+            fuse_bn(p, path, module, chain.bn, act_module_name)
         # else the BN applies its own act (or none): the leaf rules handle it
     return False
 
@@ -331,7 +356,8 @@ RULES = [
          "stem / head BN followed by the shared _swish", efficientnet_pytorch_stem_head),
     Rule("timm.conv_bn_blocks", "timm",
          "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d; "
-         "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused)", timm_conv_bn_blocks),
+         "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused); "
+         "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2)", timm_conv_bn_blocks),
     Rule("sequential", "torchvision / zoo / generic",
          "Sequential or a subclass keeping its forward (Conv2dNormActivation, RepViT / EfficientViT-M ConvNorm, ...): "
          "depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
