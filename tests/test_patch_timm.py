@@ -26,8 +26,11 @@ CASES = {
     # basic blocks: bn1 + act1 of each of the 8 and the stem's; SE (timm SEModule) in each block
     "seresnet18": {"SqueezeExcite": 8, "BatchNormAct2d": 9},
     # original SENet port: SE (legacy SEModule: fc1, relu, fc2, sigmoid) in each of the 8 basic blocks;
-    # BN+ReLU in the layer0 stem Sequential (the blocks' BNs feed one ReLU module shared in forward: lone)
-    "legacy_seresnet18": {"SqueezeExcite": 8, "BatchNormAct2d": 1},
+    # BN+ReLU: the layer0 stem Sequential, bn1 and bn2 of each block (one relu module runs after both
+    # and after the add: the block's forward is swapped)
+    "legacy_seresnet18": {"SqueezeExcite": 8, "BatchNormAct2d": 17},
+    # legacy SE-ResNeXt bottlenecks: bn1, bn2 of each of the 8 + the stem
+    "legacy_seresnext26_32x4d": {"SqueezeExcite": 8, "BatchNormAct2d": 17},
     # 4 stages x 1 OSA block, each ending in an EffectiveSEModule; BN+ReLU: 3 stem convs, and per
     # block the 1x1 reduction, 3 separable convs (dw -> pw -> BN+act) and the concat conv
     "ese_vovnet19b_dw": {"EffectiveSqueezeExcite": 4, "BatchNormAct2d": 23},
@@ -114,7 +117,7 @@ def test_reparameterize_patched_model(name):
     assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t"])
+@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "torchvision.resnet50"])
 def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
     """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
     saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""
@@ -123,7 +126,11 @@ def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
     from fastblocks.utils import saved_tensor_bytes
 
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10).train()
+    if name.startswith("torchvision."):
+        tv = pytest.importorskip("torchvision")
+        model = getattr(tv.models, name.split(".")[1])(num_classes=10).train()
+    else:
+        model = timm.create_model(name, num_classes=10).train()
     patched = copy.deepcopy(model)
     report = fb.patch(patched, backend="eager")
     fused = {r.path for r in report.replaced if r.replacement == "BatchNormAct2d"}

@@ -12,6 +12,11 @@ CASES = {
     "mobilenet_v2": {"DWConvBNAct": 17, "BatchNormAct2d": 18},
     # 15 dw; 8 SE (hardsigmoid); BN+act: stem, 14 expansions, last conv
     "mobilenet_v3_large": {"DWConvBNAct": 15, "SqueezeExcite": 8, "BatchNormAct2d": 16},
+    # stem bn1 + relu, bn1 of each of the 8 basic blocks (their one relu module also runs after the add:
+    # the block's forward is swapped)
+    "resnet18": {"BatchNormAct2d": 9},
+    # stem + bn1, bn2 of each of the 16 bottlenecks
+    "resnet50": {"BatchNormAct2d": 33},
 }
 
 

@@ -52,13 +52,3 @@ class FusedMBConvBlockMixin:
                 x = drop_connect(x, p=drop_connect_rate, training=self.training)
             x = x + inputs
         return x
-
-
-_FUSED_CLASSES: dict = {}
-
-
-def fused_class(cls: type) -> type:
-    """A subclass of ``cls`` (MBConvBlock) with the fused forward, created once per class."""
-    if cls not in _FUSED_CLASSES:
-        _FUSED_CLASSES[cls] = type("Fused" + cls.__name__, (FusedMBConvBlockMixin, cls), {})
-    return _FUSED_CLASSES[cls]

@@ -78,6 +78,17 @@ def scoped_class(cls: type) -> type:
     return _SCOPED[cls]
 
 
+_FUSED: dict = {}
+
+
+def fused_class(cls: type, forward_mixin: type) -> type:
+    """``Fused<cls>``: ``cls`` with the forward of ``forward_mixin`` (a block whose children cannot be
+    replaced one by one, e.g. one activation module used in several places), created once."""
+    if (cls, forward_mixin) not in _FUSED:
+        _FUSED[cls, forward_mixin] = type("Fused" + cls.__name__, (forward_mixin, cls), {})
+    return _FUSED[cls, forward_mixin]
+
+
 _REPARAM: dict = {}
 
 

@@ -17,8 +17,9 @@ from ..nn import (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, 
 from ..nn._common import has_hooks
 from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding,
                        depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
-from .effnet_block import fused_class
-from .patcher import Patcher, join, parent_path
+from .effnet_block import FusedMBConvBlockMixin
+from .patcher import Patcher, fused_class, join, parent_path
+from .resnet_blocks import SHARED_RELU_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def efficientnet_pytorch_mbconv(p, path, module, parent, name):
     if reasons:
         p.skip(path, module, "; ".join(reasons))
         return True
-    p.swap_class(module, fused_class(type(module)))
+    p.swap_class(module, fused_class(type(module), FusedMBConvBlockMixin))
     module._fastblocks_backend = p.backend
     p.claim(*(getattr(module, n, None) for n in ("_bn0", "_bn1", "_swish", "_depthwise_conv",
                                                   "_se_reduce", "_se_expand")))
@@ -161,6 +162,7 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.models.resnet.Bottleneck": (Chain("conv1", "bn1", "act1"),
                                       Chain("conv2", "bn2", "act2", between="drop_block")),
     "timm.models.resnet.ResNet": (Chain("conv1", "bn1", "act1"),),  # stem (conv1 may be a deep-stem Sequential)
+    "torchvision.models.resnet.ResNet": (Chain("conv1", "bn1", "relu"),),  # stem; its relu runs once
 }
 
 
@@ -191,6 +193,23 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         if act_module_name is not None and id(bn) not in p.claimed:
             fuse_bn(p, path, module, chain.bn, act_module_name)
         # else the BN applies its own act (or none): the leaf rules handle it
+    return False
+
+
+def shared_relu_resnet_blocks(p, path, module, parent, name):
+    """torchvision / legacy SENet ResNet blocks: one ReLU module after bn1, bn2 and the residual add;
+    bn1 (bn2) take the ReLU and the block runs a forward without it there (resnet_blocks.py)."""
+    forward = SHARED_RELU_BLOCKS.get(qualname(module))
+    if forward is None or has_hooks(module) or act_name(module._modules.get("relu")) != "relu":
+        return False
+    bns = [module._modules.get(n) for n in forward.fused_bns]
+    if any(bn is None or batchnorm_problem(bn) is not None or bn_act_of(bn) != "identity" for bn in bns):
+        return False  # the leaf rules report these BNs
+    for bn_name, bn in zip(forward.fused_bns, bns):
+        p.replace(module, bn_name, BatchNormAct2d.from_batchnorm(bn, "relu", backend=p.backend))
+        p.record(join(path, bn_name), type(bn).__name__, "BatchNormAct2d",
+                 f"+ relu (act=relu; {type(module).__name__}'s forward swapped, its shared relu runs after the add only)")
+    p.swap_class(module, fused_class(type(module), forward))
     return False
 
 
@@ -358,6 +377,9 @@ RULES = [
          "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d; "
          "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused); "
          "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2)", timm_conv_bn_blocks),
+    Rule("resnet_shared_relu", "torchvision / timm",
+         "torchvision ResNet BasicBlock / Bottleneck, legacy SENet blocks: bn1 (+ bn2) + the shared relu, "
+         "block forward swapped", shared_relu_resnet_blocks),
     Rule("sequential", "torchvision / zoo / generic",
          "Sequential or a subclass keeping its forward (Conv2dNormActivation, RepViT / EfficientViT-M ConvNorm, ...): "
          "depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
