@@ -67,6 +67,8 @@ class BackendImpl:
 
 # op name -> backend name -> implementation
 _REGISTRY: dict[str, dict[str, BackendImpl]] = {}
+# (op, backend) -> check of a call's static configuration (see register_config_check)
+_CONFIG_CHECKS: dict[tuple[str, str], Callable[..., str | None]] = {}
 # backend name -> callable returning None when usable in this process, else the reason
 _AVAILABILITY: dict[str, Callable[[], str | None]] = {
     "reference": lambda: None,
@@ -86,6 +88,23 @@ def register_impl(op: str, backend: str, impl: BackendImpl) -> None:
     if backend not in BACKENDS or backend == "reference":
         raise ValueError(f"cannot register an implementation for backend {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = impl
+
+
+def register_config_check(op: str, backend: str, check: Callable[..., str | None]) -> None:
+    """Declare which static configurations (keyword arguments such as ``kernel_size``, ``stride``)
+    ``backend`` can run for ``op``: ``check(**config)`` returns None or the reason. Registered
+    whether or not the backend's kernels are installed, so :func:`fastblocks.patch` can leave a
+    layer unfused, with the reason, when the backend it was asked for could never run it."""
+    if backend not in BACKENDS or backend == "reference":
+        raise ValueError(f"cannot register a configuration check for backend {backend!r}")
+    _CONFIG_CHECKS[op, backend] = check
+
+
+def config_problem(op: str, backend: str, **config) -> str | None:
+    """Why ``backend`` cannot run ``op`` with this static configuration, or None (also when the
+    backend declared no check: the call itself then decides)."""
+    check = _CONFIG_CHECKS.get((op, backend))
+    return None if check is None else check(**config)
 
 
 def register_training_arg(op: str, index: int) -> None:

@@ -34,6 +34,27 @@ class _Recipe:
         return self.fn(*(_unpack(a) for a in self.args), *self.extra)
 
 
+class _SharedSource:
+    """One source tensor behind several recipes (the channel slices of one tensor, see
+    :func:`offer_parts`): packed once, and materialised once, the result kept while any of those
+    recipes is alive (their backward nodes run one after another)."""
+
+    __slots__ = ("source", "packed", "value")
+
+    def __init__(self, source: torch.Tensor):
+        self.source, self.packed, self.value = source, None, None
+
+    def pack(self) -> "_SharedSource":
+        if self.source is not None:
+            self.packed, self.source = _pack(self.source), None  # keep no reference past packing
+        return self
+
+    def materialise(self) -> torch.Tensor:
+        if self.value is None:
+            self.value = _unpack(self.packed)
+        return self.value
+
+
 class _State(threading.local):
     def __init__(self) -> None:
         self.depth = 0
@@ -57,19 +78,36 @@ def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = ()) -> N
     _STATE.offers[id(y)] = (weakref.ref(y), y._version, sources, fn, extra)
 
 
+def offer_parts(parts: list, fn: Callable, source: torch.Tensor, extras: list) -> None:
+    """Declare ``parts[i] == fn(source, *extras[i])`` (e.g. channel slices of ``source``) with one
+    shared packing of ``source``: saving several parts stores ``source`` (or its own recipe) once,
+    and backward recomputes it once."""
+    if _STATE.depth == 0 or not torch.is_grad_enabled() or _compiling():
+        return
+    shared = _SharedSource(source)
+    for part, extra in zip(parts, extras):
+        offer(part, fn, (shared,), tuple(extra))
+
+
+def _pack_source(s):
+    if isinstance(s, torch.Tensor):
+        return _pack(s)
+    return s.pack() if isinstance(s, _SharedSource) else s
+
+
 def _pack(t: torch.Tensor):
     entry = _STATE.offers.get(id(t))
     # Only the unmodified tensor equals its recipe: an in-place op (x += shortcut, ReLU(inplace))
     # bumps the version counter, and then the tensor itself is saved.
     if entry is not None and entry[0]() is t and entry[1] == t._version:
         _, _, sources, fn, extra = entry
-        return _Recipe(fn, tuple(_pack(s) if isinstance(s, torch.Tensor) else s for s in sources), extra)
+        return _Recipe(fn, tuple(_pack_source(s) for s in sources), extra)
     utils.notify_saved(t)
     return t
 
 
 def _unpack(obj):
-    return obj.materialise() if isinstance(obj, _Recipe) else obj
+    return obj.materialise() if isinstance(obj, (_Recipe, _SharedSource)) else obj
 
 
 @contextlib.contextmanager

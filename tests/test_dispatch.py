@@ -80,3 +80,16 @@ def test_env_var_sets_the_default():
     env["FASTBLOCKS_BACKEND"] = "bogus"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "FASTBLOCKS_BACKEND" in bad.stderr
+
+
+def test_config_problem_names_what_a_backend_cannot_run():
+    """Static configuration checks are declared whether or not the kernels are built (patch-time use)."""
+    for backend in ("cpu", "cuda", "triton"):
+        assert _dispatch.config_problem("dwconv_bn_act", backend, kernel_size=3, stride=2, dilation=1) is None
+        reason = _dispatch.config_problem("dwconv_bn_act", backend, kernel_size=9, stride=1, dilation=1)
+        assert reason is not None and "9" in reason
+    assert "k=1" in _dispatch.config_problem("dwconv_bn_act", "cpu", kernel_size=1, stride=1, dilation=1)
+    assert _dispatch.config_problem("dwconv_bn_act", "eager", kernel_size=1, stride=1, dilation=1) is None
+    assert _dispatch.config_problem("bn_act", "cpu") is None
+    with pytest.raises(ValueError, match="reference"):
+        _dispatch.register_config_check("dwconv_bn_act", "reference", lambda **c: None)

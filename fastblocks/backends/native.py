@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import torch
 
 from .._act import gate_backward, gate_forward
-from .._dispatch import BackendImpl, register_backend, register_impl
+from .._dispatch import BackendImpl, register_backend, register_config_check, register_impl
 from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
 
 KERNEL_OPS = ("act_forward", "act_backward", "bn_act_forward", "bn_act_backward", "dwconv_bn_act_forward",
@@ -128,12 +128,13 @@ def _dwconv_backward(dy, x, weight, bn_weight, bn_bias, conv_bias, mean, var,
 
 def _dwconv_supports(device_type, x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
                      stride, padding_mode, padding, dilation, training, eps, act):
-    reason = _check_x(device_type, x)
-    if reason is not None:
-        return reason
-    k = weight.shape[-1]
-    if k not in KERNEL_SIZES:
-        return f"the {device_type} backend's depthwise kernels support k in {KERNEL_SIZES}, got k={k}"
+    return _check_x(device_type, x) or _dwconv_config(device_type, weight.shape[-1], stride, dilation)
+
+
+def _dwconv_config(device_type, kernel_size, stride, dilation=1):
+    """None when the depthwise kernels exist for this configuration, else the reason."""
+    if kernel_size not in KERNEL_SIZES:
+        return f"the {device_type} backend's depthwise kernels support k in {KERNEL_SIZES}, got k={kernel_size}"
     if dilation != 1:
         return f"the {device_type} backend supports dilation 1 only, got {dilation}"
     if stride not in (1, 2):
@@ -222,6 +223,7 @@ _FORWARD_BACKWARD = {
 
 def _register(device_type: str) -> None:
     register_backend(device_type, functools.partial(unavailable_reason, device_type))
+    register_config_check("dwconv_bn_act", device_type, functools.partial(_dwconv_config, device_type))
     if not has_kernels(device_type):
         return
     supports = supports_for(device_type)

@@ -10,6 +10,8 @@ from torch import nn
 from .. import ops
 from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
+from .._recompute import offer_parts
+from .._validate import memory_format_of
 from ._common import autocast_input, bn_arguments
 
 
@@ -54,17 +56,93 @@ class DWConvBNAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.batchnorm
+        return self.run(x, bn_arguments(bn, bn.training))
+
+    def run(self, x: torch.Tensor, args: dict) -> torch.Tensor:
+        """The fused op on x with the BN call arguments ``args`` (:func:`bn_arguments`, counted once by
+        the caller; sliced to this conv's channels when it is one group of a :class:`MixedDWConvBNAct`)."""
+        bn = self.batchnorm
         x, weight, bias = autocast_input(x, self.weight, self.bias)
         if bn.training and getattr(bn, "synchronised", False) and need_sync(bn.process_group):
             # SyncBatchNorm absorbed: statistics all-reduced over its process group.
-            args = bn_arguments(bn, True)
             return ops.sync_dwconv_bn_act(x, weight, args["bn_weight"], args["bn_bias"], args["running_mean"],
                                           args["running_var"], conv_bias=bias, stride=self.stride,
                                           padding=self.padding, momentum=args["momentum"], eps=args["eps"],
                                           act=self.act, process_group=bn.process_group, backend=self.backend)
         return ops.dwconv_bn_act(x, weight, conv_bias=bias, stride=self.stride, padding=self.padding,
-                                 act=self.act, backend=self.backend, **bn_arguments(bn, bn.training))
+                                 act=self.act, backend=self.backend, **args)
 
     def extra_repr(self) -> str:
         c, _, k, _ = self.weight.shape
         return f"{c}, kernel_size={k}, stride={self.stride}, padding={self.padding!r}, act={self.act!r}"
+
+
+_PER_CHANNEL = ("bn_weight", "bn_bias", "running_mean", "running_var")
+
+
+def channel_part(x: torch.Tensor, start: int, size: int, fmt: torch.memory_format) -> torch.Tensor:
+    """Channels [start, start + size) of x as a dense tensor in memory format ``fmt``."""
+    return x.narrow(1, start, size).contiguous(memory_format=fmt)
+
+
+class MixedDWConvBNAct(nn.Module):
+    """A mixed depthwise conv (MixNet's MixConv, timm ``MixedConv2d``: channel groups, each with its
+    own kernel size) -> BatchNorm -> activation, as one ``dwconv_bn_act`` call per group on its
+    channel slice, the outputs concatenated. BatchNorm is per channel, so slicing its parameters,
+    running statistics and batch statistics by group is exact.
+
+    Children ``"0"``, ``"1"``, ... are :class:`DWConvBNAct` holding each group's conv weight (the
+    same keys as MixedConv2d's convs) and referencing the one BN ``bn`` over all channels (an
+    :class:`AbsorbedBatchNorm2d` left at the original BN's place). ``num_batches_tracked`` counts
+    once per forward. Input (N, C, H, W) -> (N, C, H_out, W_out) in x's memory format. Saves, per
+    group, a dense copy of its channels and per-channel statistics for backward; in a patched model
+    (recompute scope) the copies are recipes of x, which is kept once.
+    """
+
+    def __init__(self, groups: list[DWConvBNAct], bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if not groups:
+            raise ValueError("groups must hold at least one DWConvBNAct")
+        strides = {g.stride for g in groups}
+        if len(strides) != 1:
+            raise ValueError(f"groups must share one stride, got {sorted(strides)}")
+        if sum(g.weight.shape[0] for g in groups) != bn.num_features:
+            raise ValueError(f"the groups' channels ({[g.weight.shape[0] for g in groups]}) must add up to "
+                             f"the BatchNorm's num_features {bn.num_features}")
+        for i, group in enumerate(groups):
+            object.__setattr__(group, "_bn_ref", bn)
+            self.add_module(str(i), group)
+        object.__setattr__(self, "_bn_ref", bn)
+
+    @property
+    def batchnorm(self) -> nn.modules.batchnorm._BatchNorm:
+        return self._bn_ref
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = list(self.children())
+        sizes = [g.weight.shape[0] for g in groups]
+        if x.dim() != 4 or x.shape[1] != sum(sizes):
+            raise ValueError(f"x must have shape (N, {sum(sizes)}, H, W), got {tuple(x.shape)}")
+        bn = self.batchnorm
+        args = bn_arguments(bn, bn.training)
+        fmt = memory_format_of(x)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        # Each group gets its channels as a dense tensor in x's layout (a channel slice of a
+        # channels-last x is not channels-last contiguous, and the kernels would convert it). The
+        # slices are offered as recipes of x, so what the groups save for backward is x itself (or
+        # its own recipe) once, not a copy per group.
+        extras = [(start, size, fmt) for start, size in zip(starts, sizes)]
+        # torch.split, not one narrow per group: its backward is one concatenation of the groups'
+        # gradients (a narrow's backward fills a zero tensor of x's size per group).
+        parts = [part.contiguous(memory_format=fmt) for part in torch.split(x, sizes, 1)]
+        offer_parts(parts, channel_part, x, extras)
+        outs = []
+        for group, part, start, size in zip(groups, parts, starts, sizes):
+            sliced = {k: (v[start:start + size] if k in _PER_CHANNEL and v is not None else v)
+                      for k, v in args.items()}
+            outs.append(group.run(part, sliced))
+        y = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        return y.contiguous(memory_format=fmt)
+
+    def extra_repr(self) -> str:
+        return f"{self.batchnorm.num_features}, act={next(iter(self.children())).act!r}"

@@ -137,6 +137,30 @@ def depthwise_problem(conv: nn.Module) -> Optional[str]:
     return None
 
 
+MIXED_CONV = "timm.layers.mixed_conv2d.MixedConv2d"
+
+
+def depthwise_parts(conv: nn.Module) -> tuple[list, Optional[str]]:
+    """The depthwise convs that make up ``conv`` and None, or ([], the reason it cannot fuse).
+    A plain depthwise conv is its own one part; a timm MixedConv2d (MixNet) with depthwise groups
+    is its groups in channel order (its forward: split x by ``splits``, conv each, concatenate)."""
+    if qualname(conv) != MIXED_CONV:
+        reason = depthwise_problem(conv)
+        return ([], reason) if reason else ([conv], None)
+    if has_hooks(conv):
+        return [], "module has hooks"
+    parts = list(conv.values())
+    if list(getattr(conv, "splits", ())) != [getattr(c, "in_channels", None) for c in parts]:
+        return [], "MixedConv2d groups do not match its channel splits"
+    for i, part in enumerate(parts):
+        reason = depthwise_problem(part)
+        if reason:
+            return [], f"MixedConv2d group {i}: {reason}"
+    if len({part.stride for part in parts}) != 1:
+        return [], "MixedConv2d groups have different strides"
+    return parts, None
+
+
 def conv_padding(conv: nn.Module) -> Optional[Union[str, int]]:
     """The fused op's padding argument equivalent to the conv's own padding, or None."""
     key = qualname(conv)

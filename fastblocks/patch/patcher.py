@@ -119,9 +119,11 @@ def _restore_subtree(block: nn.Module) -> None:
     if undo is None:
         return
     inside = {id(m) for m in block.modules()}
-    mine = [entry for entry in undo if id(entry[1]) in inside]
+    mine, rest = [], []
+    for entry in undo:
+        (mine if id(entry[1]) in inside else rest).append(entry)
     _apply_undo(mine)
-    undo[:] = [entry for entry in undo if not any(entry is e for e in mine)]
+    undo[:] = rest
 
 
 def _guard_reparam_blocks(patcher: Patcher) -> None:
@@ -198,10 +200,17 @@ def _apply_undo(undo: list) -> None:
             target.__dict__.pop(_ROOT_UNDO, None)
             continue
         new = target._modules[name]
-        for store in ("_parameters", "_buffers"):
-            mine, theirs = getattr(old, store), getattr(new, store)
-            for key in list(mine):
-                if key in theirs:
-                    mine[key] = theirs[key]
+        # Same state_dict keys by design: every tensor the fused module holds under a name the
+        # original has (at any depth: MixNet's groups, SE convs) goes back to that name.
+        fused = dict(new.named_modules())
+        for path, original in old.named_modules():
+            holder = fused.get(path)
+            if holder is None:
+                continue
+            for store in ("_parameters", "_buffers"):
+                mine, theirs = getattr(original, store), getattr(holder, store)
+                for key in list(mine):
+                    if key in theirs:
+                        mine[key] = theirs[key]
         old.train(new.training)
         target._modules[name] = old

@@ -11,12 +11,13 @@ from typing import Callable, NamedTuple, Optional
 
 from torch import nn
 
+from .. import _dispatch
 from ..nn import (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, DWConvBNAct,
-                  EffectiveSqueezeExcite, EfficientChannelAttention, MemoryEfficientAct, SqueezeExcite,
-                  SqueezeExciteWithNorm, SyncBatchNormAct2d)
+                  EffectiveSqueezeExcite, EfficientChannelAttention, MemoryEfficientAct, MixedDWConvBNAct,
+                  SqueezeExcite, SqueezeExciteWithNorm, SyncBatchNormAct2d)
 from ..nn._common import has_hooks
-from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding,
-                       depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
+from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding, MIXED_CONV,
+                       depthwise_parts, depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
 from .effnet_block import FusedMBConvBlockMixin
 from .patcher import Patcher, fused_class, join, parent_path
 from .resnet_blocks import SHARED_RELU_BLOCKS
@@ -32,16 +33,26 @@ class Rule:
 
 # ----------------------------------------------------------------------------- shared builders
 
+def dw_backend_problem(p: Patcher, conv: nn.Module) -> Optional[str]:
+    """Why the backend named in ``patch(model, backend=...)`` could never run this depthwise conv
+    (e.g. the native kernels have no k=1), or None; checked at patch time so the layer is left
+    unfused with the reason instead of failing at its first forward."""
+    if p.backend is None:
+        return None
+    reason = _dispatch.config_problem("dwconv_bn_act", p.backend, kernel_size=conv.kernel_size[0],
+                                      stride=conv.stride[0], dilation=conv.dilation[0])
+    return None if reason is None else f"backend {p.backend!r} cannot run it: {reason}"
+
+
 def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name: str,
                act_module_name: Optional[str] = None) -> bool:
     """parent.<conv_name> (depthwise) + parent.<bn_name> (+ parent.<act_module_name>) -> DWConvBNAct.
     Returns False (after recording the reason) when the pattern is not exactly fusable."""
     conv, bn = parent._modules[conv_name], parent._modules[bn_name]
     conv_path = join(path, conv_name)
-    reason = depthwise_problem(conv)
+    parts, reason = depthwise_parts(conv)
+    reason = reason or next(filter(None, (dw_backend_problem(p, part) for part in parts)), None)
     if reason is not None:
-        if qualname(conv).endswith("MixedConv2d"):
-            reason = "MixedConv2d splits channels over kernel sizes; per-group fusion is not implemented"
         p.skip(conv_path, conv, reason)
         return False
     reason = batchnorm_problem(bn, sync_ok=True)
@@ -56,16 +67,19 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
         act = act_name(act_module)
     sync = is_sync_batchnorm(bn)
     holder = (AbsorbedSyncBatchNorm2d if sync else AbsorbedBatchNorm2d).from_batchnorm(bn)
-    fused = DWConvBNAct(conv.weight, conv.bias, holder, conv.stride[0], conv_padding(conv), act,
-                        backend=p.backend)
+    fused = [DWConvBNAct(part.weight, part.bias, holder, part.stride[0], conv_padding(part), act, backend=p.backend)
+             for part in parts]
+    fused = fused[0] if parts == [conv] else MixedDWConvBNAct(fused, holder)
     fused.train(conv.training)
     p.replace(parent, conv_name, fused)
     p.replace(parent, bn_name, holder)
     detail = f"+ {bn_name}" + (f" + {act_module_name}" if act_module is not None else "") + f" (act={act}"
+    if len(parts) > 1:
+        detail += ", k=" + "/".join(str(part.kernel_size[0]) for part in parts)
     detail += ", synchronised)" if sync else ")"
     if act_module is not None:
         p.replace(parent, act_module_name, nn.Identity())
-    p.record(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", "DWConvBNAct", detail)
+    p.record(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", type(fused).__name__, detail)
     return True
 
 
@@ -107,7 +121,8 @@ def efficientnet_pytorch_mbconv(p, path, module, parent, name):
     if has_hooks(module):
         p.skip(path, module, "module has hooks")
         return True
-    reasons = [depthwise_problem(module._depthwise_conv), act_name(module._swish) != "silu" and "unknown swish"]
+    dw = module._depthwise_conv
+    reasons = [depthwise_problem(dw) or dw_backend_problem(p, dw), act_name(module._swish) != "silu" and "unknown swish"]
     reasons += [batchnorm_problem(getattr(module, n)) for n in ("_bn0", "_bn1") if hasattr(module, n)]
     reasons = [r for r in reasons if r]
     if reasons:
@@ -171,7 +186,7 @@ def _tried_as_depthwise(conv: nn.Module) -> bool:
     dilated, MixedConv2d, ...); a dense conv or any other module (a deep stem) only feeds the BN."""
     if isinstance(conv, nn.Conv2d):
         return conv.groups > 1
-    return qualname(conv).endswith("MixedConv2d")
+    return qualname(conv) == MIXED_CONV and all(getattr(c, "groups", 1) > 1 for c in conv.values())
 
 
 def timm_conv_bn_blocks(p, path, module, parent, name):
@@ -182,14 +197,14 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         conv, bn = module._modules.get(chain.conv), module._modules.get(chain.bn)
         if conv is None or bn is None or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
             continue  # not this block's layout, or already patched
-        between = module._modules.get(chain.between) if chain.between is not None else None
+        adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
         act_module = module._modules.get(chain.act) if chain.act is not None else None
-        act_module_name = chain.act if act_module is not None and act_name(act_module) not in (None, "identity") \
-            and act_name(between) == "identity" and bn_act_of(bn) == "identity" else None
-        if _tried_as_depthwise(conv):
-            if act_name(between) == "identity":
-                fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name)
+        act_module_name = chain.act if adjacent and act_module is not None and bn_act_of(bn) == "identity" \
+            and act_name(act_module) not in (None, "identity") else None
+        if _tried_as_depthwise(conv) and adjacent and fuse_dw_bn(p, path, module, chain.conv, chain.bn,
+                                                                 act_module_name):
             continue
+        # A dense conv, or a depthwise one left unfused (reported): BN + act still fuse.
         if act_module_name is not None and id(bn) not in p.claimed:
             fuse_bn(p, path, module, chain.bn, act_module_name)
         # else the BN applies its own act (or none): the leaf rules handle it
