@@ -100,7 +100,9 @@ def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
                                                        "triton" if device == "cuda" else "eager"] + small,
                    deadline_flag=True)]
     rest = [Step("test-cuda", pytest + ["tests/test_cuda_backend.py"], requires="build-cuda"),
-            Step("bench-models", bench + ["--ops", "none", "--tag", "models"]
+            # the recompute="depthwise" variant last: its GPU time cost is what is not known yet
+            Step("bench-models", bench + ["--ops", "none", "--tag", "models", "--variants", "eager", "compile",
+                                          "fastblocks", "fastblocks+compile", "fastblocks-dw-recompute"]
                  + (["--model-batch", "2", "--models", "mobilenetv2_100", "--memory-batches"] if smoke else []),
                  deadline_flag=True)]
     return [Phase("unpack the carried Triton cache", [unpack], cap_s=60, reserve=0.89),

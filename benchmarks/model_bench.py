@@ -1,7 +1,8 @@
 """Model-level benchmark: training step and inference throughput, memory, four variants per model.
 
 Variants: ``eager`` (the model as built), ``compile`` (torch.compile of it), ``fastblocks`` (patched,
-backend auto) and ``fastblocks+compile``. Training step: SGD (momentum 0.9), cross-entropy on random
+backend auto) and ``fastblocks+compile``; on request ``fastblocks-dw-recompute`` (patched with
+``recompute="depthwise"``). Training step: SGD (momentum 0.9), cross-entropy on random
 labels, bf16 autocast on GPU, fp32 on CPU. Inference: eval mode under no_grad; on CPU the compiled
 variants are built with Inductor's ``freezing`` on (constant-folds the weights, as deployments do).
 Memory: bytes saved for backward by one training forward (every variant where autograd's
@@ -30,6 +31,9 @@ from .timing import time_repeats
 MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100", "zoo:eca_mobilenet_v2")
 QUICK_MODELS = {"cpu": ("efficientnet_b0", "mobilenetv2_100"), "cuda": ("efficientnet_b0",)}
 VARIANTS = ("eager", "compile", "fastblocks", "fastblocks+compile")
+# Also selectable (--variants): patched with recompute="depthwise" (fused depthwise outputs
+# recomputed in backward: the saved bytes vs time trade of that option).
+EXTRA_VARIANTS = ("fastblocks-dw-recompute",)
 RESOLUTION = 224
 
 
@@ -101,7 +105,7 @@ class ModelBench:
     def variant(self, name: str):
         model = copy.deepcopy(self.base)
         if name.startswith("fastblocks"):
-            report = fb.patch(model)
+            report = fb.patch(model, recompute="depthwise" if name == "fastblocks-dw-recompute" else "elementwise")
             self.report = self.report or str(report)
         forward = compile_fresh(model) if name.endswith("compile") else model
         return model, forward

@@ -25,7 +25,7 @@ from . import report, targets
 from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, select_op_cases
 from .compiled import compile_cache_counters
 from .deadline import Deadline, parse_deadline
-from .model_bench import MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
+from .model_bench import EXTRA_VARIANTS, MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
 from .op_bench import MODES, VariantFactory, bench_case
 from .timing import copy_bandwidth
 
@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--models", nargs="*", default=None,
                    help=f"model-level benchmarks (default {MODELS}; quick: fewer); pass none to skip")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS, help="model-level variants")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + EXTRA_VARIANTS,
+                   help="model-level variants")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="op-level dtype (default: GPU bfloat16, CPU float32)")
     p.add_argument("--batch", type=int, default=None, help="op-level batch (default: GPU 128, CPU 8)")
     p.add_argument("--model-batch", type=int, default=None, help="model-level batch (default: GPU 256, CPU 8)")

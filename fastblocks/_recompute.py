@@ -25,39 +25,32 @@ from . import utils
 
 
 class _Recipe:
-    __slots__ = ("fn", "args", "extra")
+    """How to recompute one offered tensor. One recipe per tensor and scope, however many saves
+    (or other recipes) refer to it, and it is computed once: the result is kept while anything
+    still holds the recipe (e.g. a depthwise output both saved by the SE and a source of the SE
+    output's recipe; never longer than the tensor itself would have been kept without recompute)."""
+
+    __slots__ = ("fn", "args", "extra", "value")
 
     def __init__(self, fn: Callable, args: tuple, extra: tuple):
-        self.fn, self.args, self.extra = fn, args, extra
-
-    def materialise(self) -> torch.Tensor:
-        return self.fn(*(_unpack(a) for a in self.args), *self.extra)
-
-
-class _SharedSource:
-    """One source tensor behind several recipes (the channel slices of one tensor, see
-    :func:`offer_parts`): packed once, and materialised once, the result kept while any of those
-    recipes is alive (their backward nodes run one after another)."""
-
-    __slots__ = ("source", "packed", "value")
-
-    def __init__(self, source: torch.Tensor):
-        self.source, self.packed, self.value = source, None, None
-
-    def pack(self) -> "_SharedSource":
-        if self.source is not None:
-            self.packed, self.source = _pack(self.source), None  # keep no reference past packing
-        return self
+        self.fn, self.args, self.extra, self.value = fn, args, extra, None
 
     def materialise(self) -> torch.Tensor:
         if self.value is None:
-            self.value = _unpack(self.packed)
+            self.value = self.fn(*(_unpack(a) for a in self.args), *self.extra)
+            self.args = ()  # the sources' own recipes (and their results) can go
         return self.value
+
+
+# What a scope recomputes: "elementwise" (BN + act, gate * x: cheap) or also "depthwise" (a fused
+# depthwise conv's output, recomputed by its one-pass eval form: more saved, more time).
+LEVELS = ("elementwise", "depthwise")
 
 
 class _State(threading.local):
     def __init__(self) -> None:
         self.depth = 0
+        self.level = "elementwise"
         self.offers: dict = {}
 
 
@@ -71,28 +64,14 @@ def _compiling() -> bool:
         return False
 
 
-def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = ()) -> None:
-    """Declare that ``y == fn(*sources, *extra)``; used only if something saves ``y`` in this scope."""
+def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = (), level: str = "elementwise") -> None:
+    """Declare that ``y == fn(*sources, *extra)``; used only if something saves ``y`` in a scope
+    whose level includes ``level`` (:data:`LEVELS`)."""
     if _STATE.depth == 0 or not torch.is_grad_enabled() or _compiling():
         return
-    _STATE.offers[id(y)] = (weakref.ref(y), y._version, sources, fn, extra)
-
-
-def offer_parts(parts: list, fn: Callable, source: torch.Tensor, extras: list) -> None:
-    """Declare ``parts[i] == fn(source, *extras[i])`` (e.g. channel slices of ``source``) with one
-    shared packing of ``source``: saving several parts stores ``source`` (or its own recipe) once,
-    and backward recomputes it once."""
-    if _STATE.depth == 0 or not torch.is_grad_enabled() or _compiling():
+    if LEVELS.index(level) > LEVELS.index(_STATE.level):
         return
-    shared = _SharedSource(source)
-    for part, extra in zip(parts, extras):
-        offer(part, fn, (shared,), tuple(extra))
-
-
-def _pack_source(s):
-    if isinstance(s, torch.Tensor):
-        return _pack(s)
-    return s.pack() if isinstance(s, _SharedSource) else s
+    _STATE.offers[id(y)] = [weakref.ref(y), y._version, sources, fn, extra, None]  # None: no recipe yet
 
 
 def _pack(t: torch.Tensor):
@@ -100,27 +79,42 @@ def _pack(t: torch.Tensor):
     # Only the unmodified tensor equals its recipe: an in-place op (x += shortcut, ReLU(inplace))
     # bumps the version counter, and then the tensor itself is saved.
     if entry is not None and entry[0]() is t and entry[1] == t._version:
-        _, _, sources, fn, extra = entry
-        return _Recipe(fn, tuple(_pack_source(s) for s in sources), extra)
+        if entry[5] is None:
+            _, _, sources, fn, extra, _ = entry
+            entry[5] = _Recipe(fn, tuple(_pack(s) if isinstance(s, torch.Tensor) else s for s in sources), extra)
+        return entry[5]
     utils.notify_saved(t)
     return t
 
 
 def _unpack(obj):
-    return obj.materialise() if isinstance(obj, (_Recipe, _SharedSource)) else obj
+    return obj.materialise() if isinstance(obj, _Recipe) else obj
+
+
+def check_level(level: object) -> str:
+    """``level`` if it is one of :data:`LEVELS`, else a TypeError / ValueError naming ``recompute``."""
+    if not isinstance(level, str):
+        raise TypeError(f"recompute must be a str, one of {LEVELS}, got {type(level).__name__}")
+    if level not in LEVELS:
+        raise ValueError(f"recompute must be one of {LEVELS}, got {level!r}")
+    return level
 
 
 @contextlib.contextmanager
-def recompute_scope() -> Iterator[None]:
-    """Activate recompute-on-load for the fused ops run inside (no-op under torch.compile / no_grad)."""
+def recompute_scope(level: str = "elementwise") -> Iterator[None]:
+    """Activate recompute-on-load for the fused ops run inside (no-op under torch.compile / no_grad).
+    ``level="depthwise"`` also recomputes fused depthwise outputs (see :data:`LEVELS`)."""
+    check_level(level)
     if _compiling() or not torch.is_grad_enabled():
         yield
         return
     _STATE.depth += 1
+    outer, _STATE.level = _STATE.level, level
     try:
         with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
             yield
     finally:
         _STATE.depth -= 1
+        _STATE.level = outer
         if _STATE.depth == 0:
             _STATE.offers.clear()

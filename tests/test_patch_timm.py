@@ -109,6 +109,27 @@ def test_unpatch_keeps_tensors_set_on_nested_fused_modules():
     assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5
 
 
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mixnet_s"])
+def test_recompute_depthwise_saves_less_and_changes_nothing_else(name):
+    """patch(recompute="depthwise"): the fused depthwise outputs are recomputed in backward instead of
+    being kept by the SE / projection conv; outputs, gradients and running stats as unpatched."""
+    import copy
+
+    from fastblocks.utils import saved_tensor_bytes
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    check_patch_equivalence(model, recompute="depthwise")
+    x = torch.randn(4, 3, 128, 128)  # activations well above the parameters (saved by the graph too)
+    default, lean = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    fb.patch(default, backend="eager")
+    fb.patch(lean, backend="eager", recompute="depthwise")
+    ratio = saved_tensor_bytes(lambda: lean(x)) / saved_tensor_bytes(lambda: default(x))
+    assert ratio < 0.9, ratio
+    fb.patch(lean, backend="eager")  # patching again sets the level again
+    assert saved_tensor_bytes(lambda: lean(x)) == saved_tensor_bytes(lambda: default(x))
+
+
 def test_excitation_convs_that_are_not_plain_1x1_are_skipped_with_the_reason():
     import copy
 

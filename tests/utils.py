@@ -155,7 +155,7 @@ def _run(model, x, seed):
 
 
 def check_patch_equivalence(model: torch.nn.Module, input_shape=(2, 3, 64, 64), *, backend: str = "eager",
-                            seed: int = 0) -> "fb.PatchReport":
+                            seed: int = 0, **patch_kwargs) -> "fb.PatchReport":
     """Patch a deep copy of ``model`` and compare it with the original: train mode (output, every
     parameter gradient, running stats after the step) and eval mode (output).
 
@@ -165,7 +165,8 @@ def check_patch_equivalence(model: torch.nn.Module, input_shape=(2, 3, 64, 64), 
     the float64 run: err(patched) <= 2 * err(unpatched) + 1e-5 for the outputs, all gradients
     together and the running stats. (Two float32 runs of random-init nets with BN over 2x2 maps
     and ReLU6 / hard-swish kinks legitimately differ by 1e-2 in some gradients.)
-    Also checks that state_dict keys are unchanged. Returns the patch report.
+    Also checks that state_dict keys are unchanged. ``patch_kwargs`` go to fb.patch. Returns the
+    patch report.
     """
     import copy
 
@@ -174,7 +175,7 @@ def check_patch_equivalence(model: torch.nn.Module, input_shape=(2, 3, 64, 64), 
     for dtype in (torch.float64, torch.float32):
         original = copy.deepcopy(model).to(dtype)
         patched = copy.deepcopy(original)
-        report = fb.patch(patched, backend=backend)
+        report = fb.patch(patched, backend=backend, **patch_kwargs)
         assert list(patched.state_dict().keys()) == list(original.state_dict().keys()), "state_dict keys changed"
         runs[dtype] = (_run(original, x64.to(dtype), seed + 2), _run(patched, x64.to(dtype), seed + 2))
         assert not patched.training

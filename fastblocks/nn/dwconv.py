@@ -10,7 +10,7 @@ from torch import nn
 from .. import ops
 from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
-from .._recompute import offer_parts
+from .._recompute import offer
 from .._validate import memory_format_of
 from ._common import autocast_input, bn_arguments
 
@@ -85,6 +85,11 @@ def channel_part(x: torch.Tensor, start: int, size: int, fmt: torch.memory_forma
     return x.narrow(1, start, size).contiguous(memory_format=fmt)
 
 
+def _concat(*parts_and_format) -> torch.Tensor:
+    *parts, fmt = parts_and_format
+    return torch.cat(parts, 1).contiguous(memory_format=fmt)
+
+
 class MixedDWConvBNAct(nn.Module):
     """A mixed depthwise conv (MixNet's MixConv, timm ``MixedConv2d``: channel groups, each with its
     own kernel size) -> BatchNorm -> activation, as one ``dwconv_bn_act`` call per group on its
@@ -135,14 +140,18 @@ class MixedDWConvBNAct(nn.Module):
         # torch.split, not one narrow per group: its backward is one concatenation of the groups'
         # gradients (a narrow's backward fills a zero tensor of x's size per group).
         parts = [part.contiguous(memory_format=fmt) for part in torch.split(x, sizes, 1)]
-        offer_parts(parts, channel_part, x, extras)
+        for part, extra in zip(parts, extras):
+            offer(part, channel_part, (x,), extra)
         outs = []
         for group, part, start, size in zip(groups, parts, starts, sizes):
             sliced = {k: (v[start:start + size] if k in _PER_CHANNEL and v is not None else v)
                       for k, v in args.items()}
             outs.append(group.run(part, sliced))
-        y = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-        return y.contiguous(memory_format=fmt)
+        if len(outs) == 1:
+            return outs[0].contiguous(memory_format=fmt)
+        y = torch.cat(outs, 1).contiguous(memory_format=fmt)
+        offer(y, _concat, tuple(outs), (fmt,), level="depthwise")  # each group's output is a recipe
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.batchnorm.num_features}, act={next(iter(self.children())).act!r}"

@@ -11,6 +11,7 @@ from .._act import canonical_act
 from .._validate import (check_input, check_optional, check_tensor, conv_out_hw,
                          memory_format_of, padding_spec, scalar_int)
 from ..backends import reference
+from .._recompute import offer
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
 from ._fused_op import fused_op
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
@@ -165,4 +166,14 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bia
                             conv_bias, stride, padding_mode, pad, dilation, training, eps, act, name)
     if training:
         update_running_stats(running_mean, running_var, mean, var, momentum, count)
+    offer(y, _recompute, (x, weight, bn_weight, bn_bias, conv_bias, mean, var),
+          (stride, padding_mode, pad, dilation, eps, act, name), level="depthwise")
     return y
+
+
+def _recompute(x, weight, bn_weight, bn_bias, conv_bias, mean, var, stride, padding_mode, pad, dilation,
+               eps, act, backend):
+    """y again from x and the statistics it was normalised with: the one-pass eval form of the op."""
+    with torch.no_grad():
+        return _forward(x, weight, bn_weight, bn_bias, mean, var, conv_bias, stride, padding_mode, pad,
+                        dilation, False, eps, act, backend)[0]

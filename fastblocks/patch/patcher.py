@@ -8,10 +8,12 @@ from typing import Optional
 from torch import nn
 
 from .. import _dispatch
-from .._recompute import recompute_scope
+from .._recompute import check_level, recompute_scope
 from .report import PatchReport, Replaced, Skipped
 
 _UNDO = "_fastblocks_undo"
+# On a patched model: what its forward recomputes in backward (fastblocks._recompute.LEVELS)
+_RECOMPUTE = "_fastblocks_recompute"
 # On a re-parameterisable block with fused modules inside: the model's undo log (see reparam_class)
 _ROOT_UNDO = "_fastblocks_root_undo"
 # Methods timm's reparameterize_model (and RepVGG-style code) call to fold a block's branches for
@@ -70,7 +72,7 @@ def scoped_class(cls: type) -> type:
     once per class; same name, so reprs and type names read as before)."""
     if cls not in _SCOPED:
         def forward(self, *args, **kwargs):
-            with recompute_scope():
+            with recompute_scope(self.__dict__.get(_RECOMPUTE, "elementwise")):
                 return cls.forward(self, *args, **kwargs)
 
         _SCOPED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
@@ -140,7 +142,8 @@ def _guard_reparam_blocks(patcher: Patcher) -> None:
             module.__dict__[_ROOT_UNDO] = patcher.undo
 
 
-def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False) -> PatchReport:
+def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False,
+          recompute: str = "elementwise") -> PatchReport:
     """Swap fused fastblocks modules into ``model`` in place and report what changed.
 
     Recognises timm, torchvision, efficientnet_pytorch and fastblocks.zoo blocks (see
@@ -154,12 +157,16 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     activation after them (no memory gain). nn.SyncBatchNorm / timm SyncBatchNormAct are always
     replaced, lone ones too, by modules that synchronise statistics themselves
     (:mod:`fastblocks.ops.sync_batchnorm`), so the patched model runs under DDP on any device.
+    ``recompute="depthwise"`` also recomputes each fused depthwise output in backward (from its
+    input, which it saves anyway, by the one-pass eval form of the op) instead of letting the next
+    layer keep it: fewer bytes saved for backward, a depthwise forward more per block in backward.
     """
     from .rules import RULES
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     backend = _dispatch._check_name(backend)
+    check_level(recompute)
     report = PatchReport(model=type(model).__name__, backend=backend)
     already = bool(model.__dict__.get(_UNDO))
     patcher = Patcher(model, None if backend == "auto" else backend, report, fuse_lone_bn)
@@ -182,6 +189,8 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     if report.replaced and not getattr(type(model), "_fastblocks_scoped", False):
         # Recompute-on-load across fused ops needs a scope around the model's forward.
         patcher.swap_class(model, scoped_class(type(model)))
+    if report.replaced or already:
+        model.__dict__[_RECOMPUTE] = recompute
     report.already_patched = already
     return report
 
@@ -190,6 +199,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch`: the original module objects go back, holding the model's current
     parameter and buffer tensors (so training done while patched is kept). Returns ``model``."""
     _apply_undo(model.__dict__.pop(_UNDO, []))
+    model.__dict__.pop(_RECOMPUTE, None)
     return model
 
 
