@@ -349,3 +349,18 @@ def test_cpu_interleaved_timer_takes_turns_and_reports_failures():
     # Each round runs every variant in turn: the runs switch variant at least twice a round.
     switches = sum(a != b for a, b in zip(order, order[1:]))
     assert switches >= 2 * rounds - 1
+
+
+def test_recompute_tradeoff_writes_both_levels(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from benchmarks import recompute_tradeoff
+
+    rc = recompute_tradeoff.main(["--device", "cpu", "--models", "mobilenetv2_050", "--batch", "1", "--run-time",
+                                  "0.05", "--out", str(tmp_path), "--tag", "test"])
+    assert rc == 0
+    result = json.loads(next(tmp_path.glob("*recompute-tradeoff*.json")).read_text())
+    rows = {r["level"]: r for r in result["rows"]}
+    assert set(rows) == {"elementwise", "depthwise"} and all("median_s" in r for r in rows.values())
+    assert rows["depthwise"]["saved_bytes"] < rows["elementwise"]["saved_bytes"]
+    assert result["environment"]["command"].startswith("python -m benchmarks.recompute_tradeoff")
+    assert "| mobilenetv2_050 | 1 | depthwise |" in capsys.readouterr().out
