@@ -50,6 +50,15 @@ CASES = {
     # + BN; BN+ReLU: 2 stem ConvNormAct, the exit block's 3 pointwise BNs (the other blocks apply their
     # ReLU before each separable conv: their pointwise BNs are lone)
     "xception41": {"DWConvBNAct": 39, "BatchNormAct2d": 5},
+    # DLA-34: base_layer, level0, level1 (conv, BN, ReLU Sequentials) + bn1 of the 12 DlaBasic blocks
+    # (one relu module after bn1 and after the residual add: the block's forward is swapped); bn2 feeds
+    # the add, DlaRoot's BN the add / cat: lone
+    "dla34": {"BatchNormAct2d": 15},
+    # DLA-46-C: the 3 stem Sequentials + bn1, bn2 of the 12 DlaBottleneck blocks
+    "dla46_c": {"BatchNormAct2d": 27},
+    # GhostNet V1: 37 dw (ghost modules' cheap ops, the stride-2 shortcuts) + the 4 stride-2 blocks'
+    # conv_dw + bn_dw (no act); SE in 7 blocks
+    "ghostnet_100": {"DWConvBNAct": 41, "SqueezeExcite": 7, "BatchNormAct2d": 17},
     # MixNet-S: 16 blocks; the 3 with one k3 kernel (the ds block, stage 1) have a plain dw conv, the
     # 13 others a MixedConv2d (k 3.5 / 3.5.7 / 3.5.7.9 / 3.5.7.9.11 groups) -> one fused module each;
     # SE in the 13 blocks of stages 2-5; BN+act: stem, 15 expansions (some MixedConv2d 1x1 groups), head
@@ -177,7 +186,7 @@ def test_reparameterize_patched_model(name):
     assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "torchvision.resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "dla34", "torchvision.resnet50"])
 def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
     """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
     saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""

@@ -1,5 +1,5 @@
 """ResNet blocks whose one ReLU module runs after several BNs (torchvision BasicBlock / Bottleneck,
-timm's legacy SENet blocks): their bn1 (and bn2) become BatchNormAct2d(relu), and the block's class
+timm's legacy SENet and DLA blocks): their bn1 (and bn2) become BatchNormAct2d(relu), and the block's class
 becomes a subclass whose forward is the original one without the ReLU after those BNs. Every module
 and parameter stays where it was."""
 
@@ -69,6 +69,35 @@ class LegacySEResNetBlock:
         return self.relu(out)
 
 
+class DlaBasic:
+    """timm.models.dla.DlaBasic.forward; bn1 applies the ReLU."""
+
+    fused_bns = ("bn1",)
+
+    def forward(self, x, shortcut=None, children=None):
+        if shortcut is None:
+            shortcut = x
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        out += shortcut
+        return self.relu(out)
+
+
+class DlaBottleneck:
+    """timm.models.dla.DlaBottleneck.forward; bn1 and bn2 apply the ReLU."""
+
+    fused_bns = ("bn1", "bn2")
+
+    def forward(self, x, shortcut=None, children=None):
+        if shortcut is None:
+            shortcut = x
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        out = self.bn3(self.conv3(out))
+        out += shortcut
+        return self.relu(out)
+
+
 # qualname -> the forward that replaces the block's own
 SHARED_RELU_BLOCKS = {
     "torchvision.models.resnet.BasicBlock": TorchvisionBasicBlock,
@@ -77,4 +106,6 @@ SHARED_RELU_BLOCKS = {
     "timm.models.senet.SEResNetBottleneck": LegacySEBottleneck,
     "timm.models.senet.SEResNeXtBottleneck": LegacySEBottleneck,
     "timm.models.senet.SEResNetBlock": LegacySEResNetBlock,
+    "timm.models.dla.DlaBasic": DlaBasic,
+    "timm.models.dla.DlaBottleneck": DlaBottleneck,
 }

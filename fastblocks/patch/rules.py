@@ -170,6 +170,7 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.layers.conv_bn_act.ConvNormAct": (Chain("conv", "bn"),),
     "timm.models._efficientnet_blocks.ConvBnAct": (Chain("conv", "bn1"),),  # GhostNetV3 branches, ...
     "timm.models.hgnet.ConvBNAct": (Chain("conv", "bn", "act"),),  # PP-HGNet / HGNetV2: conv, bn, act, lab
+    "timm.models.ghostnet.GhostBottleneck": (Chain("conv_dw", "bn_dw"),),  # GhostNet V1 / V2, stride 2
     "timm.models.xception_aligned.SeparableConv2d": (Chain("conv_dw", "bn_dw", "act_dw"),
                                                      Chain("conv_pw", "bn_pw", "act_pw")),
     # timm ResNet family (resnet*, seresnet*, ecaresnet*, resnext*, ...): bn3 / bn2 feed the residual
