@@ -74,6 +74,21 @@ def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = (), leve
     _STATE.offers[id(y)] = [weakref.ref(y), y._version, sources, fn, extra, None]  # None: no recipe yet
 
 
+def _channel_slice(source: torch.Tensor, start: int, size: int, fmt) -> torch.Tensor:
+    part = source.narrow(1, start, size)
+    return part if fmt is None else part.contiguous(memory_format=fmt)
+
+
+def offer_channel_slices(parts, source: torch.Tensor, fmt=None) -> None:
+    """Declare that ``parts`` are ``source`` split along dim 1 in order (views, or dense copies in
+    memory format ``fmt``): a saved part is then recomputed from ``source`` (or its own recipe,
+    computed once for all the parts)."""
+    start = 0
+    for part in parts:
+        offer(part, _channel_slice, (source,), (start, part.shape[1], fmt))
+        start += part.shape[1]
+
+
 def _pack(t: torch.Tensor):
     entry = _STATE.offers.get(id(t))
     # Only the unmodified tensor equals its recipe: an in-place op (x += shortcut, ReLU(inplace))

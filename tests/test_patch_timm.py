@@ -56,6 +56,9 @@ CASES = {
     "dla34": {"BatchNormAct2d": 15},
     # DLA-46-C: the 3 stem Sequentials + bn1, bn2 of the 12 DlaBottleneck blocks
     "dla46_c": {"BatchNormAct2d": 27},
+    # Res2Net-50 14w x 8s: the stem's bn1 + per Bottle2neck bn1 and its 7 per-scale BNs (ModuleList
+    # bns; one relu module after each and after the add: the block's forward is swapped); 16 blocks
+    "res2net50_14w_8s": {"BatchNormAct2d": 1 + 16 * 8},
     # GhostNet V1: 37 dw (ghost modules' cheap ops, the stride-2 shortcuts) + the 4 stride-2 blocks'
     # conv_dw + bn_dw (no act); SE in 7 blocks
     "ghostnet_100": {"DWConvBNAct": 41, "SqueezeExcite": 7, "BatchNormAct2d": 17},
@@ -139,6 +142,26 @@ def test_recompute_depthwise_saves_less_and_changes_nothing_else(name):
     assert saved_tensor_bytes(lambda: lean(x)) == saved_tensor_bytes(lambda: default(x))
 
 
+def test_swapped_forward_of_another_library_version_is_not_used(monkeypatch):
+    """A block whose forward fastblocks replaces is only patched when the installed forward is the
+    one the replacement mirrors (source fingerprint); otherwise it is reported and left as it is."""
+    from timm.models import dla
+
+    torch.manual_seed(0)
+    original = dla.DlaBasic.forward
+
+    def changed_forward(self, x, shortcut=None, children=None):  # e.g. a later timm version
+        return original(self, x, shortcut, children)
+
+    monkeypatch.setattr(dla.DlaBasic, "forward", changed_forward)
+    model = timm.create_model("dla34", num_classes=10)
+    report = check_patch_equivalence(model)
+    skipped = [s for s in report.skipped if s.original == "DlaBasic"]
+    assert len(skipped) == 12 and all("not the version fastblocks mirrors" in s.reason for s in skipped), str(report)
+    assert report.counts()["BatchNormAct2d"] == 3
+    assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
+
+
 def test_excitation_convs_that_are_not_plain_1x1_are_skipped_with_the_reason():
     import copy
 
@@ -186,7 +209,8 @@ def test_reparameterize_patched_model(name):
     assert ((model(x) - expected).norm() / expected.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "dla34", "torchvision.resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "dla34", "res2net50_14w_8s",
+                                  "torchvision.resnet50"])
 def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
     """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
     saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""

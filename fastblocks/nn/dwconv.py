@@ -10,7 +10,7 @@ from torch import nn
 from .. import ops
 from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
-from .._recompute import offer
+from .._recompute import offer, offer_channel_slices
 from .._validate import memory_format_of
 from ._common import autocast_input, bn_arguments
 
@@ -80,11 +80,6 @@ class DWConvBNAct(nn.Module):
 _PER_CHANNEL = ("bn_weight", "bn_bias", "running_mean", "running_var")
 
 
-def channel_part(x: torch.Tensor, start: int, size: int, fmt: torch.memory_format) -> torch.Tensor:
-    """Channels [start, start + size) of x as a dense tensor in memory format ``fmt``."""
-    return x.narrow(1, start, size).contiguous(memory_format=fmt)
-
-
 def _concat(*parts_and_format) -> torch.Tensor:
     *parts, fmt = parts_and_format
     return torch.cat(parts, 1).contiguous(memory_format=fmt)
@@ -135,13 +130,11 @@ class MixedDWConvBNAct(nn.Module):
         # Each group gets its channels as a dense tensor in x's layout (a channel slice of a
         # channels-last x is not channels-last contiguous, and the kernels would convert it). The
         # slices are offered as recipes of x, so what the groups save for backward is x itself (or
-        # its own recipe) once, not a copy per group.
-        extras = [(start, size, fmt) for start, size in zip(starts, sizes)]
-        # torch.split, not one narrow per group: its backward is one concatenation of the groups'
-        # gradients (a narrow's backward fills a zero tensor of x's size per group).
+        # its own recipe) once, not a copy per group. torch.split, not one narrow per group: its
+        # backward is one concatenation of the groups' gradients (a narrow's backward fills a
+        # zero tensor of x's size per group).
         parts = [part.contiguous(memory_format=fmt) for part in torch.split(x, sizes, 1)]
-        for part, extra in zip(parts, extras):
-            offer(part, channel_part, (x,), extra)
+        offer_channel_slices(parts, x, fmt)
         outs = []
         for group, part, start, size in zip(groups, parts, starts, sizes):
             sliced = {k: (v[start:start + size] if k in _PER_CHANNEL and v is not None else v)

@@ -26,6 +26,7 @@ class FusedMBConvBlockMixin:
     """Forward of efficientnet_pytorch.model.MBConvBlock with bn0+swish, dwconv+bn1+swish and SE fused."""
 
     _fastblocks_backend = None
+    MIRRORS = {"b04e3a1003c63c2e"}  # efficientnet_pytorch 0.7.1 (patcher.forward_fingerprint)
 
     def forward(self, inputs, drop_connect_rate=None):
         backend = self._fastblocks_backend

@@ -3,6 +3,8 @@ undo log on the model so :func:`unpatch` restores the exact original modules."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from typing import Optional
 
 from torch import nn
@@ -78,6 +80,30 @@ def scoped_class(cls: type) -> type:
         _SCOPED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
                                                    "__qualname__": cls.__qualname__, "_fastblocks_scoped": True})
     return _SCOPED[cls]
+
+
+def forward_fingerprint(cls: type) -> Optional[str]:
+    """A short hash of the source of ``cls.forward`` (comments, blank lines and indentation
+    dropped), or None when the source cannot be read. A forward-swapping mixin lists the
+    fingerprints of the original forwards it mirrors (``MIRRORS``): another library version whose
+    forward differs is not swapped (see :func:`forward_mismatch`)."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return None
+    lines = (line.split("#", 1)[0].strip() for line in source.splitlines())
+    return hashlib.sha256("\n".join(line for line in lines if line).encode()).hexdigest()[:16]
+
+
+def forward_mismatch(cls: type, forward_mixin: type) -> Optional[str]:
+    """None when ``forward_mixin`` mirrors this version of ``cls.forward``, else the reason."""
+    fingerprint = forward_fingerprint(cls)
+    if fingerprint is None:
+        return f"the source of {cls.__name__}.forward cannot be read, so it cannot be checked"
+    if fingerprint not in forward_mixin.MIRRORS:
+        return (f"{cls.__name__}.forward (fingerprint {fingerprint}) is not the version fastblocks mirrors "
+                f"({', '.join(sorted(forward_mixin.MIRRORS))}): the installed library changed it")
+    return None
 
 
 _FUSED: dict = {}

@@ -1,14 +1,21 @@
 """ResNet blocks whose one ReLU module runs after several BNs (torchvision BasicBlock / Bottleneck,
-timm's legacy SENet and DLA blocks): their bn1 (and bn2) become BatchNormAct2d(relu), and the block's class
-becomes a subclass whose forward is the original one without the ReLU after those BNs. Every module
-and parameter stays where it was."""
+timm's legacy SENet, DLA and Res2Net blocks): their bn1 (and bn2, ...) become BatchNormAct2d(relu), and the
+block's class becomes a subclass whose forward is the original one without the ReLU after those BNs.
+Every module and parameter stays where it was. Each forward lists the fingerprints
+(``patcher.forward_fingerprint``) of the original forwards it was written from: another version of
+the library is left unpatched, with the reason."""
 
 from __future__ import annotations
+
+import torch
+
+from .._recompute import offer_channel_slices
 
 
 class TorchvisionBasicBlock:
     """torchvision.models.resnet.BasicBlock.forward; bn1 applies the ReLU."""
 
+    MIRRORS = {"faaf7fa861b63ee6"}  # torchvision 0.29
     fused_bns = ("bn1",)
 
     def forward(self, x):
@@ -24,6 +31,7 @@ class TorchvisionBasicBlock:
 class TorchvisionBottleneck:
     """torchvision.models.resnet.Bottleneck.forward; bn1 and bn2 apply the ReLU."""
 
+    MIRRORS = {"502ff930576dc006"}  # torchvision 0.29
     fused_bns = ("bn1", "bn2")
 
     def forward(self, x):
@@ -41,6 +49,7 @@ class LegacySEBottleneck:
     """timm.models.senet.Bottleneck.forward (SEBottleneck, SEResNetBottleneck, SEResNeXtBottleneck);
     bn1 and bn2 apply the ReLU."""
 
+    MIRRORS = {"e9b4656f447a4cea"}  # timm 1.0
     fused_bns = ("bn1", "bn2")
 
     def forward(self, x):
@@ -57,6 +66,7 @@ class LegacySEBottleneck:
 class LegacySEResNetBlock:
     """timm.models.senet.SEResNetBlock.forward; bn1 and bn2 apply the ReLU."""
 
+    MIRRORS = {"de61e029d9df5e3f"}  # timm 1.0
     fused_bns = ("bn1", "bn2")
 
     def forward(self, x):
@@ -72,6 +82,7 @@ class LegacySEResNetBlock:
 class DlaBasic:
     """timm.models.dla.DlaBasic.forward; bn1 applies the ReLU."""
 
+    MIRRORS = {"4fa86406c2c39f40"}  # timm 1.0
     fused_bns = ("bn1",)
 
     def forward(self, x, shortcut=None, children=None):
@@ -86,6 +97,7 @@ class DlaBasic:
 class DlaBottleneck:
     """timm.models.dla.DlaBottleneck.forward; bn1 and bn2 apply the ReLU."""
 
+    MIRRORS = {"7ca2953b889be1dc"}  # timm 1.0
     fused_bns = ("bn1", "bn2")
 
     def forward(self, x, shortcut=None, children=None):
@@ -94,6 +106,37 @@ class DlaBottleneck:
         out = self.bn1(self.conv1(x))
         out = self.bn2(self.conv2(out))
         out = self.bn3(self.conv3(out))
+        out += shortcut
+        return self.relu(out)
+
+
+class Res2NetBottle2neck:
+    """timm.models.res2net.Bottle2neck.forward; bn1 and every bns[i] apply the ReLU."""
+
+    MIRRORS = {"6f9b7cd1b000247a"}  # timm 1.0
+    fused_bns = ("bn1", "bns.*")
+
+    def forward(self, x):
+        shortcut = x
+        out = self.bn1(self.conv1(x))
+        spx = torch.split(out, self.width, 1)
+        offer_channel_slices(spx, out)  # the convs save these views: recompute them from bn1's input
+        spo = []
+        sp = spx[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
+            spo.append(bn(conv(sp)))
+            sp = spo[-1]
+        if self.scale > 1:
+            spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
+        out = self.drop_block(torch.cat(spo, 1))
+        out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        if self.downsample is not None:
+            shortcut = self.downsample(x)
         out += shortcut
         return self.relu(out)
 
@@ -108,4 +151,5 @@ SHARED_RELU_BLOCKS = {
     "timm.models.senet.SEResNetBlock": LegacySEResNetBlock,
     "timm.models.dla.DlaBasic": DlaBasic,
     "timm.models.dla.DlaBottleneck": DlaBottleneck,
+    "timm.models.res2net.Bottle2neck": Res2NetBottle2neck,
 }

@@ -19,7 +19,7 @@ from ..nn._common import has_hooks
 from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding, MIXED_CONV,
                        depthwise_parts, depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
 from .effnet_block import FusedMBConvBlockMixin
-from .patcher import Patcher, fused_class, join, parent_path
+from .patcher import Patcher, forward_mismatch, fused_class, join, parent_path
 from .resnet_blocks import SHARED_RELU_BLOCKS
 
 
@@ -124,6 +124,7 @@ def efficientnet_pytorch_mbconv(p, path, module, parent, name):
     dw = module._depthwise_conv
     reasons = [depthwise_problem(dw) or dw_backend_problem(p, dw), act_name(module._swish) != "silu" and "unknown swish"]
     reasons += [batchnorm_problem(getattr(module, n)) for n in ("_bn0", "_bn1") if hasattr(module, n)]
+    reasons.append(forward_mismatch(type(module), FusedMBConvBlockMixin))
     reasons = [r for r in reasons if r]
     if reasons:
         p.skip(path, module, "; ".join(reasons))
@@ -212,18 +213,39 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
     return False
 
 
+def _fused_bn_slots(module: nn.Module, names: tuple) -> list:
+    """(parent, name, path below module) of each BN a shared-ReLU forward fuses: ``"bn1"``, or
+    ``"bns.*"`` for every entry of the ModuleList ``bns`` (Res2Net's per-scale BNs)."""
+    slots = []
+    for name in names:
+        if not name.endswith(".*"):
+            slots.append((module, name, name))
+            continue
+        holder = module._modules.get(name[:-2])
+        if not isinstance(holder, nn.ModuleList):
+            return []
+        slots += [(holder, key, f"{name[:-2]}.{key}") for key in holder._modules]
+    return slots
+
+
 def shared_relu_resnet_blocks(p, path, module, parent, name):
-    """torchvision / legacy SENet ResNet blocks: one ReLU module after bn1, bn2 and the residual add;
-    bn1 (bn2) take the ReLU and the block runs a forward without it there (resnet_blocks.py)."""
+    """torchvision / legacy SENet / DLA / Res2Net ResNet blocks: one ReLU module after bn1, bn2 (...)
+    and the residual add; those BNs take the ReLU and the block runs a forward without it there
+    (resnet_blocks.py), if the installed library's forward is the one that forward mirrors."""
     forward = SHARED_RELU_BLOCKS.get(qualname(module))
     if forward is None or has_hooks(module) or act_name(module._modules.get("relu")) != "relu":
         return False
-    bns = [module._modules.get(n) for n in forward.fused_bns]
-    if any(bn is None or batchnorm_problem(bn) is not None or bn_act_of(bn) != "identity" for bn in bns):
+    slots = _fused_bn_slots(module, forward.fused_bns)
+    bns = [holder._modules.get(key) for holder, key, _ in slots]
+    if not bns or any(bn is None or batchnorm_problem(bn) is not None or bn_act_of(bn) != "identity" for bn in bns):
         return False  # the leaf rules report these BNs
-    for bn_name, bn in zip(forward.fused_bns, bns):
-        p.replace(module, bn_name, BatchNormAct2d.from_batchnorm(bn, "relu", backend=p.backend))
-        p.record(join(path, bn_name), type(bn).__name__, "BatchNormAct2d",
+    reason = forward_mismatch(type(module), forward)
+    if reason is not None:
+        p.skip(path, module, reason)
+        return False  # its BNs still get the leaf rules (lone: the ReLU order is unknown)
+    for (holder, key, below), bn in zip(slots, bns):
+        p.replace(holder, key, BatchNormAct2d.from_batchnorm(bn, "relu", backend=p.backend))
+        p.record(join(path, below), type(bn).__name__, "BatchNormAct2d",
                  f"+ relu (act=relu; {type(module).__name__}'s forward swapped, its shared relu runs after the add only)")
     p.swap_class(module, fused_class(type(module), forward))
     return False
