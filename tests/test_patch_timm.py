@@ -210,7 +210,7 @@ def test_reparameterize_patched_model(name):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "dla34", "res2net50_14w_8s",
-                                  "torchvision.resnet50"])
+                                  "torchvision.densenet121", "torchvision.resnet50"])
 def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
     """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
     saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""

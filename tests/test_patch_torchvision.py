@@ -17,14 +17,23 @@ CASES = {
     "resnet18": {"BatchNormAct2d": 9},
     # stem + bn1, bn2 of each of the 16 bottlenecks
     "resnet50": {"BatchNormAct2d": 33},
+    # 58 dense layers x (norm1 + relu1, norm2 + relu2), the 3 transitions' norm + relu, features.norm0 +
+    # relu0; norm5 (no act module follows in the Sequential: F.relu in DenseNet.forward) is lone
+    "densenet121": {"BatchNormAct2d": 58 * 2 + 3 + 1},
+    # every BasicConv2d (conv, bn, F.relu: the block's forward is swapped)
+    "googlenet": {"BatchNormAct2d": 57},
+    "inception_v3": {"BatchNormAct2d": 94},
 }
+MODEL_KWARGS = {"googlenet": dict(aux_logits=False, init_weights=False),
+                "inception_v3": dict(aux_logits=False, init_weights=False)}
+INPUT_SHAPE = {"inception_v3": (2, 3, 80, 80)}  # its stem needs >= 75 x 75
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_patched_matches_unpatched(name):
     torch.manual_seed(0)
-    model = getattr(tv.models, name)(num_classes=10)
-    report = check_patch_equivalence(model)
+    model = getattr(tv.models, name)(num_classes=10, **MODEL_KWARGS.get(name, {}))
+    report = check_patch_equivalence(model, INPUT_SHAPE.get(name, (2, 3, 64, 64)))
     counts = report.counts()
     for kind, n in CASES[name].items():
         assert counts.get(kind, 0) == n, f"{name}: {kind} x{counts.get(kind, 0)} != {n}\n{report}"

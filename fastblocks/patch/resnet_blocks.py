@@ -1,9 +1,10 @@
-"""ResNet blocks whose one ReLU module runs after several BNs (torchvision BasicBlock / Bottleneck,
-timm's legacy SENet, DLA and Res2Net blocks): their bn1 (and bn2, ...) become BatchNormAct2d(relu), and the
-block's class becomes a subclass whose forward is the original one without the ReLU after those BNs.
-Every module and parameter stays where it was. Each forward lists the fingerprints
-(``patcher.forward_fingerprint``) of the original forwards it was written from: another version of
-the library is left unpatched, with the reason."""
+"""Blocks whose forward is swapped so that BNs can take the ReLU: ResNet-style blocks whose one ReLU
+module runs after several BNs (torchvision BasicBlock / Bottleneck, timm's legacy SENet, DLA and
+Res2Net blocks) and torchvision's BasicConv2d (GoogLeNet, Inception v3: a functional ReLU). Their
+bn1 (bn2, ...) become BatchNormAct2d(relu), and the block's class becomes a subclass whose forward is
+the original one without the ReLU after those BNs. Every module and parameter stays where it was.
+Each forward lists the fingerprints (``patcher.forward_fingerprint``) of the original forwards it
+was written from: another version of the library is left unpatched, with the reason."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import torch
 from .._recompute import offer_channel_slices
 
 
-class TorchvisionBasicBlock:
+class _SharedReluForward:
+    """Base of the forwards below: ``fused_bns`` take the act of the block's ``relu`` module
+    (``relu_module``), ``MIRRORS`` the fingerprints of the original forwards."""
+
+    MIRRORS: set = set()
+    fused_bns: tuple = ()
+    relu_module = True
+
+
+class TorchvisionBasicBlock(_SharedReluForward):
     """torchvision.models.resnet.BasicBlock.forward; bn1 applies the ReLU."""
 
     MIRRORS = {"faaf7fa861b63ee6"}  # torchvision 0.29
@@ -28,7 +38,7 @@ class TorchvisionBasicBlock:
         return self.relu(out)
 
 
-class TorchvisionBottleneck:
+class TorchvisionBottleneck(_SharedReluForward):
     """torchvision.models.resnet.Bottleneck.forward; bn1 and bn2 apply the ReLU."""
 
     MIRRORS = {"502ff930576dc006"}  # torchvision 0.29
@@ -45,7 +55,7 @@ class TorchvisionBottleneck:
         return self.relu(out)
 
 
-class LegacySEBottleneck:
+class LegacySEBottleneck(_SharedReluForward):
     """timm.models.senet.Bottleneck.forward (SEBottleneck, SEResNetBottleneck, SEResNeXtBottleneck);
     bn1 and bn2 apply the ReLU."""
 
@@ -63,7 +73,7 @@ class LegacySEBottleneck:
         return self.relu(out)
 
 
-class LegacySEResNetBlock:
+class LegacySEResNetBlock(_SharedReluForward):
     """timm.models.senet.SEResNetBlock.forward; bn1 and bn2 apply the ReLU."""
 
     MIRRORS = {"de61e029d9df5e3f"}  # timm 1.0
@@ -79,7 +89,7 @@ class LegacySEResNetBlock:
         return self.relu(out)
 
 
-class DlaBasic:
+class DlaBasic(_SharedReluForward):
     """timm.models.dla.DlaBasic.forward; bn1 applies the ReLU."""
 
     MIRRORS = {"4fa86406c2c39f40"}  # timm 1.0
@@ -94,7 +104,7 @@ class DlaBasic:
         return self.relu(out)
 
 
-class DlaBottleneck:
+class DlaBottleneck(_SharedReluForward):
     """timm.models.dla.DlaBottleneck.forward; bn1 and bn2 apply the ReLU."""
 
     MIRRORS = {"7ca2953b889be1dc"}  # timm 1.0
@@ -110,7 +120,7 @@ class DlaBottleneck:
         return self.relu(out)
 
 
-class Res2NetBottle2neck:
+class Res2NetBottle2neck(_SharedReluForward):
     """timm.models.res2net.Bottle2neck.forward; bn1 and every bns[i] apply the ReLU."""
 
     MIRRORS = {"6f9b7cd1b000247a"}  # timm 1.0
@@ -141,6 +151,17 @@ class Res2NetBottle2neck:
         return self.relu(out)
 
 
+class TorchvisionBasicConv2d(_SharedReluForward):
+    """torchvision.models.googlenet / inception BasicConv2d.forward (conv, bn, F.relu); bn applies it."""
+
+    MIRRORS = {"b0afe1cbc76e401d"}  # torchvision 0.29
+    fused_bns = ("bn",)
+    relu_module = False  # the ReLU is functional, not a module
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
 # qualname -> the forward that replaces the block's own
 SHARED_RELU_BLOCKS = {
     "torchvision.models.resnet.BasicBlock": TorchvisionBasicBlock,
@@ -152,4 +173,6 @@ SHARED_RELU_BLOCKS = {
     "timm.models.dla.DlaBasic": DlaBasic,
     "timm.models.dla.DlaBottleneck": DlaBottleneck,
     "timm.models.res2net.Bottle2neck": Res2NetBottle2neck,
+    "torchvision.models.googlenet.BasicConv2d": TorchvisionBasicConv2d,
+    "torchvision.models.inception.BasicConv2d": TorchvisionBasicConv2d,
 }

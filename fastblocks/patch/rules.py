@@ -155,10 +155,11 @@ def efficientnet_pytorch_stem_head(p, path, module, parent, name):
 
 
 class Chain(NamedTuple):
-    """conv -> bn [-> between] [-> act] inside a block's forward, by attribute name. ``act``: a sibling
-    activation module (None: the BN applies its own act, timm BatchNormAct2d); ``between``: a module
-    run between bn and act that must be an Identity for the chain to fuse (timm ResNet's drop_block)."""
-    conv: str
+    """conv -> bn [-> between] [-> act] inside a block's forward, by attribute name. ``conv``: None when
+    no conv feeds the BN (pre-activation); ``act``: a sibling activation module (None: the BN applies
+    its own act, timm BatchNormAct2d); ``between``: a module run between bn and act that must be an
+    Identity for the chain to fuse (timm ResNet's drop_block)."""
+    conv: Optional[str]
     bn: str
     act: Optional[str] = None
     between: Optional[str] = None
@@ -172,6 +173,8 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.models._efficientnet_blocks.ConvBnAct": (Chain("conv", "bn1"),),  # GhostNetV3 branches, ...
     "timm.models.hgnet.ConvBNAct": (Chain("conv", "bn", "act"),),  # PP-HGNet / HGNetV2: conv, bn, act, lab
     "timm.models.ghostnet.GhostBottleneck": (Chain("conv_dw", "bn_dw"),),  # GhostNet V1 / V2, stride 2
+    # DenseNet's pre-activation layers: norm1 -> relu1 -> conv1, norm2 -> relu2 -> conv2 (no conv before)
+    "torchvision.models.densenet._DenseLayer": (Chain(None, "norm1", "relu1"), Chain(None, "norm2", "relu2")),
     "timm.models.xception_aligned.SeparableConv2d": (Chain("conv_dw", "bn_dw", "act_dw"),
                                                      Chain("conv_pw", "bn_pw", "act_pw")),
     # timm ResNet family (resnet*, seresnet*, ecaresnet*, resnext*, ...): bn3 / bn2 feed the residual
@@ -196,7 +199,8 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
     if chains is None or has_hooks(module):
         return False
     for chain in chains:
-        conv, bn = module._modules.get(chain.conv), module._modules.get(chain.bn)
+        conv = module._modules.get(chain.conv) if chain.conv is not None else nn.Identity()  # None: pre-activation
+        bn = module._modules.get(chain.bn)
         if conv is None or bn is None or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
             continue  # not this block's layout, or already patched
         adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
@@ -233,7 +237,9 @@ def shared_relu_resnet_blocks(p, path, module, parent, name):
     and the residual add; those BNs take the ReLU and the block runs a forward without it there
     (resnet_blocks.py), if the installed library's forward is the one that forward mirrors."""
     forward = SHARED_RELU_BLOCKS.get(qualname(module))
-    if forward is None or has_hooks(module) or act_name(module._modules.get("relu")) != "relu":
+    if forward is None or has_hooks(module):
+        return False
+    if forward.relu_module and act_name(module._modules.get("relu")) != "relu":
         return False
     slots = _fused_bn_slots(module, forward.fused_bns)
     bns = [holder._modules.get(key) for holder, key, _ in slots]
@@ -245,8 +251,9 @@ def shared_relu_resnet_blocks(p, path, module, parent, name):
         return False  # its BNs still get the leaf rules (lone: the ReLU order is unknown)
     for (holder, key, below), bn in zip(slots, bns):
         p.replace(holder, key, BatchNormAct2d.from_batchnorm(bn, "relu", backend=p.backend))
+        how = "its shared relu runs after the add only" if forward.relu_module else "its F.relu is the BN's"
         p.record(join(path, below), type(bn).__name__, "BatchNormAct2d",
-                 f"+ relu (act=relu; {type(module).__name__}'s forward swapped, its shared relu runs after the add only)")
+                 f"+ relu (act=relu; {type(module).__name__}'s forward swapped, {how})")
     p.swap_class(module, fused_class(type(module), forward))
     return False
 
@@ -411,13 +418,15 @@ RULES = [
          "MBConvBlock: expand BN+swish, depthwise Conv2dStaticSamePadding+BN+swish, inline SE", efficientnet_pytorch_mbconv),
     Rule("efficientnet_pytorch.EfficientNet", "efficientnet_pytorch",
          "stem / head BN followed by the shared _swish", efficientnet_pytorch_stem_head),
-    Rule("timm.conv_bn_blocks", "timm",
+    Rule("timm.conv_bn_blocks", "timm / torchvision",
          "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d; "
          "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused); "
-         "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2)", timm_conv_bn_blocks),
+         "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2); GhostBottleneck conv_dw + bn_dw; "
+         "torchvision ResNet stem, DenseNet _DenseLayer norm1 + relu1, norm2 + relu2", timm_conv_bn_blocks),
     Rule("resnet_shared_relu", "torchvision / timm",
-         "torchvision ResNet BasicBlock / Bottleneck, legacy SENet blocks: bn1 (+ bn2) + the shared relu, "
-         "block forward swapped", shared_relu_resnet_blocks),
+         "torchvision ResNet BasicBlock / Bottleneck, legacy SENet, DLA, Res2Net blocks: bn1 (+ bn2, ...) + the "
+         "shared relu; torchvision GoogLeNet / Inception BasicConv2d: bn + F.relu; block forward swapped",
+         shared_relu_resnet_blocks),
     Rule("sequential", "torchvision / zoo / generic",
          "Sequential or a subclass keeping its forward (Conv2dNormActivation, RepViT / EfficientViT-M ConvNorm, ...): "
          "depthwise Conv2d, BatchNorm2d[, act]; BatchNorm2d, act", sequential_chains),
