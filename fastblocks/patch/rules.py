@@ -234,8 +234,9 @@ def _fused_bn_slots(module: nn.Module, names: tuple) -> list:
 
 def shared_relu_resnet_blocks(p, path, module, parent, name):
     """torchvision / legacy SENet / DLA / Res2Net ResNet blocks: one ReLU module after bn1, bn2 (...)
-    and the residual add; those BNs take the ReLU and the block runs a forward without it there
-    (resnet_blocks.py), if the installed library's forward is the one that forward mirrors."""
+    and the residual add; torchvision BasicConv2d: F.relu after bn. Those BNs take the ReLU and the
+    block runs a forward without it there (resnet_blocks.py), if the installed library's forward is
+    the one that forward mirrors."""
     forward = SHARED_RELU_BLOCKS.get(qualname(module))
     if forward is None or has_hooks(module):
         return False
