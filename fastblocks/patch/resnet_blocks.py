@@ -14,8 +14,9 @@ from .._recompute import offer_channel_slices
 
 
 class _SharedReluForward:
-    """Base of the forwards below: ``fused_bns`` take the act of the block's ``relu`` module
-    (``relu_module``), ``MIRRORS`` the fingerprints of the original forwards."""
+    """Base of the forwards below: ``fused_bns`` become BatchNormAct2d(relu); ``relu_module``: the
+    block has a ReLU module ``relu`` (checked to be one), else its ReLU is functional; ``MIRRORS``:
+    the fingerprints of the original forwards."""
 
     MIRRORS: set = set()
     fused_bns: tuple = ()

@@ -199,16 +199,17 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
     if chains is None or has_hooks(module):
         return False
     for chain in chains:
-        conv = module._modules.get(chain.conv) if chain.conv is not None else nn.Identity()  # None: pre-activation
+        conv = module._modules.get(chain.conv) if chain.conv is not None else None  # pre-activation: no conv
         bn = module._modules.get(chain.bn)
-        if conv is None or bn is None or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
+        missing = (chain.conv is not None and conv is None) or bn is None
+        if missing or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
             continue  # not this block's layout, or already patched
         adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
         act_module = module._modules.get(chain.act) if chain.act is not None else None
         act_module_name = chain.act if adjacent and act_module is not None and bn_act_of(bn) == "identity" \
             and act_name(act_module) not in (None, "identity") else None
-        if _tried_as_depthwise(conv) and adjacent and fuse_dw_bn(p, path, module, chain.conv, chain.bn,
-                                                                 act_module_name):
+        depthwise = conv is not None and _tried_as_depthwise(conv)
+        if depthwise and adjacent and fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name):
             continue
         # A dense conv, or a depthwise one left unfused (reported): BN + act still fuse.
         if act_module_name is not None and id(bn) not in p.claimed:
