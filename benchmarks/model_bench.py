@@ -9,12 +9,16 @@ Memory: bytes saved for backward by one training forward (every variant where au
 saved-tensor hooks see them) and, on GPU, the peak allocated memory of a training step.
 Each variant's eval output and training gradients are checked against a float64 (GPU: float32,
 no autocast) run of the eager model before timing: a variant must be at least as accurate as eager (2x eager's error + 1e-6).
+Timing: on CPU the steps of all variants given to one ``ModelBench.run`` are timed in turns, one
+step of each per round (a slow spell of a shared machine falls on all alike); on GPU one variant
+after another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import traceback
 from typing import Callable, Optional
 
@@ -26,7 +30,7 @@ from fastblocks.utils import saved_tensor_bytes
 
 from .cases import build_model
 from .compiled import ExpectCompiled, compile_fresh
-from .timing import time_repeats
+from .timing import time_repeats, time_repeats_interleaved
 
 MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100", "zoo:eca_mobilenet_v2")
 QUICK_MODELS = {"cpu": ("efficientnet_b0", "mobilenetv2_100"), "cuda": ("efficientnet_b0",)}
@@ -128,6 +132,41 @@ class ModelBench:
         optimizer.step()
 
     def run(self, variants: tuple, on_row: Callable[[dict], None]) -> None:
+        """Check and time ``variants``; one row per (variant, mode) through ``on_row``. On CPU every
+        variant is checked first and then all are timed in turns (``time_repeats_interleaved``), so
+        their ratios do not carry a drift of the machine; on GPU each is timed once checked (one
+        variant's models on the device at a time)."""
+        pending = []
+        for job in self._checked_steps(variants, on_row):
+            if self.device == "cuda":
+                self._emit(job, self._time(job), on_row)
+            else:
+                pending.append(job)
+        timings = time_repeats_interleaved([job["fn"] for job in pending], self.repeats)
+        for job, timing in zip(pending, timings):
+            self._emit(job, timing, on_row)
+
+    def _time(self, job: dict):
+        try:
+            return time_repeats(self.device, job["fn"], self.repeats)
+        except Exception as err:  # noqa: BLE001 - reported as the variant's row
+            traceback.print_exc()
+            return err
+
+    def _emit(self, job: dict, timing, on_row: Callable[[dict], None]) -> None:
+        row = job["row"]
+        if isinstance(timing, Exception):
+            on_row(dict(row, status="error", error=f"{type(timing).__name__}: {timing}"[:300]))
+            return
+        extra = dict(job["extra"])
+        if row["mode"] == "train_step":
+            extra["peak_bytes"] = self._peak_bytes(job["fn"])
+        on_row(dict(row, status="ok", img_per_s=self.batch / timing.median, **extra, **timing.as_dict()))
+
+    def _checked_steps(self, variants: tuple, on_row: Callable[[dict], None]):
+        """Builds each variant, checks its eval output and training gradients against the reference,
+        reports a wrong or failing one through ``on_row`` and yields the steps to time: dicts with
+        the row so far, ``fn`` (one inference call / one SGD step) and ``extra`` columns."""
         logits_ref, grads_ref = self._expected
         eager_err = self.eager_err
         for name in variants:
@@ -139,19 +178,19 @@ class ModelBench:
                 model, forward = self.variant(name)
                 # inference
                 model.eval()
-                with _freezing(self.device, compiled):
+                freezing = functools.partial(_freezing, self.device, compiled)
+                with freezing():
                     with self._first_call(name, "inference"):
                         out = self._eval_step(forward)
-                    out_err = _rel_err(out, logits_ref)
-                    problem = self._accuracy_problem("eval output", out_err, eager_err.get("eval"), name)
-                    if problem is None:
-                        t = time_repeats(self.device, lambda: self._eval_step(forward), self.repeats)
-                        on_row(dict(row, mode="inference", status="ok", rel_err=out_err,
-                                    img_per_s=self.batch / t.median, **t.as_dict()))
-                    else:
-                        on_row(dict(row, mode="inference", status="wrong", error=problem))
-                    if name == "eager":
-                        eager_err["eval"] = out_err
+                out_err = _rel_err(out, logits_ref)
+                problem = self._accuracy_problem("eval output", out_err, eager_err.get("eval"), name)
+                if name == "eager":
+                    eager_err["eval"] = out_err
+                if problem is None:
+                    yield dict(row=dict(row, mode="inference", rel_err=out_err), extra={},
+                               fn=lambda f=forward, z=freezing: self._eval_step_in(z, f))
+                else:
+                    on_row(dict(row, mode="inference", status="wrong", error=problem))
                 # training (a fresh copy: frozen inference graphs must not serve training)
                 model, forward = self.variant(name)
                 with self._first_call(name, "training"):
@@ -167,14 +206,15 @@ class ModelBench:
                 with _autocast(self.device):
                     saved = self._saved_bytes(forward)
                 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-                step = lambda: self._train_step(model, forward, optimizer)  # noqa: E731
-                t = time_repeats(self.device, step, self.repeats)
-                peak = self._peak_bytes(step)
-                on_row(dict(row, mode="train_step", status="ok", rel_err=grad_err, img_per_s=self.batch / t.median,
-                            saved_bytes=saved, peak_bytes=peak, **t.as_dict()))
+                yield dict(row=dict(row, mode="train_step", rel_err=grad_err), extra=dict(saved_bytes=saved),
+                           fn=lambda m=model, f=forward, o=optimizer: self._train_step(m, f, o))
             except Exception as err:  # report and go on with the next variant
                 traceback.print_exc()
                 on_row(dict(row, mode="train_step", status="error", error=f"{type(err).__name__}: {err}"[:300]))
+
+    def _eval_step_in(self, context, forward):
+        with context():
+            return self._eval_step(forward)
 
     @staticmethod
     def _accuracy_problem(what: str, err: float, eager: Optional[float], name: str) -> Optional[str]:

@@ -14,11 +14,8 @@ a 2-core VM its later variants drift slower by 10-20%). Writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import sys
 
 import torch
@@ -28,7 +25,7 @@ from fastblocks._recompute import LEVELS
 
 from .model_bench import ModelBench
 from .report import write_whole
-from .run import RESULTS, _cpu_name, _git_commit, _slug
+from .run import RESULTS, _cpu_name, _slug, run_environment
 from .timing import time_cpu_interleaved, time_cuda
 
 MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100", "mixnet_s")
@@ -92,13 +89,8 @@ def main(argv=None) -> int:
     batch = args.batch or (256 if args.device == "cuda" else 8)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     gpu = args.device == "cuda"
-    env = dict(device=args.device,
-               device_name=torch.cuda.get_device_name() if gpu else f"{_cpu_name()} ({torch.get_num_threads()} threads)",
-               torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
-               threads=torch.get_num_threads(), layout="channels_last" if args.channels_last else "nchw",
-               command="python -m benchmarks.recompute_tradeoff " + " ".join(shlex.quote(a) for a in argv),
-               date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=_git_commit(),
-               backends=fb.available_backends())
+    env = run_environment(args.device, "benchmarks.recompute_tradeoff", argv, batch=batch,
+                          layout="channels_last" if args.channels_last else "nchw")
     result = dict(environment=env, rows=[])
     for name in args.models:
         result["rows"] += measure(name, args.device, batch, memory_format, args.run_time)

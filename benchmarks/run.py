@@ -148,25 +148,31 @@ def _progress_bar():
         return plain
 
 
-def environment(args: argparse.Namespace, argv: list[str]) -> dict:
+def run_environment(device: str, program: str, argv: list[str], **extra) -> dict:
+    """What a result file records about its run: device, versions, threads, command, date, git
+    commit, backends; ``extra``: the program's own settings."""
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    gpu = args.device == "cuda"
+    gpu = device == "cuda"
     return dict(
-        device=args.device,
+        device=device,
         device_name=torch.cuda.get_device_name() if gpu else f"{_cpu_name()} ({torch.get_num_threads()} threads)",
         torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
         cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         python=platform.python_version(), threads=torch.get_num_threads(),
-        command="python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv),
+        command=f"python -m {program} " + " ".join(shlex.quote(a) for a in argv),
         date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=_git_commit(),
-        backends=fb.available_backends(), op_batch=args.batch, model_batch=args.model_batch,
-        dtype=args.dtype, layout="channels_last" if args.channels_last else "nchw", quick=args.quick,
-        op_models=args.op_models)
+        backends=fb.available_backends(), **extra)
+
+
+def environment(args: argparse.Namespace, argv: list[str]) -> dict:
+    return run_environment(args.device, "benchmarks.run", argv, op_batch=args.batch, model_batch=args.model_batch,
+                           dtype=args.dtype, layout="channels_last" if args.channels_last else "nchw",
+                           quick=args.quick, op_models=args.op_models)
 
 
 def main(argv=None) -> int:
@@ -214,14 +220,21 @@ def main(argv=None) -> int:
     variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
     for model in tqdm(args.models, desc="models", unit="model"):
         bench = None
-        for variant in variants:
-            # a compiled variant compiles the whole model twice (inference, training): minutes
-            kind = "model compile" if variant.endswith("compile") else "model"
-            if not deadline.allows(kind, f"{model} {variant}", default_s=120.0 if "compile" in kind else 0.0):
-                continue
-            with deadline.measure(kind):
-                bench = bench or ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
-                bench.run((variant,), result["model_rows"].append)
+        if gpu:
+            for variant in variants:
+                # a compiled variant compiles the whole model twice (inference, training): minutes
+                kind = "model compile" if variant.endswith("compile") else "model"
+                if not deadline.allows(kind, f"{model} {variant}", default_s=120.0 if "compile" in kind else 0.0):
+                    continue
+                with deadline.measure(kind):
+                    bench = bench or ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
+                    bench.run((variant,), result["model_rows"].append)
+                checkpoint()
+        elif deadline.allows("model, all variants", model):
+            # CPU: all variants in one run, timed in turns (ModelBench.run): ratios without drift
+            with deadline.measure("model, all variants"):
+                bench = ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
+                bench.run(variants, result["model_rows"].append)
             checkpoint()
         del bench
         if args.memory_batches and deadline.allows("memory", f"{model} memory vs batch"):

@@ -9,6 +9,7 @@ read its inputs from L2 left warm by the previous call.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -186,11 +187,41 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> dict:
 def time_repeats(device: str, fn: Callable[[], object], repeats: int, warmup: int = 2) -> Timing:
     """``repeats`` timed calls of a long-running ``fn`` (a model step): CUDA events on GPU,
     torch.utils.benchmark (one call per measurement) on CPU."""
+    if device != "cuda":
+        (result,) = time_repeats_interleaved([fn], repeats, warmup)
+        if isinstance(result, Exception):
+            raise result
+        return result
     for _ in range(warmup):
         fn()
-    if device == "cuda":
-        return time_cuda([fn], warmup_ms=0.0, rep_ms=0.0, max_reps=repeats) if repeats else summarize([0.0])
-    from torch.utils import benchmark
+    return time_cuda([fn], warmup_ms=0.0, rep_ms=0.0, max_reps=repeats) if repeats else summarize([0.0])
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return summarize([timer.timeit(1).median for _ in range(repeats)])
+
+def time_repeats_interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 2) -> list:
+    """CPU: ``repeats`` rounds in which every long-running ``fn`` (a model step) is timed once, in
+    turn. On a shared machine a slow spell then falls on every fn alike instead of on whichever ran
+    during it (timed one after another, identical code measured 10-20% apart on a 2-core VM).
+    One wall-clock reading per call: steps last 10 ms and more (torch.utils.benchmark's timeit(1)
+    would run each twice more as its own warm-up). Returns one Timing per fn, or the exception for
+    a fn that raised (dropped from later rounds)."""
+    results: list = [None] * len(fns)
+    times: dict = {}
+    for i, fn in enumerate(fns):
+        try:
+            for _ in range(warmup):
+                fn()
+            times[i] = []
+        except Exception as err:  # noqa: BLE001 - a failing fn is reported, the others go on
+            results[i] = err
+    for _ in range(repeats):
+        for i in list(times):
+            try:
+                start = time.perf_counter()
+                fns[i]()
+                times[i].append(time.perf_counter() - start)
+            except Exception as err:  # noqa: BLE001
+                results[i] = err
+                del times[i]
+    for i, samples in times.items():
+        results[i] = summarize(samples)
+    return results

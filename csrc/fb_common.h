@@ -26,15 +26,20 @@ template <typename T>
 using acc_of = typename AccOf<T>::type;
 
 // Activation codes (the kernels switch on them; CUDA device code includes this enum too).
-enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4 };
+enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4, LeakyRelu = 5 };
+
+// Negative slope of Act::LeakyRelu: nn.LeakyReLU's default, as fastblocks._act.LEAKY_RELU_SLOPE
+// (written as a double literal: ATen multiplies float inputs by 0.01f and double inputs by 0.01).
+constexpr double kLeakyReluSlope = 0.01;
 
 inline Act parse_act(c10::string_view name) {
   if (name == "silu") return Act::Silu;
   if (name == "relu") return Act::Relu;
   if (name == "relu6") return Act::Relu6;
   if (name == "hardswish") return Act::Hardswish;
+  if (name == "leaky_relu") return Act::LeakyRelu;
   if (name == "identity") return Act::Identity;
-  TORCH_CHECK(false, "fastblocks_kernels: act must be one of silu, relu, relu6, hardswish, identity; got '",
+  TORCH_CHECK(false, "fastblocks_kernels: act must be one of silu, relu, relu6, hardswish, leaky_relu, identity; got '",
               std::string(name), "'");
 }
 

@@ -170,6 +170,12 @@ inline T fb_sigmoid(T u) {
   return bc<T>(1.0f) / (bc<T>(1.0f) + fb_exp(-u));
 }
 
+// kLeakyReluSlope in T's precision (0.01f in float lanes, 0.01 in double), as ATen rounds it.
+template <typename T>
+inline T leaky_slope() {
+  return T{} + static_cast<std::conditional_t<IsVec<T>::value, float, T>>(kLeakyReluSlope);
+}
+
 // T: acc_t scalar or fb_vf.
 template <Act A, typename T>
 inline T act_fwd(T u) {
@@ -182,6 +188,8 @@ inline T act_fwd(T u) {
     return vmin(vmax(u, zero), bc<T>(6.0f));
   } else if constexpr (A == Act::Hardswish) {
     return u * vmin(vmax(u + bc<T>(3.0f), zero), bc<T>(6.0f)) / bc<T>(6.0f);
+  } else if constexpr (A == Act::LeakyRelu) {
+    return u > zero ? u : u * leaky_slope<T>();
   } else {
     return u;
   }
@@ -201,6 +209,8 @@ inline T act_bwd(T u, T g) {
   } else if constexpr (A == Act::Hardswish) {
     const T mid = g * (u / bc<T>(3.0f) + bc<T>(0.5f));
     return u < bc<T>(-3.0f) ? zero : (u <= bc<T>(3.0f) ? mid : g);
+  } else if constexpr (A == Act::LeakyRelu) {
+    return u > zero ? g : g * leaky_slope<T>();
   } else {
     return g;
   }
@@ -214,6 +224,7 @@ inline void dispatch_act(Act act, F&& f) {
     case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); break;
     case Act::Relu6: f(std::integral_constant<Act, Act::Relu6>{}); break;
     case Act::Hardswish: f(std::integral_constant<Act, Act::Hardswish>{}); break;
+    case Act::LeakyRelu: f(std::integral_constant<Act, Act::LeakyRelu>{}); break;
     default: f(std::integral_constant<Act, Act::Identity>{}); break;
   }
 }

@@ -67,6 +67,7 @@ __device__ __forceinline__ T act_fwd(Act act, T u) {
       const T t = u + T(3);
       return u * (t > T(0) ? (t < T(6) ? t : T(6)) : T(0)) / T(6);
     }
+    case Act::LeakyRelu: return u > T(0) ? u : u * T(kLeakyReluSlope);
     default: return u;
   }
 }
@@ -82,6 +83,7 @@ __device__ __forceinline__ T act_bwd(Act act, T u, T g) {
     case Act::Relu: return u > T(0) ? g : T(0);
     case Act::Relu6: return (u > T(0) && u < T(6)) ? g : T(0);
     case Act::Hardswish: return u < T(-3) ? T(0) : (u <= T(3) ? g * (u / T(3) + T(0.5)) : g);
+    case Act::LeakyRelu: return u > T(0) ? g : g * T(kLeakyReluSlope);
     default: return g;
   }
 }

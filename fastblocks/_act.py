@@ -12,6 +12,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+# nn.LeakyReLU's default (and timm's "leaky_relu", used by CSPNet / DarkNet). The kernels bake it in
+# as a constant: a LeakyReLU with another slope is left unfused by fb.patch, with the reason.
+LEAKY_RELU_SLOPE = 0.01
+
 Fn = Callable[[torch.Tensor], torch.Tensor]
 Grad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,6 +31,10 @@ def _relu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _relu6_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.hardtanh_backward(g, u, 0.0, 6.0)
+
+
+def _leaky_relu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.leaky_relu_backward(g, u, LEAKY_RELU_SLOPE, False)
 
 
 def _hardswish_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -47,6 +55,7 @@ ACTIVATIONS: dict[str, tuple[Fn, Grad]] = {
     "relu": (F.relu, _relu_grad),
     "relu6": (F.relu6, _relu6_grad),
     "hardswish": (F.hardswish, _hardswish_grad),
+    "leaky_relu": (lambda u: F.leaky_relu(u, LEAKY_RELU_SLOPE), _leaky_relu_grad),
     "identity": (lambda u: u, lambda u, g: g),
 }
 
@@ -56,7 +65,7 @@ GATES: dict[str, tuple[Fn, Grad]] = {
 }
 
 # Spellings users bring from timm / torchvision / papers.
-_ACT_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "none": "identity", "linear": "identity"}
+_ACT_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "leakyrelu": "leaky_relu", "none": "identity", "linear": "identity"}
 _GATE_ALIASES = {"hardsigmoid": "hard_sigmoid"}
 
 

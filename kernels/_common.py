@@ -197,6 +197,9 @@ def act_fwd(u, ACT: tl.constexpr):
         out = tl.minimum(tl.where(u > 0.0, u, 0.0), 6.0)
     elif ACT == "hardswish":
         out = u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
+    elif ACT == "leaky_relu":
+        # The literal takes u's dtype (0.01f / 0.01, as ATen); fastblocks._act.LEAKY_RELU_SLOPE.
+        out = tl.where(u > 0.0, u, u * 0.01)
     else:
         out = u
     return out
@@ -214,6 +217,8 @@ def act_bwd(u, g, ACT: tl.constexpr):
         out = tl.where((u > 0.0) & (u < 6.0), g, 0.0)
     elif ACT == "hardswish":
         out = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, g * (u / 3.0 + 0.5), g))
+    elif ACT == "leaky_relu":
+        out = tl.where(u > 0.0, g, g * 0.01)
     else:
         out = g
     return out

@@ -2,10 +2,9 @@ import pytest
 import torch
 
 import fastblocks as fb
-from utils import compare_with_reference, randn
+from utils import ACTS, compare_with_reference, randn
 
 CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
-ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

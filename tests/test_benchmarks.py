@@ -351,6 +351,52 @@ def test_cpu_interleaved_timer_takes_turns_and_reports_failures():
     assert switches >= 2 * rounds - 1
 
 
+def test_repeats_interleaved_take_turns_and_report_failures():
+    order = []
+
+    def step(name, seconds):
+        def call():
+            order.append(name)
+            time.sleep(seconds)
+        return call
+
+    def broken():
+        raise RuntimeError("boom")
+
+    res = timing.time_repeats_interleaved([step("a", 0.002), broken, step("b", 0.006)], repeats=4, warmup=1)
+    assert isinstance(res[1], RuntimeError)
+    assert res[0].samples == res[2].samples == 4
+    assert 2.0 < res[2].median / res[0].median < 4.5
+    assert order == ["a", "b"] + ["a", "b"] * 4  # warm-ups, then one call of each per round
+
+
+def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interleaved_run(monkeypatch):
+    from torch import nn
+
+    from benchmarks import model_bench
+
+    def tiny(name):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                             nn.BatchNorm2d(8), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000))
+
+    calls = []
+    real = model_bench.time_repeats_interleaved
+    monkeypatch.setattr(model_bench, "build_model", tiny)
+    monkeypatch.setattr(model_bench, "RESOLUTION", 12)
+    monkeypatch.setattr(model_bench, "time_repeats_interleaved", lambda fns, repeats: calls.append(len(fns)) or
+                        real(fns, repeats))
+    rows = []
+    model_bench.ModelBench("tiny", "cpu", 2, torch.contiguous_format, quick=True).run(("eager", "fastblocks"),
+                                                                                     rows.append)
+    assert calls == [4]  # 2 variants x (inference, training step), all in one run
+    assert [(r["variant"], r["mode"], r["status"]) for r in rows] == [
+        ("eager", "inference", "ok"), ("eager", "train_step", "ok"),
+        ("fastblocks", "inference", "ok"), ("fastblocks", "train_step", "ok")]
+    saved = {r["variant"]: r["saved_bytes"] for r in rows if r["mode"] == "train_step"}
+    assert 0 < saved["fastblocks"] < saved["eager"]
+    assert all(r["samples"] == 5 and r["img_per_s"] > 0 for r in rows)
+
+
 def test_recompute_tradeoff_writes_both_levels(tmp_path, capsys):
     pytest.importorskip("timm")
     from benchmarks import recompute_tradeoff

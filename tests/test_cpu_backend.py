@@ -20,7 +20,7 @@ from fastblocks import _dispatch  # noqa: E402
 from fastblocks._validate import conv_out_size, conv_pads  # noqa: E402
 from fastblocks.backends import native  # noqa: E402
 from utils import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
-from utils import dwconv_inputs  # noqa: E402
+from utils import ACTS, dwconv_inputs  # noqa: E402
 
 # channels_last is the cpu backend's fast path, so it is these tests' default layout.
 dw_inputs = functools.partial(dwconv_inputs, fmt="channels_last")
@@ -28,7 +28,6 @@ dw_inputs = functools.partial(dwconv_inputs, fmt="channels_last")
 if native.available("cpu") is not None:
     pytest.skip(f"cpu backend unavailable: {native.available('cpu')}", allow_module_level=True)
 
-ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 GATES = ["sigmoid", "hard_sigmoid"]
 LAYOUTS = ["channels_last", "nchw"]
 # dwconv_bn_act runs an NCHW input either plane by plane or through the channels-last kernels

@@ -25,7 +25,7 @@ import fastblocks as fb
 from fastblocks import _dispatch
 from fastblocks.backends import native
 from test_triton_interpreter import CASES, run_case
-from utils import assert_close_to_reference, assert_deterministic_b0_layer, randn
+from utils import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, randn
 
 HAS_CUDA_KERNELS = native.has_kernels("cuda")
 
@@ -161,7 +161,7 @@ def test_b0_dwconv_fp32_odd_sizes(cuda_backend, c, h, k, stride, cl, padding):
 
 
 @gpu
-@pytest.mark.parametrize("act", ["silu", "relu", "relu6", "hardswish", "identity"])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype,cl", [("float16", False), ("float16", True), ("float32", True)])
 def test_dwconv_acts_k7_stride2(cuda_backend, act, dtype, cl):
     spec = dict(op="dwconv_bn_act", shape=(BATCH, 40, 29, 31), k=7, stride=2, padding=2, training=True,
@@ -209,7 +209,7 @@ def test_eca_and_gate_scale(cuda_backend, c, h, gate):
 
 
 @gpu
-@pytest.mark.parametrize("act", ["silu", "hardswish", "relu6", "relu", "identity"])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float16"])
 def test_activation_large(cuda_backend, act, dtype):
     run_case(dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype, cl=True), device="cuda",

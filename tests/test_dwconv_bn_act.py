@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import fastblocks as fb
-from utils import compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
+from utils import ACTS, compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
 
-ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
 CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 
 

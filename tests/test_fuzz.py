@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastblocks as fb
 from fastblocks._validate import conv_out_size, conv_pads, padding_spec
-from utils import compare_with_reference, rand_positive, randn
+from utils import ACTS, compare_with_reference, rand_positive, randn
 
 BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 # derandomize: CI runs the same examples every time (a failure is reproducible, never flaky).
@@ -19,7 +19,7 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True, suppress_healt
 @given(n=st.integers(1, 3), c=st.integers(1, 9), h=st.integers(3, 12), w=st.integers(3, 12),
        k=st.sampled_from([3, 5, 7]), stride=st.sampled_from([1, 2]),
        padding=st.sampled_from(["same", "tf_same", 0, 1, 3]), training=st.booleans(),
-       act=st.sampled_from(["silu", "relu", "relu6", "hardswish", "identity"]),
+       act=st.sampled_from(ACTS),
        channels_last=st.booleans(), seed=st.integers(0, 10_000))
 def test_dwconv_bn_act_fuzz(backend, n, c, h, w, k, stride, padding, training, act, channels_last, seed):
     mode, pad = padding_spec(padding)

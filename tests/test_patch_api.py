@@ -109,6 +109,29 @@ def test_hooks_subclasses_and_unusual_convs_are_skipped_with_reasons():
     assert type(model[10]) is nn.BatchNorm2d
 
 
+def test_leaky_relu_is_fused_at_its_default_slope_only():
+    from timm.layers import BatchNormAct2d as TimmBNAct
+
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.LeakyReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.LeakyReLU(0.2),
+        nn.Conv2d(4, 4, 1), TimmBNAct(4, act_layer=nn.LeakyReLU),
+        nn.Conv2d(4, 4, 1), TimmBNAct(4, act_layer=nn.LeakyReLU, act_kwargs=dict(negative_slope=0.1)),
+    )
+    x = torch.randn(2, 4, 6, 5)
+    expected = model(x)
+    report = fb.patch(model)
+    assert model[0].act == "leaky_relu" and isinstance(model[2], nn.Identity)
+    # another slope: the conv + BN are fused without it, the LeakyReLU module stays and runs
+    assert model[3].act == "identity" and type(model[5]) is nn.LeakyReLU
+    assert isinstance(model[7], fb.nn.BatchNormAct2d) and model[7].act == "leaky_relu"
+    assert type(model[9]) is TimmBNAct
+    reasons = [s.reason for s in report.skipped if s.path == "9"]
+    assert reasons == ["BatchNormAct2d with an unsupported activation (LeakyReLU(negative_slope=0.1): the kernels "
+                       "fuse slope 0.01 only)"]
+    torch.testing.assert_close(model(x), expected)
+
+
 def test_sequential_subclasses_fuse_only_when_they_keep_sequential_forward():
     class ConvNorm(nn.Sequential):  # RepViT / EfficientViT-M style: forward inherited, plus a fuse()
         def fuse(self):

@@ -68,6 +68,13 @@ CASES = {
     "mixnet_s": {"DWConvBNAct": 3, "MixedDWConvBNAct": 13, "SqueezeExcite": 13, "BatchNormAct2d": 17},
     # TF port: Conv2dSame ("tf_same") groups
     "tf_mixnet_s": {"DWConvBNAct": 3, "MixedDWConvBNAct": 13, "SqueezeExcite": 13, "BatchNormAct2d": 17},
+    # DarkNet-17 (LeakyReLU, slope 0.01): the stem ConvNormAct + 5 stages x (the stride-2 conv_down and
+    # one DarkBlock's conv1, conv2); the blocks end in the residual add, no act
+    "darknet17": {"BatchNormAct2d": 16},
+    # CSPResNet-50 (LeakyReLU): stem + the conv_down of stages 2-4 + 13 bottlenecks x (conv1, conv2) + 2
+    # transition convs per stage = 38; conv_exp is linear (cross_linear) and each conv3 feeds the add:
+    # lone BNs; the act3 after the add stands alone (a LeakyReLU keeps one tensor already)
+    "cspresnet50": {"BatchNormAct2d": 1 + 3 + 26 + 8},
 }
 
 

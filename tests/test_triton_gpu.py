@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from test_triton_interpreter import run_case
+from test_triton_interpreter import ACTS, run_case
 from utils import assert_deterministic_b0_layer
 
 pytestmark = pytest.mark.gpu
@@ -49,7 +49,7 @@ def _specs() -> dict:
             specs[f"dw-fp32-{'cl' if cl else 'nchw'}-c{c}-k{k}-s{stride}"] = dict(
                 op="dwconv_bn_act", shape=(4, c, h + 1, h - 1), k=k, stride=stride, padding="same",
                 training=True, act="hardswish", cl=cl, dtype="float32", conv_bias=True)
-    for act in ("silu", "relu", "relu6", "hardswish", "identity"):
+    for act in ACTS:
         specs[f"dw-fp16-nchw-k7-{act}"] = dict(op="dwconv_bn_act", shape=(BATCH, 40, 29, 31), k=7, stride=2,
                                                padding=2, training=True, act=act, cl=False, dtype="float16")
     for dtype, cl in (("bfloat16", True), ("float32", False)):
@@ -66,7 +66,7 @@ def _specs() -> dict:
                                              dtype="bfloat16")
             specs[f"gate-scale-c{c}-{gate}"] = dict(op="gate_scale", shape=(BATCH, c, h, h), gate=gate, cl=False,
                                                     dtype="float32")
-    for act in ("silu", "hardswish", "relu6"):
+    for act in ("silu", "hardswish", "relu6", "leaky_relu"):
         for dtype in ("bfloat16", "float32"):
             specs[f"act-{act}-{dtype}"] = dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype,
                                                cl=True)

@@ -30,7 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 INTERP_BLOCKS_ENV = "FASTBLOCKS_TRITON_INTERP_BLOCKS"  # kernels._common reads it per launch
 CASE_TIMEOUT_S = 180
-ACTS = ["silu", "relu", "relu6", "hardswish", "identity"]
+# fastblocks._act.ACTIVATIONS, spelled out: this module must not import fastblocks before the worker
+# sets TRITON_INTERPRET (test_cases_cover_every_config checks the two agree).
+ACTS = ["silu", "relu", "relu6", "hardswish", "leaky_relu", "identity"]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
 
@@ -62,6 +64,7 @@ CASES = {
     "dw-k5-s2-pad1-train-relu-nchw": _dw((1, 3, 8, 9), 5, 2, 1, True, "relu", False),
     "dw-k7-s1-same-train-relu6-cl": _dw((1, 3, 9, 8), 7, 1, "same", True, "relu6", True),
     "dw-k7-s2-tfsame-eval-silu-nchw": _dw((1, 3, 11, 9), 7, 2, "tf_same", False, "silu", False),
+    "dw-k3-s2-same-train-leaky-cl": _dw((2, 4, 9, 7), 3, 2, "same", True, "leaky_relu", True),
     # affine / running stats / conv bias combinations
     "dw-noaffine-convbias-train-relu-cl": _dw((2, 4, 8, 8), 3, 1, "same", True, "relu", True,
                                                affine=False, conv_bias=True),
@@ -118,6 +121,8 @@ CASES = {
     # values across the kinks, and dbeta of a small channel sum is ill-conditioned)
     "bn-bf16-eval-nchw": _bn((3, 8, 7, 5), False, "hardswish", False, dtype="bfloat16"),
     "bn-fp64-train": _bn((2, 3, 5, 6), True, "silu", True, dtype="float64"),
+    "bn-fp64-train-leaky-nchw": _bn((2, 3, 5, 6), True, "leaky_relu", False, dtype="float64"),
+    "bn-eval-leaky-cl": _bn((2, 5, 4, 3), False, "leaky_relu", True),
 
     # gate_scale
     **{f"gate-{gate}-{dt}-{'cl' if cl else 'nchw'}": dict(op="gate_scale", shape=(3, 11, 5, 7), gate=gate,
@@ -608,6 +613,8 @@ def test_cases_cover_every_op_and_option():
     assert {s["op"] for s in specs} >= {"dwconv_bn_act", "bn_act", "gate_scale", "squeeze_excite", "eca",
                                         "activation"}
     assert {s["act"] for s in specs if s["op"] == "activation"} == set(ACTS)
+    from fastblocks._act import ACTIVATIONS
+    assert ACTS == list(ACTIVATIONS)
 
 
 def test_kernels_autotune_without_interpreter():

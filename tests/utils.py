@@ -8,6 +8,10 @@ from typing import Callable, Iterable, Optional
 import torch
 
 import fastblocks as fb
+from fastblocks._act import ACTIVATIONS
+
+# Every activation the ops accept: a new entry in fastblocks._act is tested by every backend's tests.
+ACTS = list(ACTIVATIONS)
 
 # dtype -> (forward, gradient) bound on ||out - ref|| / ||ref|| against a float64 reference.
 TOLERANCE = {

@@ -17,7 +17,7 @@ What runs in the kernels (full-size passes):
 - ``gate_scale`` / ``squeeze_excite`` / ``eca``: pooling, the gated scale, and one backward pass over
   dy and x giving dx-through-the-scale and the per-(n, c) sum(dy * x). The (N, C) MLP / 1-D conv and
   the gate run in ATen here.
-- ``activation``: silu / hardswish / relu / relu6 / identity forward and backward (saves x only).
+- ``activation``: silu / hardswish / relu / relu6 / leaky_relu / identity forward and backward (saves x only).
 
 CPU: ``at::parallel_for`` (``torch.set_num_threads`` applies), channels_last is the fast path.
 CUDA: one thread per output pixel and 16-byte channel vector on channels_last; deterministic
@@ -38,13 +38,13 @@ import torch
 from .._act import gate_backward, gate_forward
 from .._dispatch import BackendImpl, register_backend, register_config_check, register_impl
 from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
+from .kernel_configs import dwconv_config_problem
 
 KERNEL_OPS = ("act_forward", "act_backward", "bn_act_forward", "bn_act_backward", "dwconv_bn_act_forward",
               "dwconv_bn_act_backward", "channel_pool", "channel_scale", "channel_scale_backward")
 DEVICE_TYPES = ("cpu", "cuda")
 # float64 runs in both (double accumulation); float16 / bfloat16 accumulate in float32.
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-KERNEL_SIZES = (3, 5, 7)
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -128,18 +128,7 @@ def _dwconv_backward(dy, x, weight, bn_weight, bn_bias, conv_bias, mean, var,
 
 def _dwconv_supports(device_type, x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
                      stride, padding_mode, padding, dilation, training, eps, act):
-    return _check_x(device_type, x) or _dwconv_config(device_type, weight.shape[-1], stride, dilation)
-
-
-def _dwconv_config(device_type, kernel_size, stride, dilation=1):
-    """None when the depthwise kernels exist for this configuration, else the reason."""
-    if kernel_size not in KERNEL_SIZES:
-        return f"the {device_type} backend's depthwise kernels support k in {KERNEL_SIZES}, got k={kernel_size}"
-    if dilation != 1:
-        return f"the {device_type} backend supports dilation 1 only, got {dilation}"
-    if stride not in (1, 2):
-        return f"the {device_type} backend supports stride 1 or 2, got {stride}"
-    return None
+    return _check_x(device_type, x) or dwconv_config_problem(device_type, weight.shape[-1], stride, dilation)
 
 
 # ---------------------------------------------------------------------------------- gating
@@ -223,7 +212,7 @@ _FORWARD_BACKWARD = {
 
 def _register(device_type: str) -> None:
     register_backend(device_type, functools.partial(unavailable_reason, device_type))
-    register_config_check("dwconv_bn_act", device_type, functools.partial(_dwconv_config, device_type))
+    register_config_check("dwconv_bn_act", device_type, functools.partial(dwconv_config_problem, device_type))
     if not has_kernels(device_type):
         return
     supports = supports_for(device_type)

@@ -19,6 +19,7 @@ holds the Triton kernels themselves rather than one opaque op.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -28,6 +29,7 @@ from .._act import gate_backward
 from .._dispatch import (BackendImpl, GraphCapture, register_backend, register_config_check, register_graph_capture,
                          register_impl)
 from .excite import eca_logits, eca_logits_backward, se_logits, se_logits_backward
+from .kernel_configs import dwconv_config_problem
 from .._validate import conv_out_size, conv_pads
 
 NAME = "triton"
@@ -99,18 +101,7 @@ def _tensor_reason(x: torch.Tensor) -> str | None:
 
 def _dwconv_supports(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
                      stride, padding_mode, padding, dilation, training, eps, act):
-    return _tensor_reason(x) or _dwconv_config(weight.shape[-1], stride, dilation)
-
-
-def _dwconv_config(kernel_size, stride, dilation=1):
-    """None when the depthwise kernels exist for this configuration, else the reason."""
-    if kernel_size not in (3, 5, 7):
-        return f"kernel size {kernel_size} is not supported (3, 5, 7)"
-    if stride not in (1, 2):
-        return f"stride {stride} is not supported (1, 2)"
-    if dilation != 1:
-        return f"dilation {dilation} is not supported"
-    return None
+    return _tensor_reason(x) or dwconv_config_problem(NAME, weight.shape[-1], stride, dilation)
 
 
 def _x_supports(x, *args):
@@ -235,7 +226,7 @@ def _activation_supports(x, act):
 
 register_backend(NAME, _availability)
 register_graph_capture(NAME, GraphCapture(_capture_reason, lambda: _kernels("_common").capturing(), _all_kernels))
-register_config_check("dwconv_bn_act", NAME, _dwconv_config)
+register_config_check("dwconv_bn_act", NAME, functools.partial(dwconv_config_problem, NAME))
 register_impl("dwconv_bn_act", NAME, BackendImpl(dwconv_bn_act_forward, dwconv_bn_act_backward, _dwconv_supports))
 register_impl("bn_act", NAME, BackendImpl(bn_act_forward, bn_act_backward, _x_supports))
 register_impl("gate_scale", NAME, BackendImpl(gate_scale_forward, gate_scale_backward, _x_supports))

@@ -53,7 +53,7 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 def activation(x: Tensor, act: str, *, backend: Optional[str] = None) -> Tensor:
     """Element-wise activation that saves only x for backward (recomputes in backward).
 
-    x: any shape, floating dtype. act: "silu", "relu", "relu6", "hardswish", "identity".
+    x: any shape, floating dtype. act: "silu", "relu", "relu6", "hardswish", "leaky_relu" (slope 0.01), "identity".
     Returns a tensor like x.
     """
     if not isinstance(x, Tensor):

@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from torch import nn
 
+from .._act import LEAKY_RELU_SLOPE
 from ..nn._common import has_hooks
 
 
@@ -62,7 +63,16 @@ def act_name(module: Optional[nn.Module]) -> Optional[str]:
         return module.act
     if key == "timm.layers.create_act.GELU" or has_hooks(module):
         return None
+    if key == "torch.nn.modules.activation.LeakyReLU":
+        return "leaky_relu" if module.negative_slope == LEAKY_RELU_SLOPE else None
     return _ACTS.get(key)
+
+
+def describe_act(module: nn.Module) -> str:
+    """How a skip reason names an activation fastblocks does not fuse."""
+    if qualname(module) == "torch.nn.modules.activation.LeakyReLU":
+        return f"LeakyReLU(negative_slope={module.negative_slope}): the kernels fuse slope {LEAKY_RELU_SLOPE} only"
+    return type(module).__name__
 
 
 def gate_name(module: nn.Module) -> Optional[str]:
@@ -87,7 +97,7 @@ def batchnorm_problem(bn: nn.Module, sync_ok: bool = False) -> Optional[str]:
         if drop is not None and act_name(drop) != "identity":
             return "BatchNormAct2d with dropout"
         if act_name(getattr(bn, "act", None)) is None:
-            return f"BatchNormAct2d with an unsupported activation ({type(bn.act).__name__})"
+            return f"BatchNormAct2d with an unsupported activation ({describe_act(bn.act)})"
     return None
 
 
