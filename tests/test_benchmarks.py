@@ -351,6 +351,22 @@ def test_cpu_interleaved_timer_takes_turns_and_reports_failures():
     assert switches >= 2 * rounds - 1
 
 
+def test_model_accuracy_gate():
+    from benchmarks.model_bench import GRAD_ERR_FLOOR, ModelBench
+
+    gate = ModelBench._accuracy_problem
+    assert gate("eval output", 3e-6, 1e-6, "fastblocks") is None
+    assert "> 3.00e-06" in gate("eval output", 5e-6, 1e-6, "fastblocks")
+    # gradients: rounding-level float32 errors (measured up to ~3e-3 for an exact stem) pass ...
+    assert gate("training gradients", 3.1e-3, 1.5e-3, "fastblocks") is None
+    assert gate("training gradients", GRAD_ERR_FLOOR, 1e-5, "fastblocks") is None
+    # ... a wrong kernel does not
+    assert "training gradients rel. error 2.00e-01" in gate("training gradients", 0.2, 1.5e-3, "fastblocks")
+    assert gate("training gradients", 0.2, 0.15, "fastblocks") is None  # eager itself that far off
+    assert "eager itself is off" in gate("training gradients", 0.5, None, "eager")
+    assert gate("training gradients", float("nan"), 1e-3, "fastblocks") is not None
+
+
 def test_repeats_interleaved_take_turns_and_report_failures():
     order = []
 
