@@ -412,6 +412,17 @@ def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interlea
     assert 0 < saved["fastblocks"] < saved["eager"]
     assert all(r["samples"] == 5 and r["img_per_s"] > 0 for r in rows)
 
+    # compiled variants: every graph is built (and checked) before the timing starts, and the timing
+    # runs those graphs: exactly one compile per (variant, mode), none discarded and rebuilt
+    from benchmarks.compiled import graphs_compiled
+
+    monkeypatch.setattr(model_bench, "COMPILE_OPTIONS", dict(backend="eager"))
+    before, rows = graphs_compiled(), []
+    model_bench.ModelBench("tiny", "cpu", 2, torch.contiguous_format, quick=True).run(
+        ("eager", "compile", "fastblocks", "fastblocks+compile"), rows.append)
+    assert calls[-1] == 8 and all(r["status"] == "ok" for r in rows)
+    assert graphs_compiled() - before == 4
+
 
 def test_recompute_tradeoff_writes_both_levels(tmp_path, capsys):
     pytest.importorskip("timm")
