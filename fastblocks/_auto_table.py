@@ -5,9 +5,9 @@ fastest first.
 Each entry's comment gives the result file and the geometric-mean speedup vs the reference."""
 
 AUTO_TABLE = {
-    ('cpu', 'activation', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.834, 'cpu': 0.903}
-    ('cpu', 'activation', 'channels_last', 'any', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.999, 'cpu': 1.01}
-    ('cpu', 'activation', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.748, 'cpu': 0.844}
+    ('cpu', 'activation', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.946, 'cpu': 1.117}
+    ('cpu', 'activation', 'channels_last', 'any', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.979, 'cpu': 1.224}
+    ('cpu', 'activation', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.926, 'cpu': 1.058}
     ('cpu', 'activation', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.861, 'cpu': 0.951}
     ('cpu', 'activation', 'nchw', 'any', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.97, 'cpu': 1.045}
     ('cpu', 'activation', 'nchw', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.831, 'cpu': 0.925}
@@ -23,12 +23,12 @@ AUTO_TABLE = {
     ('cpu', 'bn_act', 'nchw', 'train'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.773, 'cpu': 1.238}
     ('cpu', 'bn_act', 'nchw', 'train', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.903, 'cpu': 2.323}
     ('cpu', 'bn_act', 'nchw', 'train', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.73, 'cpu': 0.984}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 1.048, 'cpu': 1.392}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 1.162, 'cpu': 1.513}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.995, 'cpu': 1.336}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.816, 'cpu': 1.06}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.82, 'cpu': 0.99}
-    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-cl-dwconv-dw-regs.json: {'eager': 0.813, 'cpu': 1.097}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.032, 'cpu': 1.485}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.077, 'cpu': 1.832}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'eval', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.01, 'cpu': 1.337}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.799, 'cpu': 1.161}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.802, 'cpu': 0.912}
+    ('cpu', 'dwconv_bn_act', 'channels_last', 'train', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 0.798, 'cpu': 1.31}
     ('cpu', 'dwconv_bn_act', 'nchw', 'eval'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.201, 'cpu': 1.141}
     ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.665, 'cpu': 2.408}
     ('cpu', 'dwconv_bn_act', 'nchw', 'eval', 'small'): ('eager', 'cpu'),  # cpu-amd-epyc-2026-12-02-quick-nchw-dwconv-dw-regs.json: {'eager': 1.02, 'cpu': 0.786}
@@ -45,9 +45,9 @@ AUTO_TABLE = {
     ('cpu', 'gate_scale', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl-more-ops.json: {'eager': 0.891, 'cpu': 0.963}
     ('cpu', 'gate_scale', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.874, 'cpu': 0.929}
     ('cpu', 'gate_scale', 'nchw', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.874, 'cpu': 0.929}
-    ('cpu', 'squeeze_excite', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.976, 'cpu': 1.181}
-    ('cpu', 'squeeze_excite', 'channels_last', 'any', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 1.213, 'cpu': 1.638}
-    ('cpu', 'squeeze_excite', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-cl.json: {'eager': 0.889, 'cpu': 1.027}
+    ('cpu', 'squeeze_excite', 'channels_last', 'any'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.089, 'cpu': 1.287}
+    ('cpu', 'squeeze_excite', 'channels_last', 'any', 'large'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.161, 'cpu': 1.272}
+    ('cpu', 'squeeze_excite', 'channels_last', 'any', 'small'): ('cpu', 'eager'),  # cpu-amd-epyc-2026-12-02-quick-cl-interleaved-models.json: {'eager': 1.059, 'cpu': 1.293}
     ('cpu', 'squeeze_excite', 'nchw', 'any'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.926, 'cpu': 1.117}
     ('cpu', 'squeeze_excite', 'nchw', 'any', 'large'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 1.05, 'cpu': 1.389}
     ('cpu', 'squeeze_excite', 'nchw', 'any', 'small'): ('cpu', 'eager'),  # cpu-intel-r-xeon-r-processor-2026-11-23-quick-all-ops.json: {'eager': 0.877, 'cpu': 1.018}

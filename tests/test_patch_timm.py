@@ -59,6 +59,8 @@ CASES = {
     # Res2Net-50 14w x 8s: the stem's bn1 + per Bottle2neck bn1 and its 7 per-scale BNs (ModuleList
     # bns; one relu module after each and after the add: the block's forward is swapped); 16 blocks
     "res2net50_14w_8s": {"BatchNormAct2d": 1 + 16 * 8},
+    # DLA-60 Res2Net: the 3 stem Sequentials + 16 DlaBottle2neck blocks x (bn1 + the 3 per-scale BNs)
+    "dla60_res2net": {"BatchNormAct2d": 3 + 16 * 4},
     # GhostNet V1: 37 dw (ghost modules' cheap ops, the stride-2 shortcuts) + the 4 stride-2 blocks'
     # conv_dw + bn_dw (no act); SE in 7 blocks
     "ghostnet_100": {"DWConvBNAct": 41, "SqueezeExcite": 7, "BatchNormAct2d": 17},

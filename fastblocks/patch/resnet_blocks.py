@@ -121,6 +121,23 @@ class DlaBottleneck(_SharedReluForward):
         return self.relu(out)
 
 
+def _multi_scale(block, out: torch.Tensor) -> torch.Tensor:
+    """The Res2Net scales of timm's Bottle2neck and DlaBottle2neck (same code in both): bn1's output
+    split into ``width``-channel groups, each conv + bn (+ ReLU, fused) over the group plus the
+    previous scale's output; the last group pooled or passed; concatenated."""
+    spx = torch.split(out, block.width, 1)
+    offer_channel_slices(spx, out)  # the convs save these views: recompute them from bn1's input
+    spo = []
+    sp = spx[0]
+    for i, (conv, bn) in enumerate(zip(block.convs, block.bns)):
+        sp = spx[i] if i == 0 or block.is_first else sp + spx[i]
+        spo.append(bn(conv(sp)))
+        sp = spo[-1]
+    if block.scale > 1:
+        spo.append(block.pool(spx[-1]) if block.pool is not None else spx[-1])
+    return torch.cat(spo, 1)
+
+
 class Res2NetBottle2neck(_SharedReluForward):
     """timm.models.res2net.Bottle2neck.forward; bn1 and every bns[i] apply the ReLU."""
 
@@ -129,18 +146,7 @@ class Res2NetBottle2neck(_SharedReluForward):
 
     def forward(self, x):
         shortcut = x
-        out = self.bn1(self.conv1(x))
-        spx = torch.split(out, self.width, 1)
-        offer_channel_slices(spx, out)  # the convs save these views: recompute them from bn1's input
-        spo = []
-        sp = spx[0]
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
-            spo.append(bn(conv(sp)))
-            sp = spo[-1]
-        if self.scale > 1:
-            spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
-        out = self.drop_block(torch.cat(spo, 1))
+        out = self.drop_block(_multi_scale(self, self.bn1(self.conv1(x))))
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
@@ -148,6 +154,21 @@ class Res2NetBottle2neck(_SharedReluForward):
             out = self.drop_path(out)
         if self.downsample is not None:
             shortcut = self.downsample(x)
+        out += shortcut
+        return self.relu(out)
+
+
+class DlaBottle2neck(_SharedReluForward):
+    """timm.models.dla.DlaBottle2neck.forward (DLA-X Res2Net blocks); bn1 and every bns[i] apply the ReLU."""
+
+    MIRRORS = {"3e6f577ce8ff5db9"}  # timm 1.0
+    fused_bns = ("bn1", "bns.*")
+
+    def forward(self, x, shortcut=None, children=None):
+        if shortcut is None:
+            shortcut = x
+        out = _multi_scale(self, self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(out))
         out += shortcut
         return self.relu(out)
 
@@ -174,6 +195,7 @@ SHARED_RELU_BLOCKS = {
     "timm.models.dla.DlaBasic": DlaBasic,
     "timm.models.dla.DlaBottleneck": DlaBottleneck,
     "timm.models.res2net.Bottle2neck": Res2NetBottle2neck,
+    "timm.models.dla.DlaBottle2neck": DlaBottle2neck,
     "torchvision.models.googlenet.BasicConv2d": TorchvisionBasicConv2d,
     "torchvision.models.inception.BasicConv2d": TorchvisionBasicConv2d,
 }
