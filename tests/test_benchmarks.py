@@ -4,6 +4,7 @@ dispatch that reads it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -328,18 +329,22 @@ def test_host_overhead_model_rows(capsys):
     assert all(float(c) > 0 for r in rows[1:] for c in r.strip("| ").split(" | ")[1:])
 
 
+def _sleeper(order: list, name: str, seconds: float):
+    """A timed call that records its turn in ``order``."""
+    def call():
+        order.append(name)
+        time.sleep(seconds)
+    return call
+
+
+def _broken():
+    raise RuntimeError("boom")
+
+
 def test_cpu_interleaved_timer_takes_turns_and_reports_failures():
     order = []
-
-    def sleeper(name, seconds):
-        def call():
-            order.append(name)
-            time.sleep(seconds)
-        return call
-
-    def broken():
-        raise RuntimeError("boom")
-
+    sleeper = functools.partial(_sleeper, order)
+    broken = _broken
     rounds = 4
     res = timing.time_cpu_interleaved({"fast": [sleeper("fast", 0.001)], "slow": [sleeper("slow", 0.003)],
                                        "bad": [broken]}, min_run_time=0.2, rounds=rounds)
@@ -369,17 +374,8 @@ def test_model_accuracy_gate():
 
 def test_repeats_interleaved_take_turns_and_report_failures():
     order = []
-
-    def step(name, seconds):
-        def call():
-            order.append(name)
-            time.sleep(seconds)
-        return call
-
-    def broken():
-        raise RuntimeError("boom")
-
-    res = timing.time_repeats_interleaved([step("a", 0.002), broken, step("b", 0.006)], repeats=4, warmup=1)
+    step = functools.partial(_sleeper, order)
+    res = timing.time_repeats_interleaved([step("a", 0.002), _broken, step("b", 0.006)], repeats=4, warmup=1)
     assert isinstance(res[1], RuntimeError)
     assert res[0].samples == res[2].samples == 4
     assert 2.0 < res[2].median / res[0].median < 4.5
