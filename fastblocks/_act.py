@@ -65,7 +65,8 @@ GATES: dict[str, tuple[Fn, Grad]] = {
 }
 
 # Spellings users bring from timm / torchvision / papers.
-_ACT_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "leakyrelu": "leaky_relu", "none": "identity", "linear": "identity"}
+_ACT_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "leakyrelu": "leaky_relu", "none": "identity",
+                "linear": "identity"}
 _GATE_ALIASES = {"hardsigmoid": "hard_sigmoid"}
 
 
