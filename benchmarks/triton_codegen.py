@@ -347,9 +347,12 @@ def smoke_cases(channels: int = 32, size: int = 9):
         cases.append(OpCase("dwconv_bn_act", "smoke", f"dw_k{k}_s{stride}", module, shape, f"k{k} s{stride} silu"))
     # leaky_relu: the act with a constant of its own (its kink is relu's)
     cases.append(OpCase("bn_act", "smoke", "bn", BatchNormAct2d(c, act="leaky_relu"), shape, "leaky_relu"))
+    # gelu: tl.math.erf must lower for sm_90; gelu_tanh: the act with the longest expression
+    cases.append(OpCase("bn_act", "smoke", "bn_gelu", BatchNormAct2d(c, act="gelu"), shape, "gelu"))
     se = SqueezeExcite(nn.Conv2d(c, 8, 1), nn.Conv2d(8, c, 1), act="silu", gate="sigmoid")
     cases.append(OpCase("squeeze_excite", "smoke", "se", se, shape, "rd8 silu/sigmoid"))
     cases.append(OpCase("activation", "smoke", "act", MemoryEfficientAct("hardswish"), shape, "hardswish"))
+    cases.append(OpCase("activation", "smoke", "act_gelu_tanh", MemoryEfficientAct("gelu_tanh"), shape, "gelu_tanh"))
     return cases
 
 

@@ -26,11 +26,16 @@ template <typename T>
 using acc_of = typename AccOf<T>::type;
 
 // Activation codes (the kernels switch on them; CUDA device code includes this enum too).
-enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4, LeakyRelu = 5 };
+enum class Act : int { Identity = 0, Silu = 1, Relu = 2, Relu6 = 3, Hardswish = 4, LeakyRelu = 5,
+                        Gelu = 6, GeluTanh = 7 };
 
 // Negative slope of Act::LeakyRelu: nn.LeakyReLU's default, as fastblocks._act.LEAKY_RELU_SLOPE
 // (written as a double literal: ATen multiplies float inputs by 0.01f and double inputs by 0.01).
 constexpr double kLeakyReluSlope = 0.01;
+
+// Act::GeluTanh: u * sigmoid(2 z), z = sqrt(2 / pi) * (u + kappa u^3) (nn.GELU(approximate="tanh")).
+constexpr double kGeluTanhTwoBeta = 1.59576912160573071;  // 2 sqrt(2 / pi)
+constexpr double kGeluTanhKappa = 0.044715;
 
 inline Act parse_act(c10::string_view name) {
   if (name == "silu") return Act::Silu;
@@ -38,8 +43,10 @@ inline Act parse_act(c10::string_view name) {
   if (name == "relu6") return Act::Relu6;
   if (name == "hardswish") return Act::Hardswish;
   if (name == "leaky_relu") return Act::LeakyRelu;
+  if (name == "gelu") return Act::Gelu;
+  if (name == "gelu_tanh") return Act::GeluTanh;
   if (name == "identity") return Act::Identity;
-  TORCH_CHECK(false, "fastblocks_kernels: act must be one of silu, relu, relu6, hardswish, leaky_relu, identity; got '",
+  TORCH_CHECK(false, "fastblocks_kernels: act must be one of silu, relu, relu6, hardswish, leaky_relu, gelu, gelu_tanh, identity; got '",
               std::string(name), "'");
 }
 

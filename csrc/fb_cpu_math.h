@@ -170,10 +170,46 @@ inline T fb_sigmoid(T u) {
   return bc<T>(1.0f) / (bc<T>(1.0f) + fb_exp(-u));
 }
 
-// kLeakyReluSlope in T's precision (0.01f in float lanes, 0.01 in double), as ATen rounds it.
+// A constant in T's precision (float in float lanes, double in double), as ATen rounds its constants.
 template <typename T>
-inline T leaky_slope() {
-  return T{} + static_cast<std::conditional_t<IsVec<T>::value, float, T>>(kLeakyReluSlope);
+inline T cst(double c) {
+  return T{} + static_cast<std::conditional_t<IsVec<T>::value, float, T>>(c);
+}
+
+// Standard normal CDF Phi(u) = erfc(-u / sqrt 2) / 2. Float (scalar or fb_vf): Numerical Recipes'
+// erfc (Chebyshev fit around exp, fractional error < 1.2e-7 for every argument), so the negative
+// tail keeps its relative precision, which 1 + erf(u / sqrt 2) loses; double: std::erfc.
+template <typename T>
+inline T fb_normal_cdf(T u) {
+  const T z = vmax(u, -u) * bc<T>(0.70710678118654752f);
+  const T t = bc<T>(1.0f) / (bc<T>(1.0f) + bc<T>(0.5f) * z);
+  T p = bc<T>(0.17087277f);
+  p = p * t + bc<T>(-0.82215223f);
+  p = p * t + bc<T>(1.48851587f);
+  p = p * t + bc<T>(-1.13520398f);
+  p = p * t + bc<T>(0.27886807f);
+  p = p * t + bc<T>(-0.18628806f);
+  p = p * t + bc<T>(0.09678418f);
+  p = p * t + bc<T>(0.37409196f);
+  p = p * t + bc<T>(1.00002368f);
+  p = p * t + bc<T>(-1.26551223f);
+  const T half_erfc = bc<T>(0.5f) * t * fb_exp(p - z * z);  // erfc(z) / 2 = Phi(-|u|)
+  return u < bc<T>(0.0f) ? half_erfc : bc<T>(1.0f) - half_erfc;
+}
+inline double fb_normal_cdf(double u) { return 0.5 * std::erfc(-u * 0.70710678118654752440); }
+
+// Standard normal density phi(u).
+template <typename T>
+inline T fb_normal_pdf(T u) {
+  return fb_exp(bc<T>(-0.5f) * u * u) * bc<T>(0.398942280401432678f);
+}
+inline double fb_normal_pdf(double u) { return std::exp(-0.5 * u * u) * 0.398942280401432678; }
+
+// gelu_tanh(u) = u (1 + tanh(z)) / 2 = u * sigmoid(2 z), z = sqrt(2 / pi) (u + 0.044715 u^3): the
+// sigmoid form has no cancellation in 1 + tanh for negative u.
+template <typename T>
+inline T gelu_tanh_two_z(T u) {
+  return cst<T>(kGeluTanhTwoBeta) * (u + cst<T>(kGeluTanhKappa) * u * u * u);
 }
 
 // T: acc_t scalar or fb_vf.
@@ -189,7 +225,11 @@ inline T act_fwd(T u) {
   } else if constexpr (A == Act::Hardswish) {
     return u * vmin(vmax(u + bc<T>(3.0f), zero), bc<T>(6.0f)) / bc<T>(6.0f);
   } else if constexpr (A == Act::LeakyRelu) {
-    return u > zero ? u : u * leaky_slope<T>();
+    return u > zero ? u : u * cst<T>(kLeakyReluSlope);
+  } else if constexpr (A == Act::Gelu) {
+    return u * fb_normal_cdf(u);
+  } else if constexpr (A == Act::GeluTanh) {
+    return u * fb_sigmoid(gelu_tanh_two_z(u));
   } else {
     return u;
   }
@@ -210,7 +250,14 @@ inline T act_bwd(T u, T g) {
     const T mid = g * (u / bc<T>(3.0f) + bc<T>(0.5f));
     return u < bc<T>(-3.0f) ? zero : (u <= bc<T>(3.0f) ? mid : g);
   } else if constexpr (A == Act::LeakyRelu) {
-    return u > zero ? g : g * leaky_slope<T>();
+    return u > zero ? g : g * cst<T>(kLeakyReluSlope);
+  } else if constexpr (A == Act::Gelu) {
+    return g * (fb_normal_cdf(u) + u * fb_normal_pdf(u));
+  } else if constexpr (A == Act::GeluTanh) {
+    // d/du u s(2z) = s + u s (1 - s) 2 dz/du, 2 dz/du = 2 sqrt(2 / pi) (1 + 3 * 0.044715 u^2)
+    const T s = fb_sigmoid(gelu_tanh_two_z(u));
+    const T dz2 = cst<T>(kGeluTanhTwoBeta) * (bc<T>(1.0f) + cst<T>(3 * kGeluTanhKappa) * u * u);
+    return g * (s + u * s * (bc<T>(1.0f) - s) * dz2);
   } else {
     return g;
   }
@@ -225,6 +272,8 @@ inline void dispatch_act(Act act, F&& f) {
     case Act::Relu6: f(std::integral_constant<Act, Act::Relu6>{}); break;
     case Act::Hardswish: f(std::integral_constant<Act, Act::Hardswish>{}); break;
     case Act::LeakyRelu: f(std::integral_constant<Act, Act::LeakyRelu>{}); break;
+    case Act::Gelu: f(std::integral_constant<Act, Act::Gelu>{}); break;
+    case Act::GeluTanh: f(std::integral_constant<Act, Act::GeluTanh>{}); break;
     default: f(std::integral_constant<Act, Act::Identity>{}); break;
   }
 }

@@ -56,6 +56,18 @@ __device__ __forceinline__ T fb_sigmoid(T u) {
   return T(1) / (T(1) + fb_exp(-u));
 }
 
+// Phi(u) from erfc: no cancellation in the negative tail (1 + erf would lose it).
+__device__ __forceinline__ float fb_normal_cdf(float u) { return 0.5f * erfcf(-u * 0.70710678118654752f); }
+__device__ __forceinline__ double fb_normal_cdf(double u) { return 0.5 * erfc(-u * 0.70710678118654752440); }
+template <typename T>
+__device__ __forceinline__ T fb_normal_pdf(T u) {
+  return fb_exp(T(-0.5) * u * u) * T(0.398942280401432678);
+}
+template <typename T>
+__device__ __forceinline__ T gelu_tanh_two_z(T u) {
+  return T(kGeluTanhTwoBeta) * (u + T(kGeluTanhKappa) * u * u * u);
+}
+
 // act(u); same formulas as the CPU kernels (fb_cpu_math.h) and fastblocks/_act.py.
 template <typename T>
 __device__ __forceinline__ T act_fwd(Act act, T u) {
@@ -68,6 +80,8 @@ __device__ __forceinline__ T act_fwd(Act act, T u) {
       return u * (t > T(0) ? (t < T(6) ? t : T(6)) : T(0)) / T(6);
     }
     case Act::LeakyRelu: return u > T(0) ? u : u * T(kLeakyReluSlope);
+    case Act::Gelu: return u * fb_normal_cdf(u);
+    case Act::GeluTanh: return u * fb_sigmoid(gelu_tanh_two_z(u));
     default: return u;
   }
 }
@@ -84,6 +98,12 @@ __device__ __forceinline__ T act_bwd(Act act, T u, T g) {
     case Act::Relu6: return (u > T(0) && u < T(6)) ? g : T(0);
     case Act::Hardswish: return u < T(-3) ? T(0) : (u <= T(3) ? g * (u / T(3) + T(0.5)) : g);
     case Act::LeakyRelu: return u > T(0) ? g : g * T(kLeakyReluSlope);
+    case Act::Gelu: return g * (fb_normal_cdf(u) + u * fb_normal_pdf(u));
+    case Act::GeluTanh: {
+      const T s = fb_sigmoid(gelu_tanh_two_z(u));
+      const T dz2 = T(kGeluTanhTwoBeta) * (T(1) + T(3 * kGeluTanhKappa) * u * u);
+      return g * (s + u * s * (T(1) - s) * dz2);
+    }
     default: return g;
   }
 }

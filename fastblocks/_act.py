@@ -37,6 +37,14 @@ def _leaky_relu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.leaky_relu_backward(g, u, LEAKY_RELU_SLOPE, False)
 
 
+def _gelu_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(g, u, approximate="none")
+
+
+def _gelu_tanh_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(g, u, approximate="tanh")
+
+
 def _hardswish_grad(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.hardswish_backward(g, u)
 
@@ -56,6 +64,9 @@ ACTIVATIONS: dict[str, tuple[Fn, Grad]] = {
     "relu6": (F.relu6, _relu6_grad),
     "hardswish": (F.hardswish, _hardswish_grad),
     "leaky_relu": (lambda u: F.leaky_relu(u, LEAKY_RELU_SLOPE), _leaky_relu_grad),
+    # nn.GELU() (erf) and nn.GELU(approximate="tanh"); timm's "gelu" / "gelu_tanh".
+    "gelu": (F.gelu, _gelu_grad),
+    "gelu_tanh": (lambda u: F.gelu(u, approximate="tanh"), _gelu_tanh_grad),
     "identity": (lambda u: u, lambda u, g: g),
 }
 
@@ -66,7 +77,7 @@ GATES: dict[str, tuple[Fn, Grad]] = {
 
 # Spellings users bring from timm / torchvision / papers.
 _ACT_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "leakyrelu": "leaky_relu", "none": "identity",
-                "linear": "identity"}
+                "linear": "identity", "gelu_erf": "gelu", "gelutanh": "gelu_tanh"}
 _GATE_ALIASES = {"hardsigmoid": "hard_sigmoid"}
 
 

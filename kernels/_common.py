@@ -188,6 +188,12 @@ def autotune(configs, key, interp_config: triton.Config, prune=None):
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
+def _gelu_tanh_two_z(u):
+    """2 z of gelu_tanh, z = sqrt(2 / pi) (u + 0.044715 u^3) (csrc/fb_common.h kGeluTanh*)."""
+    return 1.5957691216057308 * (u + 0.044715 * u * u * u)
+
+
+@triton.jit
 def act_fwd(u, ACT: tl.constexpr):
     if ACT == "silu":
         out = u / (1.0 + tl.exp(-u))
@@ -200,6 +206,12 @@ def act_fwd(u, ACT: tl.constexpr):
     elif ACT == "leaky_relu":
         # The literal takes u's dtype (0.01f / 0.01, as ATen); fastblocks._act.LEAKY_RELU_SLOPE.
         out = tl.where(u > 0.0, u, u * 0.01)
+    elif ACT == "gelu":
+        # ATen's / Inductor's erf form (the interpreter has erf, not erfc).
+        out = 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
+    elif ACT == "gelu_tanh":
+        # u (1 + tanh z) / 2 == u * sigmoid(2 z): no cancellation for negative u.
+        out = u / (1.0 + tl.exp(-_gelu_tanh_two_z(u)))
     else:
         out = u
     return out
@@ -219,6 +231,12 @@ def act_bwd(u, g, ACT: tl.constexpr):
         out = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, g * (u / 3.0 + 0.5), g))
     elif ACT == "leaky_relu":
         out = tl.where(u > 0.0, g, g * 0.01)
+    elif ACT == "gelu":
+        cdf = 0.5 * (1.0 + tl.math.erf(u * 0.7071067811865476))
+        out = g * (cdf + u * tl.exp(-0.5 * u * u) * 0.3989422804014327)
+    elif ACT == "gelu_tanh":
+        s = 1.0 / (1.0 + tl.exp(-_gelu_tanh_two_z(u)))
+        out = g * (s + u * s * (1.0 - s) * (1.5957691216057308 * (1.0 + 0.134145 * u * u)))
     else:
         out = g
     return out

@@ -77,7 +77,7 @@ def test_kernel_input_checks_have_clear_messages():
         torch.ops.fastblocks_kernels.dwconv_bn_act_forward(x, torch.randn(4, 1, 9, 9), None, None, None, None, None,
                                                        1, "same", 0, True, 1e-5, "silu")
     with pytest.raises(RuntimeError, match="act must be one of"):
-        torch.ops.fastblocks_kernels.act_forward(x, "gelu")
+        torch.ops.fastblocks_kernels.act_forward(x, "quick_gelu")
     with pytest.raises(RuntimeError, match="needs running_mean"):
         torch.ops.fastblocks_kernels.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
 

@@ -132,6 +132,29 @@ def test_leaky_relu_is_fused_at_its_default_slope_only():
     torch.testing.assert_close(model(x), expected)
 
 
+def test_gelu_is_fused_by_its_approximation():
+    from timm.layers import BatchNormAct2d as TimmBNAct
+    from timm.layers.activations import GELUTanh, QuickGELU
+
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.GELU(),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.GELU(approximate="tanh"),
+        nn.Conv2d(4, 4, 1), TimmBNAct(4, act_layer=GELUTanh),
+        nn.Conv2d(4, 4, 1), TimmBNAct(4, act_layer=QuickGELU),  # x * sigmoid(1.702 x): no kernel has it
+        nn.GELU(),  # standalone: eager GELU already saves x only, nothing to gain
+    ).double()
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    expected = model(x)
+    report = fb.patch(model)
+    assert model[0].act == "gelu" and model[3].act == "gelu_tanh"
+    assert isinstance(model[2], nn.Identity) and isinstance(model[5], nn.Identity)
+    assert isinstance(model[7], fb.nn.BatchNormAct2d) and model[7].act == "gelu_tanh"
+    assert type(model[9]) is TimmBNAct and [s.path for s in report.skipped] == ["9"]
+    assert "QuickGELU" in report.skipped[0].reason
+    assert type(model[10]) is nn.GELU
+    torch.testing.assert_close(model(x), expected)
+
+
 def test_sequential_subclasses_fuse_only_when_they_keep_sequential_forward():
     class ConvNorm(nn.Sequential):  # RepViT / EfficientViT-M style: forward inherited, plus a fuse()
         def fuse(self):

@@ -77,13 +77,23 @@ CASES = {
     # transition convs per stage = 38; conv_exp is linear (cross_linear) and each conv3 feeds the add:
     # lone BNs; the act3 after the add stands alone (a LeakyReLU keeps one tensor already)
     "cspresnet50": {"BatchNormAct2d": 1 + 3 + 26 + 8},
+    # MaxViT-nano (GELU): 1 + 2 + 3 + 1 MbConvBlocks: conv2_kxk (dw, k3; stride 2 opening each stage)
+    # + norm2 (BN + GELU), SE; BN+GELU: the stem's norm1 + each block's norm1; pre_norm has no act: lone
+    "maxvit_nano_rw_256": {"DWConvBNAct": 7, "SqueezeExcite": 7, "BatchNormAct2d": 8},
+    # TF port: GELUTanh, Conv2dSame ("tf_same") depthwise convs; 2 + 2 + 5 + 2 blocks
+    "maxvit_tiny_tf_224": {"DWConvBNAct": 11, "SqueezeExcite": 11, "BatchNormAct2d": 12},
+    # CoAtNet-0 rw: the SE runs between conv2_kxk and norm2 (attn_early): dw convs unfused (reported);
+    # BN+GELU: stem + 5 conv blocks x (pre_norm, norm1, norm2)
+    "coatnet_0_rw_224": {"DWConvBNAct": 0, "SqueezeExcite": 5, "BatchNormAct2d": 16},
 }
+# timm.create_model kwargs (the image size of models whose attention windows follow it) and input size
+CREATE_KWARGS = {name: dict(img_size=64) for name in ("maxvit_nano_rw_256", "maxvit_tiny_tf_224", "coatnet_0_rw_224")}
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_patched_matches_unpatched(name):
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10)
+    model = timm.create_model(name, num_classes=10, **CREATE_KWARGS.get(name, {}))
     report = check_patch_equivalence(model)
     expected = CASES[name]
     counts = report.counts()

@@ -66,7 +66,7 @@ def _specs() -> dict:
                                              dtype="bfloat16")
             specs[f"gate-scale-c{c}-{gate}"] = dict(op="gate_scale", shape=(BATCH, c, h, h), gate=gate, cl=False,
                                                     dtype="float32")
-    for act in ("silu", "hardswish", "relu6", "leaky_relu"):
+    for act in ("silu", "hardswish", "relu6", "leaky_relu", "gelu", "gelu_tanh"):
         for dtype in ("bfloat16", "float32"):
             specs[f"act-{act}-{dtype}"] = dict(op="activation", shape=(BATCH, 96, 112, 112), act=act, dtype=dtype,
                                                cl=True)

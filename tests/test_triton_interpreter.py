@@ -32,7 +32,7 @@ INTERP_BLOCKS_ENV = "FASTBLOCKS_TRITON_INTERP_BLOCKS"  # kernels._common reads i
 CASE_TIMEOUT_S = 180
 # fastblocks._act.ACTIVATIONS, spelled out: this module must not import fastblocks before the worker
 # sets TRITON_INTERPRET (test_cases_cover_every_config checks the two agree).
-ACTS = ["silu", "relu", "relu6", "hardswish", "leaky_relu", "identity"]
+ACTS = ["silu", "relu", "relu6", "hardswish", "leaky_relu", "gelu", "gelu_tanh", "identity"]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
 
@@ -65,6 +65,9 @@ CASES = {
     "dw-k7-s1-same-train-relu6-cl": _dw((1, 3, 9, 8), 7, 1, "same", True, "relu6", True),
     "dw-k7-s2-tfsame-eval-silu-nchw": _dw((1, 3, 11, 9), 7, 2, "tf_same", False, "silu", False),
     "dw-k3-s2-same-train-leaky-cl": _dw((2, 4, 9, 7), 3, 2, "same", True, "leaky_relu", True),
+    "dw-k3-s1-same-train-gelu-cl": _dw((2, 4, 7, 6), 3, 1, "same", True, "gelu", True),
+    "dw-k5-s2-tfsame-eval-gelu-tanh-nchw": _dw((1, 4, 9, 8), 5, 2, "tf_same", False, "gelu_tanh", False),
+    "dw-fp64-train-gelu-tanh-cl": _dw((1, 3, 6, 7), 3, 1, "same", True, "gelu_tanh", True, dtype="float64"),
     # affine / running stats / conv bias combinations
     "dw-noaffine-convbias-train-relu-cl": _dw((2, 4, 8, 8), 3, 1, "same", True, "relu", True,
                                                affine=False, conv_bias=True),
@@ -123,6 +126,8 @@ CASES = {
     "bn-fp64-train": _bn((2, 3, 5, 6), True, "silu", True, dtype="float64"),
     "bn-fp64-train-leaky-nchw": _bn((2, 3, 5, 6), True, "leaky_relu", False, dtype="float64"),
     "bn-eval-leaky-cl": _bn((2, 5, 4, 3), False, "leaky_relu", True),
+    "bn-fp64-train-gelu-nchw": _bn((2, 3, 5, 6), True, "gelu", False, dtype="float64"),
+    "bn-bf16-train-gelu-tanh-cl": _bn((2, 8, 6, 5), True, "gelu_tanh", True, dtype="bfloat16"),
 
     # gate_scale
     **{f"gate-{gate}-{dt}-{'cl' if cl else 'nchw'}": dict(op="gate_scale", shape=(3, 11, 5, 7), gate=gate,
@@ -164,6 +169,7 @@ CASES = {
     "act-relu6-noncontiguous": dict(op="activation", shape=(9, 13), act="relu6", dtype="float32",
                                     transpose=True),
     "act-silu-fp64": dict(op="activation", shape=(4, 9), act="silu", dtype="float64"),
+    "act-gelu-fp64": dict(op="activation", shape=(4, 9), act="gelu", dtype="float64"),
     "act-large-values-finite": dict(op="large_values"),
 
     # structure

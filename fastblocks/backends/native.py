@@ -17,7 +17,7 @@ What runs in the kernels (full-size passes):
 - ``gate_scale`` / ``squeeze_excite`` / ``eca``: pooling, the gated scale, and one backward pass over
   dy and x giving dx-through-the-scale and the per-(n, c) sum(dy * x). The (N, C) MLP / 1-D conv and
   the gate run in ATen here.
-- ``activation``: silu / hardswish / relu / relu6 / leaky_relu / identity forward and backward (saves x only).
+- ``activation``: silu / hardswish / relu / relu6 / leaky_relu / gelu / gelu_tanh / identity forward and backward (saves x only).
 
 CPU: ``at::parallel_for`` (``torch.set_num_threads`` applies), channels_last is the fast path.
 CUDA: one thread per output pixel and 16-byte channel vector on channels_last; deterministic

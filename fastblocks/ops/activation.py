@@ -53,7 +53,8 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 def activation(x: Tensor, act: str, *, backend: Optional[str] = None) -> Tensor:
     """Element-wise activation that saves only x for backward (recomputes in backward).
 
-    x: any shape, floating dtype. act: "silu", "relu", "relu6", "hardswish", "leaky_relu" (slope 0.01), "identity".
+    x: any shape, floating dtype. act: "silu", "relu", "relu6", "hardswish", "leaky_relu" (slope 0.01),
+    "gelu", "gelu_tanh", "identity".
     Returns a tensor like x.
     """
     if not isinstance(x, Tensor):

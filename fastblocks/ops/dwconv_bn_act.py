@@ -147,7 +147,8 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bia
     padding: "same" (k//2 per side), "tf_same" (TensorFlow dynamic SAME, asymmetric) or an int.
     training=True normalises with batch statistics and updates running_* in place like
     F.batch_norm (unbiased variance); training=False uses running_* (required then).
-    act: "silu", "relu", "relu6", "hardswish", "leaky_relu" (negative slope 0.01, nn.LeakyReLU's default) or "identity".
+    act: "silu", "relu", "relu6", "hardswish", "leaky_relu" (negative slope 0.01, nn.LeakyReLU's default),
+    "gelu" (erf), "gelu_tanh" (tanh approximation) or "identity".
 
     Returns y (N, C, H_out, W_out) in x's dtype and memory format. Saved for backward (non-reference
     backends): x, weight, the BN affine params, conv_bias and the per-channel mean / variance; the

@@ -22,6 +22,8 @@ _ACTS = {
     "torch.nn.modules.activation.ReLU6": "relu6",
     "torch.nn.modules.activation.Hardswish": "hardswish",
     "torch.nn.modules.linear.Identity": "identity",
+    "timm.layers.activations.GELU": "gelu",
+    "timm.layers.activations.GELUTanh": "gelu_tanh",
     "timm.layers.activations.Swish": "silu",
     "timm.layers.activations.HardSwish": "hardswish",
     "timm.layers.activations_me.SwishMe": "silu",
@@ -61,10 +63,12 @@ def act_name(module: Optional[nn.Module]) -> Optional[str]:
     key = qualname(module)
     if key == "fastblocks.nn.activation.MemoryEfficientAct":
         return module.act
-    if key == "timm.layers.create_act.GELU" or has_hooks(module):
+    if has_hooks(module):
         return None
     if key == "torch.nn.modules.activation.LeakyReLU":
         return "leaky_relu" if module.negative_slope == LEAKY_RELU_SLOPE else None
+    if key == "torch.nn.modules.activation.GELU":
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
     return _ACTS.get(key)
 
 

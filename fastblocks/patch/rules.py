@@ -157,8 +157,9 @@ def efficientnet_pytorch_stem_head(p, path, module, parent, name):
 class Chain(NamedTuple):
     """conv -> bn [-> between] [-> act] inside a block's forward, by attribute name. ``conv``: None when
     no conv feeds the BN (pre-activation); ``act``: a sibling activation module (None: the BN applies
-    its own act, timm BatchNormAct2d); ``between``: a module run between bn and act that must be an
-    Identity for the chain to fuse (timm ResNet's drop_block)."""
+    its own act, timm BatchNormAct2d); ``between``: a module the forward runs inside the chain that must
+    be an Identity for it to fuse (timm ResNet's drop_block between bn and act, MaxViT's se_early
+    between conv and bn)."""
     conv: Optional[str]
     bn: str
     act: Optional[str] = None
@@ -183,6 +184,8 @@ _TIMM_CONV_BN_BLOCKS = {
                                       Chain("conv2", "bn2", "act2", between="drop_block")),
     "timm.models.resnet.ResNet": (Chain("conv1", "bn1", "act1"),),  # stem (conv1 may be a deep-stem Sequential)
     "torchvision.models.resnet.ResNet": (Chain("conv1", "bn1", "relu"),),  # stem; its relu runs once
+    # MaxViT / CoAtNet MBConv: conv2_kxk -> se_early (Identity unless attn_early) -> norm2 (BN + GELU)
+    "timm.models.maxxvit.MbConvBlock": (Chain("conv2_kxk", "norm2", between="se_early"),),
 }
 
 
@@ -209,7 +212,11 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         act_module_name = chain.act if adjacent and act_module is not None and bn_act_of(bn) == "identity" \
             and act_name(act_module) not in (None, "identity") else None
         depthwise = conv is not None and _tried_as_depthwise(conv)
-        if depthwise and adjacent and fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name):
+        if depthwise and not adjacent:
+            between = module._modules[chain.between]
+            p.skip(join(path, chain.conv), conv, f"{chain.between} ({type(between).__name__}) runs inside the "
+                                                 f"{chain.conv} -> {chain.bn} chain: not fusable")
+        elif depthwise and fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name):
             continue
         # A dense conv, or a depthwise one left unfused (reported): BN + act still fuse.
         if act_module_name is not None and id(bn) not in p.claimed:
@@ -424,7 +431,8 @@ RULES = [
          "DepthwiseSeparableConv / InvertedResidual / ConvNormAct: conv_dw (Conv2d or Conv2dSame) + BatchNormAct2d; "
          "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused); "
          "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2); GhostBottleneck conv_dw + bn_dw; "
-         "torchvision ResNet stem, DenseNet _DenseLayer norm1 + relu1, norm2 + relu2", timm_conv_bn_blocks),
+         "torchvision ResNet stem, DenseNet _DenseLayer norm1 + relu1, norm2 + relu2; MaxViT / CoAtNet MbConvBlock "
+         "conv2_kxk + norm2", timm_conv_bn_blocks),
     Rule("resnet_shared_relu", "torchvision / timm",
          "torchvision ResNet BasicBlock / Bottleneck, legacy SENet, DLA, Res2Net blocks: bn1 (+ bn2, ...) + the "
          "shared relu; torchvision GoogLeNet / Inception BasicConv2d: bn + F.relu; block forward swapped",
