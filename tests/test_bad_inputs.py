@@ -35,7 +35,7 @@ CASES = [
     (dict(dilation=2), ValueError, "dilation must be 1"),
     (dict(padding="valid"), ValueError, "padding must be"),
     (dict(padding=-1), ValueError, "padding must be >= 0"),
-    (dict(act="gelu"), ValueError, "act must be one of"),
+    (dict(act="quick_gelu"), ValueError, "act must be one of"),
     (dict(act=None), TypeError, "act must be a str"),
     (dict(eps=0.0), ValueError, "eps must be in"),
     (dict(momentum=1.5), ValueError, "momentum must be in"),

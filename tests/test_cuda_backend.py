@@ -251,7 +251,7 @@ def test_kernel_input_checks(cuda_backend):
         k.dwconv_bn_act_forward(x, torch.randn(4, 1, 3, 3, device="cuda", dtype=torch.float64), None, None, None,
                                 None, None, 1, "same", 0, True, 1e-5, "silu")
     with pytest.raises(RuntimeError, match="act must be one of"):
-        k.act_forward(x, "gelu")
+        k.act_forward(x, "quick_gelu")
     with pytest.raises(RuntimeError, match="needs running_mean"):
         k.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
     with pytest.raises(RuntimeError, match="scale must have shape"):
