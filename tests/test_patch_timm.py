@@ -85,16 +85,30 @@ CASES = {
     # CoAtNet-0 rw: the SE runs between conv2_kxk and norm2 (attn_early): dw convs unfused (reported);
     # BN+GELU: stem + 5 conv blocks x (pre_norm, norm1, norm2)
     "coatnet_0_rw_224": {"DWConvBNAct": 0, "SqueezeExcite": 5, "BatchNormAct2d": 16},
+    # EfficientFormer-L1: the stem's 2 conv + BN + ReLU, and fc1 + norm1 + GELU of the 3 + 2 + 6 + 3
+    # Meta4D blocks' ConvMlpWithNorm (fc2 + norm2 feeds the residual add: lone); the last block is Meta3D
+    "efficientformer_l1": {"BatchNormAct2d": 16},
+    # EfficientViT-B0 (MIT, hard-swish): the stem in_conv, the stem DSConv and 2 + 2 MBConvs of stages 1-2
+    # (inverted_conv BN + act, dw depth_conv + BN + act), the head's in_conv; stages 3-4 (fewer_norm: 3
+    # blocks' inverted_conv / depth_conv without BN) and the head classifier's act: memory-efficient acts
+    "efficientvit_b0": {"BatchNormAct2d": 6, "DWConvBNAct": 5, "MemoryEfficientAct": 13},
+    # Next-ViT-S: 4 stem ConvNormAct + the ConvAttention (grouped 3x3 + BN + ReLU) of each of the 16
+    # NextConvBlocks and the 4 NextTransformerBlocks
+    "nextvit_small": {"BatchNormAct2d": 24},
+    # ResNeSt-14d (radix 2): 2 deep-stem Sequentials + bn1 / act1, and per bottleneck (4) conv1 + bn1,
+    # the SplitAttn's conv + bn0 and its attention fc1 + bn1 (the bottleneck's bn2 is an Identity)
+    "resnest14d": {"BatchNormAct2d": 15},
 }
 # timm.create_model kwargs (the image size of models whose attention windows follow it) and input size
 CREATE_KWARGS = {name: dict(img_size=64) for name in ("maxvit_nano_rw_256", "maxvit_tiny_tf_224", "coatnet_0_rw_224")}
+INPUT_SHAPES = {"efficientformer_l1": (1, 3, 224, 224)}  # its attention bias table is fixed to 7 x 7 tokens
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_patched_matches_unpatched(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **CREATE_KWARGS.get(name, {}))
-    report = check_patch_equivalence(model)
+    report = check_patch_equivalence(model, INPUT_SHAPES.get(name, (2, 3, 64, 64)))
     expected = CASES[name]
     counts = report.counts()
     for kind, n in expected.items():

@@ -186,6 +186,15 @@ _TIMM_CONV_BN_BLOCKS = {
     "torchvision.models.resnet.ResNet": (Chain("conv1", "bn1", "relu"),),  # stem; its relu runs once
     # MaxViT / CoAtNet MBConv: conv2_kxk -> se_early (Identity unless attn_early) -> norm2 (BN + GELU)
     "timm.models.maxxvit.MbConvBlock": (Chain("conv2_kxk", "norm2", between="se_early"),),
+    "timm.models.efficientformer.ConvMlpWithNorm": (Chain("fc1", "norm1", "act"),),  # EfficientFormer Meta4D MLP
+    "timm.models.efficientvit_mit.ConvNormAct": (Chain("conv", "norm", "act"),),  # EfficientViT (MIT)
+    "timm.models.nextvit.ConvNormAct": (Chain("conv", "norm", "act"),),
+    "timm.models.nextvit.ConvAttention": (Chain("group_conv3x3", "norm", "act"),),  # grouped (head_dim 32)
+    # ResNeSt: conv2 is a SplitAttn (bn2 an Identity) unless radix 0; SplitAttn: its conv + bn0 (grouped
+    # by radix) and the attention's fc1 + bn1 on pooled (N, C, 1, 1) maps
+    "timm.models.resnest.ResNestBottleneck": (Chain("conv1", "bn1", "act1"),
+                                              Chain("conv2", "bn2", "act2", between="drop_block")),
+    "timm.layers.split_attn.SplitAttn": (Chain("conv", "bn0", "act0", between="drop"), Chain("fc1", "bn1", "act1")),
 }
 
 
@@ -205,8 +214,8 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         conv = module._modules.get(chain.conv) if chain.conv is not None else None  # pre-activation: no conv
         bn = module._modules.get(chain.bn)
         missing = (chain.conv is not None and conv is None) or bn is None
-        if missing or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d)):
-            continue  # not this block's layout, or already patched
+        if missing or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d, nn.Identity)):
+            continue  # not this block's layout (no norm in this configuration), or already patched
         adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
         act_module = module._modules.get(chain.act) if chain.act is not None else None
         act_module_name = chain.act if adjacent and act_module is not None and bn_act_of(bn) == "identity" \
@@ -432,7 +441,9 @@ RULES = [
          "HGNet ConvBNAct / aligned-Xception SeparableConv2d: conv + BatchNorm2d + act (depthwise: all three fused); "
          "timm ResNet stem and BasicBlock / Bottleneck bn1 + act1 (bn2 + act2); GhostBottleneck conv_dw + bn_dw; "
          "torchvision ResNet stem, DenseNet _DenseLayer norm1 + relu1, norm2 + relu2; MaxViT / CoAtNet MbConvBlock "
-         "conv2_kxk + norm2", timm_conv_bn_blocks),
+         "conv2_kxk + norm2; EfficientFormer ConvMlpWithNorm fc1 + norm1 + act; EfficientViT (MIT) / Next-ViT "
+         "ConvNormAct, Next-ViT ConvAttention; ResNeSt bottleneck conv1 + bn1 and SplitAttn conv + bn0, fc1 + bn1",
+         timm_conv_bn_blocks),
     Rule("resnet_shared_relu", "torchvision / timm",
          "torchvision ResNet BasicBlock / Bottleneck, legacy SENet, DLA, Res2Net blocks: bn1 (+ bn2, ...) + the "
          "shared relu; torchvision GoogLeNet / Inception BasicConv2d: bn + F.relu; block forward swapped",
