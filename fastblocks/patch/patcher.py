@@ -3,6 +3,7 @@ undo log on the model so :func:`unpatch` restores the exact original modules."""
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import inspect
 from typing import Optional
@@ -66,6 +67,47 @@ def parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+class PatchedClass(type):
+    """Metaclass of the classes ``patch`` makes (:func:`scoped_class`, :func:`fused_class`,
+    :func:`reparam_class`). They exist only once ``patch`` has run, so pickle cannot import them by
+    name; instead (copyreg) one pickles as its recipe: the importable class it derives from and the
+    steps that made it, rebuilt on load. So ``torch.save(model)`` of a patched model loads in a
+    fresh process, and as the same class in this one (the makers cache their classes)."""
+
+
+_METACLASSES: dict = {type: PatchedClass}
+
+
+def _patched_metaclass(meta: type) -> type:
+    if issubclass(meta, PatchedClass):
+        return meta
+    if meta not in _METACLASSES:  # a base with its own metaclass (e.g. ABCMeta): derive from both
+        _METACLASSES[meta] = PatchedClass("Patched" + meta.__name__, (PatchedClass, meta), {})
+        copyreg.pickle(_METACLASSES[meta], _reduce_class)
+    return _METACLASSES[meta]
+
+
+def _make_class(base: type, step: tuple, name: str, bases: tuple, namespace: dict) -> type:
+    """A class made by ``patch`` from ``base`` (one of ``bases``) by ``step`` = (maker, *args)."""
+    parent = vars(base).get("_fastblocks_recipe")
+    recipe = (parent[0], parent[1] + (step,)) if parent else (base, (step,))
+    meta = _patched_metaclass(type(base))
+    return meta(name, bases, {**namespace, "_fastblocks_recipe": recipe})
+
+
+def _reduce_class(cls: type):
+    return _rebuild_class, (vars(cls)["_fastblocks_recipe"],)
+
+
+def _rebuild_class(recipe: tuple) -> type:
+    cls, steps = recipe
+    for maker, *args in steps:
+        cls = _MAKERS[maker](cls, *args)
+    return cls
+
+
+copyreg.pickle(PatchedClass, _reduce_class)
+
 _SCOPED: dict = {}
 
 
@@ -77,8 +119,9 @@ def scoped_class(cls: type) -> type:
             with recompute_scope(self.__dict__.get(_RECOMPUTE, "elementwise")):
                 return cls.forward(self, *args, **kwargs)
 
-        _SCOPED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                                   "__qualname__": cls.__qualname__, "_fastblocks_scoped": True})
+        _SCOPED[cls] = _make_class(cls, ("scoped",), cls.__name__, (cls,),
+                                   {"forward": forward, "__module__": cls.__module__,
+                                    "__qualname__": cls.__qualname__, "_fastblocks_scoped": True})
     return _SCOPED[cls]
 
 
@@ -113,7 +156,8 @@ def fused_class(cls: type, forward_mixin: type) -> type:
     """``Fused<cls>``: ``cls`` with the forward of ``forward_mixin`` (a block whose children cannot be
     replaced one by one, e.g. one activation module used in several places), created once."""
     if (cls, forward_mixin) not in _FUSED:
-        _FUSED[cls, forward_mixin] = type("Fused" + cls.__name__, (forward_mixin, cls), {})
+        _FUSED[cls, forward_mixin] = _make_class(cls, ("fused", forward_mixin), "Fused" + cls.__name__,
+                                                 (forward_mixin, cls), {})
     return _FUSED[cls, forward_mixin]
 
 
@@ -135,9 +179,12 @@ def reparam_class(cls: type) -> type:
             return method
 
         overrides = {n: restoring(n) for n in REPARAM_METHODS if callable(getattr(cls, n, None))}
-        _REPARAM[cls] = type(cls.__name__, (cls,), {**overrides, "__module__": cls.__module__,
-                                                    "__qualname__": cls.__qualname__})
+        _REPARAM[cls] = _make_class(cls, ("reparam",), cls.__name__, (cls,),
+                                    {**overrides, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _REPARAM[cls]
+
+
+_MAKERS = {"scoped": scoped_class, "fused": fused_class, "reparam": reparam_class}
 
 
 def _restore_subtree(block: nn.Module) -> None:
@@ -177,8 +224,8 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     SiLU / hard-swish. Only exactly-equivalent patterns are fused; anything else is listed in
     ``report.skipped`` with the reason. Parameter and buffer names (state_dict keys) and tensors
     are unchanged; ``model.training`` is kept. Idempotent. The model's class is swapped for a
-    same-named subclass whose forward enables recompute-on-load between fused ops (so a patched
-    model pickles by state_dict, not as a whole object). ``backend`` is stored on the fused
+    same-named subclass whose forward enables recompute-on-load between fused ops (a patched model
+    pickles whole too: ``torch.save(model)``; see :class:`PatchedClass`). ``backend`` is stored on the fused
     modules (``"auto"`` resolves per call). ``fuse_lone_bn=True`` also replaces BatchNorms with no
     activation after them (no memory gain). nn.SyncBatchNorm / timm SyncBatchNormAct are always
     replaced, lone ones too, by modules that synchronise statistics themselves
