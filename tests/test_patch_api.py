@@ -190,6 +190,45 @@ def test_sequential_subclasses_fuse_only_when_they_keep_sequential_forward():
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_conv_norm_module_followed_by_an_act_fuses_one_level_down():
+    """Sequential(ConvNorm(conv, bn), act, ...): the EfficientViT-M / SHViT / LeViT-stem layout. The
+    BN inside each ConvNorm takes the act that follows it (the act becomes an Identity); a depthwise
+    ConvNorm becomes DWConvBNAct with it; ConvNorm.fuse() (re-parameterisation) puts the act back."""
+    from utils import check_patch_equivalence
+
+    class ConvNorm(nn.Sequential):
+        def fuse(self):
+            conv, bn = self._modules.values()
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                              groups=conv.groups, dtype=conv.weight.dtype)
+            fused.weight.data.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.data.copy_(bn.bias - bn.running_mean * scale)
+            return fused
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvNorm(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)), nn.ReLU(),
+                          ConvNorm(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4)),
+                          nn.Hardswish(),
+                          ConvNorm(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))).double()
+    report = check_patch_equivalence(model, (2, 3, 6, 6))
+    assert {r.path: r.replacement for r in report.replaced} == {"0.1": "BatchNormAct2d", "2.0": "DWConvBNAct"}, report
+    assert [s.path for s in report.skipped] == ["4.1"], report  # no act after it
+    model.train()(torch.randn(2, 3, 6, 6, dtype=torch.float64))
+    model.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    expected = model(x)
+    fb.patch(model, backend="eager")
+    assert type(model[1]) is nn.Identity and type(model[3]) is nn.Identity
+    torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
+    model[0], model[2] = model[0].fuse(), model[2].fuse()
+    assert type(model[1]) is nn.ReLU and type(model[3]) is nn.Hardswish
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    fb.unpatch(model)
+    assert not any(type(m).__module__.startswith("fastblocks") for m in model.modules())
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_compiled_patched_model_matches():
     torch._dynamo.reset()
     model = small_model().eval()
@@ -206,6 +245,12 @@ def test_bad_arguments():
         fb.patch("resnet")
     with pytest.raises(ValueError, match="backend must be one of"):
         fb.patch(nn.Sequential(), backend="fastest")
+    with pytest.raises(TypeError, match="fuse_lone_bn must be a bool, got str"):
+        fb.patch(nn.Sequential(), fuse_lone_bn="yes")
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        fb.patch(nn.Sequential(), recompute="all")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
+        fb.unpatch(None)
 
 
 @pytest.mark.parametrize("momentum", [None, 0.3])

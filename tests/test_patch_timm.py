@@ -42,8 +42,9 @@ CASES = {
     # conv (conv2, +ReLU); BN+ReLU: 5 stem convs, 3 + 2 per dense block, 2 per light block = 21;
     # the light blocks' 1x1 conv1 has no act: 9 lone BNs, reported
     "hgnetv2_b0": {"DWConvBNAct": 12, "BatchNormAct2d": 21},
-    # RepViT: ConvNorm / RepVggDw are Sequential subclasses (forward kept): 26 dw 3x3 + BN; 10 SE
-    "repvit_m0_9": {"DWConvBNAct": 26, "SqueezeExcite": 10},
+    # RepViT: ConvNorm / RepVggDw are Sequential subclasses (forward kept): 26 dw 3x3 + BN; 10 SE; the
+    # stem's conv1 and 26 channel-mixer ConvNorm BNs take the GELU that follows them
+    "repvit_m0_9": {"DWConvBNAct": 26, "SqueezeExcite": 10, "BatchNormAct2d": 27},
     # GhostNetV3: re-parameterisable branches of timm ConvBnAct (dw kxk and 1x1 depthwise + BN)
     "ghostnetv3_050": {"DWConvBNAct": 149, "SqueezeExcite": 7, "BatchNormAct2d": 1},
     # aligned Xception: 13 blocks x 3 SeparableConv2d (conv_dw, bn_dw, act_dw, conv_pw, bn_pw, act_pw): 39 dw
@@ -98,9 +99,20 @@ CASES = {
     # ResNeSt-14d (radix 2): 2 deep-stem Sequentials + bn1 / act1, and per bottleneck (4) conv1 + bn1,
     # the SplitAttn's conv + bn0 and its attention fc1 + bn1 (the bottleneck's bn2 is an Identity)
     "resnest14d": {"BatchNormAct2d": 15},
+    # conv-norm modules (conv, bn) followed by the block's act. EfficientViT-M0: 3 patch-embed ConvNorms
+    # (a Sequential with the ReLUs), 12 + 4 ConvMlp pw1; 42 dw ConvNorms; PatchMerging (one act run
+    # twice) is left
+    "efficientvit_m0": {"BatchNormAct2d": 19, "DWConvBNAct": 42, "SqueezeExcite": 2},
+    # SHViT: 3 patch-embed Conv2dNorms, 11 + 4 FFN pw1, 2 PatchMerging conv1 (+ 2 dw conv2 + act2)
+    "shvit_s1": {"BatchNormAct2d": 20, "DWConvBNAct": 17, "SqueezeExcite": 2},
+    # TinyViT: patch-embed conv1, MBConv conv1 x2 and PatchMerging conv1 x3 + GELU; dw conv2 + GELU
+    "tiny_vit_5m_224": {"BatchNormAct2d": 6, "DWConvBNAct": 15},
+    # conv LeViT: 3 stem ConvNorms (LeViT's own ConvNorm class) and 11 LevitMlp ln1 + hard-swish
+    "levit_conv_128s": {"BatchNormAct2d": 14, "MemoryEfficientAct": 11},
 }
 # timm.create_model kwargs (the image size of models whose attention windows follow it) and input size
-CREATE_KWARGS = {name: dict(img_size=64) for name in ("maxvit_nano_rw_256", "maxvit_tiny_tf_224", "coatnet_0_rw_224")}
+CREATE_KWARGS = {name: dict(img_size=64) for name in ("maxvit_nano_rw_256", "maxvit_tiny_tf_224", "coatnet_0_rw_224",
+                                                      "levit_conv_128s")}
 INPUT_SHAPES = {"efficientformer_l1": (1, 3, 224, 224)}  # its attention bias table is fixed to 7 x 7 tokens
 
 
@@ -217,7 +229,8 @@ def test_excitation_convs_that_are_not_plain_1x1_are_skipped_with_the_reason():
 
 # Re-parameterisable (MobileOne, RepViT, GhostNetV3): timm's reparameterize_model folds the branches'
 # conv / BN weights; on a patched model the blocks put their original modules back first.
-@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9", "ghostnetv3_050"])
+# RepViT / TinyViT: ConvNorm.fuse() folds conv + BN, and the act its BN took comes back one level up.
+@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9", "ghostnetv3_050", "tiny_vit_5m_224"])
 def test_reparameterize_patched_model(name):
     from timm.utils.model import reparameterize_model
 
@@ -243,10 +256,11 @@ def test_reparameterize_patched_model(name):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "ecaresnet26t", "legacy_seresnet18", "dla34", "res2net50_14w_8s",
-                                  "torchvision.densenet121", "torchvision.resnet50"])
+                                  "torchvision.densenet121", "torchvision.resnet50", "repvit_m0_9", "efficientvit_m0"])
 def test_resnet_bn_relu_outputs_are_not_kept_for_backward(name):
-    """A fused BN + ReLU output that the next conv saves is recomputed from the BN input (which is
-    saved anyway): training saves at least one tensor less per fused BN than the unpatched model."""
+    """A fused BN + ReLU (GELU: RepViT) output that the next conv saves is recomputed from the BN
+    input (which is saved anyway): training saves at least one tensor less per fused BN than the
+    unpatched model."""
     import copy
 
     from fastblocks.utils import saved_tensor_bytes

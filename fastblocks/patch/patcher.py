@@ -35,9 +35,12 @@ class Patcher:
         self.claimed: set = set()
         self.undo: list = model.__dict__.setdefault(_UNDO, [])
 
-    def replace(self, parent: nn.Module, name: str, new: nn.Module) -> None:
+    def replace(self, parent: nn.Module, name: str, new: nn.Module, owner: Optional[nn.Module] = None) -> None:
+        """parent.<name> = new. ``owner``: the module whose fusion this belongs to when that is not
+        ``parent`` (an act one level up, taken by a BN inside a conv-norm module): restoring the
+        owner's subtree (before a re-parameterisation) restores this too."""
         old = parent._modules[name]
-        self.undo.append(("module", parent, name, old))
+        self.undo.append(("module", parent, name, old, parent if owner is None else owner))
         new.train(old.training)
         parent._modules[name] = new
         # The old subtree is gone from the model: none of its modules may be patched later.
@@ -45,7 +48,7 @@ class Patcher:
         self.claimed.update(id(m) for m in new.modules())
 
     def swap_class(self, module: nn.Module, new_cls: type) -> None:
-        self.undo.append(("class", module, type(module), None))
+        self.undo.append(("class", module, type(module), None, module))
         module.__class__ = new_cls
 
     def claim(self, *modules: nn.Module) -> None:
@@ -196,7 +199,7 @@ def _restore_subtree(block: nn.Module) -> None:
     inside = {id(m) for m in block.modules()}
     mine, rest = [], []
     for entry in undo:
-        (mine if id(entry[1]) in inside else rest).append(entry)
+        (mine if id(entry[4]) in inside else rest).append(entry)
     _apply_undo(mine)
     undo[:] = rest
 
@@ -204,7 +207,7 @@ def _restore_subtree(block: nn.Module) -> None:
 def _guard_reparam_blocks(patcher: Patcher) -> None:
     """Blocks with re-parameterisation methods and fused modules inside get :func:`reparam_class`,
     so ``timm.utils.reparameterize_model`` on a patched model folds the original weights."""
-    targets = {id(entry[1]) for entry in patcher.undo if entry[0] == "module"}
+    targets = {id(entry[4]) for entry in patcher.undo if entry[0] == "module"}
     for module in patcher.model.modules():
         cls = type(module)
         if module is patcher.model or _ROOT_UNDO in module.__dict__ or \
@@ -213,6 +216,11 @@ def _guard_reparam_blocks(patcher: Patcher) -> None:
         if any(id(m) in targets for m in module.modules()):
             patcher.swap_class(module, reparam_class(cls))
             module.__dict__[_ROOT_UNDO] = patcher.undo
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False,
@@ -236,8 +244,9 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     """
     from .rules import RULES
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
+    if not isinstance(fuse_lone_bn, bool):
+        raise TypeError(f"fuse_lone_bn must be a bool, got {type(fuse_lone_bn).__name__}")
     backend = _dispatch._check_name(backend)
     check_level(recompute)
     report = PatchReport(model=type(model).__name__, backend=backend)
@@ -271,13 +280,14 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch`: the original module objects go back, holding the model's current
     parameter and buffer tensors (so training done while patched is kept). Returns ``model``."""
+    _check_model(model)
     _apply_undo(model.__dict__.pop(_UNDO, []))
     model.__dict__.pop(_RECOMPUTE, None)
     return model
 
 
 def _apply_undo(undo: list) -> None:
-    for kind, target, name, old in reversed(undo):
+    for kind, target, name, old, _owner in reversed(undo):
         if kind == "class":
             target.__class__ = name
             target.__dict__.pop(_ROOT_UNDO, None)

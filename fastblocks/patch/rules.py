@@ -44,9 +44,26 @@ def dw_backend_problem(p: Patcher, conv: nn.Module) -> Optional[str]:
     return None if reason is None else f"backend {p.backend!r} cannot run it: {reason}"
 
 
+class Outer(NamedTuple):
+    """The enclosing module holding the activation, when the conv and BN sit one level down in a
+    conv-norm module (``pw1 = ConvNorm(conv, bn)`` followed by ``act`` in pw1's parent)."""
+    module: nn.Module
+    path: str
+
+
+def _act_slot(parent: nn.Module, act_module_name: Optional[str], outer: Optional["Outer"]):
+    """(holder, module, label in the report) of the activation a fusion takes, or (parent, None, None)."""
+    if not act_module_name:
+        return parent, None, None
+    holder = parent if outer is None else outer.module
+    label = act_module_name if outer is None else join(outer.path, act_module_name)
+    return holder, holder._modules.get(act_module_name), label
+
+
 def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name: str,
-               act_module_name: Optional[str] = None) -> bool:
-    """parent.<conv_name> (depthwise) + parent.<bn_name> (+ parent.<act_module_name>) -> DWConvBNAct.
+               act_module_name: Optional[str] = None, outer: Optional[Outer] = None) -> bool:
+    """parent.<conv_name> (depthwise) + parent.<bn_name> (+ parent.<act_module_name>, or
+    outer.module.<act_module_name>) -> DWConvBNAct.
     Returns False (after recording the reason) when the pattern is not exactly fusable."""
     conv, bn = parent._modules[conv_name], parent._modules[bn_name]
     conv_path = join(path, conv_name)
@@ -60,7 +77,7 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
         p.skip(join(path, bn_name), bn, reason)
         return False
     act = bn_act_of(bn)
-    act_module = parent._modules.get(act_module_name) if act_module_name else None
+    act_holder, act_module, act_label = _act_slot(parent, act_module_name, outer)
     if act_module is not None:
         if act != "identity":
             return False
@@ -73,24 +90,27 @@ def fuse_dw_bn(p: Patcher, path: str, parent: nn.Module, conv_name: str, bn_name
     fused.train(conv.training)
     p.replace(parent, conv_name, fused)
     p.replace(parent, bn_name, holder)
-    detail = f"+ {bn_name}" + (f" + {act_module_name}" if act_module is not None else "") + f" (act={act}"
+    detail = f"+ {bn_name}" + (f" + {act_label}" if act_module is not None else "") + f" (act={act}"
     if len(parts) > 1:
         detail += ", k=" + "/".join(str(part.kernel_size[0]) for part in parts)
     detail += ", synchronised)" if sync else ")"
     if act_module is not None:
-        p.replace(parent, act_module_name, nn.Identity())
+        p.replace(act_holder, act_module_name, nn.Identity(), owner=parent)
     p.record(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", type(fused).__name__, detail)
     return True
 
 
-def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_name: Optional[str] = None) -> bool:
+def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_name: Optional[str] = None,
+            outer: Optional[Outer] = None) -> bool:
+    """parent.<bn_name> (+ parent.<act_module_name>, or outer.module.<act_module_name>) ->
+    BatchNormAct2d (SyncBatchNormAct2d for a synchronised BN)."""
     bn = parent._modules[bn_name]
     reason = batchnorm_problem(bn, sync_ok=True)
     if reason is not None:
         p.skip(join(path, bn_name), bn, reason)
         return False
     act = bn_act_of(bn)
-    act_module = parent._modules.get(act_module_name) if act_module_name else None
+    act_holder, act_module, act_label = _act_slot(parent, act_module_name, outer)
     if act_module is not None:
         act = act_name(act_module)
     # A SyncBatchNorm is always replaced (lone ones too): DDP refuses CPU models containing one.
@@ -102,8 +122,8 @@ def fuse_bn(p: Patcher, path: str, parent: nn.Module, bn_name: str, act_module_n
     cls = SyncBatchNormAct2d if sync else BatchNormAct2d
     p.replace(parent, bn_name, cls.from_batchnorm(bn, act, backend=p.backend))
     if act_module is not None:
-        p.replace(parent, act_module_name, nn.Identity())
-    detail = (f"+ {act_module_name} " if act_module is not None else "") + f"(act={act})"
+        p.replace(act_holder, act_module_name, nn.Identity(), owner=parent)
+    detail = (f"+ {act_label} " if act_module is not None else "") + f"(act={act})"
     p.record(join(path, bn_name), type(bn).__name__, cls.__name__, detail)
     return True
 
@@ -156,12 +176,13 @@ def efficientnet_pytorch_stem_head(p, path, module, parent, name):
 
 class Chain(NamedTuple):
     """conv -> bn [-> between] [-> act] inside a block's forward, by attribute name. ``conv``: None when
-    no conv feeds the BN (pre-activation); ``act``: a sibling activation module (None: the BN applies
-    its own act, timm BatchNormAct2d); ``between``: a module the forward runs inside the chain that must
-    be an Identity for it to fuse (timm ResNet's drop_block between bn and act, MaxViT's se_early
-    between conv and bn)."""
+    no conv feeds the BN (pre-activation); ``bn``: None when ``conv`` names a conv-norm module (see
+    :func:`conv_norm_parts`: its conv and BN fuse with the block's ``act``); ``act``: a sibling
+    activation module (None: the BN applies its own act, timm BatchNormAct2d); ``between``: a module
+    the forward runs inside the chain that must be an Identity for it to fuse (timm ResNet's
+    drop_block between bn and act, MaxViT's se_early between conv and bn)."""
     conv: Optional[str]
-    bn: str
+    bn: Optional[str]
     act: Optional[str] = None
     between: Optional[str] = None
 
@@ -195,7 +216,41 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.models.resnest.ResNestBottleneck": (Chain("conv1", "bn1", "act1"),
                                               Chain("conv2", "bn2", "act2", between="drop_block")),
     "timm.layers.split_attn.SplitAttn": (Chain("conv", "bn0", "act0", between="drop"), Chain("fc1", "bn1", "act1")),
+    # conv-norm modules (ConvNorm / Conv2dNorm: conv, bn) followed by the block's act; each act module
+    # is used once (EfficientViT-M's PatchMerging runs one act twice: not listed)
+    "timm.models.efficientvit_msra.ConvMlp": (Chain("pw1", None, "act"),),
+    "timm.models.shvit.FFN": (Chain("pw1", None, "act"),),
+    "timm.models.shvit.PatchMerging": (Chain("conv1", None, "act1"), Chain("conv2", None, "act2")),
+    "timm.models.tiny_vit.PatchEmbed": (Chain("conv1", None, "act"),),
+    "timm.models.tiny_vit.MBConv": (Chain("conv1", None, "act1"), Chain("conv2", None, "act2")),
+    "timm.models.tiny_vit.PatchMerging": (Chain("conv1", None, "act1"), Chain("conv2", None, "act2")),
+    "timm.models.repvit.RepVitStem": (Chain("conv1", None, "act1"),),
+    "timm.models.repvit.RepVitMlp": (Chain("conv1", None, "act"),),
+    "timm.models.levit.LevitMlp": (Chain("ln1", None, "act"),),  # conv LeViT (LinearNorm ln1: no conv, left)
 }
+
+# Conv-norm modules that are not Sequentials, by qualname -> (conv, BN) attribute names; their
+# forward is bn(conv(x)).
+_CONV_NORM_MODULES = {
+    "timm.models.levit.ConvNorm": ("linear", "bn"),
+}
+
+
+def conv_norm_parts(module: nn.Module) -> Optional[tuple]:
+    """(conv name, BN name) of a module that runs exactly conv -> BN and nothing else: a plain
+    Sequential of a Conv2d and a BatchNorm (the ConvNorm / Conv2dNorm of EfficientViT-M, SHViT,
+    TinyViT, LeViT stems, ...) or a class of ``_CONV_NORM_MODULES``; None otherwise (also once fused)."""
+    if has_hooks(module):
+        return None
+    names = _CONV_NORM_MODULES.get(qualname(module))
+    if names is None and _is_plain_sequential(module) and len(module._modules) == 2:
+        names = tuple(module._modules)
+    if names is None:
+        return None
+    conv, bn = (module._modules.get(n) for n in names)
+    if qualname(conv) != "torch.nn.modules.conv.Conv2d" or bn is None or not _is_bn(bn):
+        return None
+    return names
 
 
 def _tried_as_depthwise(conv: nn.Module) -> bool:
@@ -211,9 +266,16 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
     if chains is None or has_hooks(module):
         return False
     for chain in chains:
-        conv = module._modules.get(chain.conv) if chain.conv is not None else None  # pre-activation: no conv
-        bn = module._modules.get(chain.bn)
-        missing = (chain.conv is not None and conv is None) or bn is None
+        holder, holder_path, outer, conv_name, bn_name = module, path, None, chain.conv, chain.bn
+        if chain.bn is None:  # chain.conv names a conv-norm module: fuse inside it, with our act
+            holder = module._modules.get(chain.conv)
+            parts = conv_norm_parts(holder) if holder is not None else None
+            if parts is None:
+                continue  # not conv -> BN (another configuration), or fused already
+            holder_path, outer, (conv_name, bn_name) = join(path, chain.conv), Outer(module, path), parts
+        conv = holder._modules.get(conv_name) if conv_name is not None else None  # pre-activation: no conv
+        bn = holder._modules.get(bn_name)
+        missing = (conv_name is not None and conv is None) or bn is None
         if missing or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d, nn.Identity)):
             continue  # not this block's layout (no norm in this configuration), or already patched
         adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
@@ -223,13 +285,13 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         depthwise = conv is not None and _tried_as_depthwise(conv)
         if depthwise and not adjacent:
             between = module._modules[chain.between]
-            p.skip(join(path, chain.conv), conv, f"{chain.between} ({type(between).__name__}) runs inside the "
-                                                 f"{chain.conv} -> {chain.bn} chain: not fusable")
-        elif depthwise and fuse_dw_bn(p, path, module, chain.conv, chain.bn, act_module_name):
+            p.skip(join(holder_path, conv_name), conv, f"{chain.between} ({type(between).__name__}) runs inside "
+                                                       f"the {chain.conv} -> {chain.bn} chain: not fusable")
+        elif depthwise and fuse_dw_bn(p, holder_path, holder, conv_name, bn_name, act_module_name, outer):
             continue
         # A dense conv, or a depthwise one left unfused (reported): BN + act still fuse.
         if act_module_name is not None and id(bn) not in p.claimed:
-            fuse_bn(p, path, module, chain.bn, act_module_name)
+            fuse_bn(p, holder_path, holder, bn_name, act_module_name, outer)
         # else the BN applies its own act (or none): the leaf rules handle it
     return False
 
@@ -284,7 +346,7 @@ def _is_plain_sequential(module: nn.Module) -> bool:
 
 def sequential_chains(p, path, module, parent, name):
     """In a Sequential (or a subclass that keeps its forward): dwconv, BN[, act] -> DWConvBNAct;
-    BN, act -> BatchNormAct2d."""
+    BN, act -> BatchNormAct2d; a conv-norm module, act -> the same inside the conv-norm module."""
     if not _is_plain_sequential(module) or has_hooks(module):
         return False
     names = list(module._modules)
@@ -301,6 +363,16 @@ def sequential_chains(p, path, module, parent, name):
         if _is_bn(child) and nxt is not None and act_name(nxt) not in (None, "identity") and \
                 bn_act_of(child) == "identity":
             if fuse_bn(p, path, module, names[i], names[i + 1]):
+                i += 2
+                continue
+        parts = conv_norm_parts(child) if nxt is not None and act_name(nxt) not in (None, "identity") else None
+        if parts is not None and bn_act_of(child._modules[parts[1]]) == "identity":
+            # a conv-norm module, then an act: its conv (+ BN) fuse with the act one level up
+            inner, outer = join(path, names[i]), Outer(module, path)
+            conv_name, bn_name = parts
+            if (_tried_as_depthwise(child._modules[conv_name])
+                    and fuse_dw_bn(p, inner, child, conv_name, bn_name, names[i + 1], outer)) \
+                    or fuse_bn(p, inner, child, bn_name, names[i + 1], outer):
                 i += 2
                 continue
         i += 1
