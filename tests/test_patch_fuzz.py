@@ -69,16 +69,21 @@ RUN = st.one_of(st.tuples(LEAF), st.tuples(CONV_NORM, ACT), st.tuples(CONVS, st.
 NESTED = st.tuples(st.sampled_from(["seq", "reversed"]), st.lists(RUN, min_size=1, max_size=3).map(
     lambda runs: [item for run in runs for item in run]))
 ITEMS = st.lists(st.one_of(RUN, st.tuples(NESTED)), min_size=1, max_size=5).map(
-    lambda runs: [item for run in runs for item in run])
+    lambda runs: [item for run in runs for item in run]).filter(lambda specs: str(specs).count("dw5s2") <= 2)
+# 12x12 in, at most two stride-2 convs: a training BN sees >= 2 x 3 x 3 values per channel. (Over 2 values
+# it maps its input to ~+-1 whatever it is: the gradients before it are ~0, their float32 error noise.)
+INPUT = (2, C, 12, 12)
+BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @FUZZ
 @given(specs=ITEMS, seed=st.integers(0, 1000))
-def test_patched_random_sequential_matches_unpatched(specs, seed):
+def test_patched_random_sequential_matches_unpatched(backend, specs, seed):
     torch.manual_seed(seed)
     model = nn.Sequential(build("conv"), *(build(s) for s in specs))  # a parameter to differentiate
     originals = [(name, type(m), m) for name, m in model.named_modules()]
-    check_patch_equivalence(model, (2, C, 6, 6), seed=seed)  # patches a copy
-    fb.patch(model, backend="eager")
+    check_patch_equivalence(model, INPUT, seed=seed, backend=backend)  # patches a copy
+    fb.patch(model, backend=backend)
     fb.unpatch(model)
     assert [(name, type(m), m) for name, m in model.named_modules()] == originals
