@@ -229,6 +229,24 @@ def test_conv_norm_module_followed_by_an_act_fuses_one_level_down():
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_torchscript_of_a_patched_model_says_what_to_do_instead():
+    """torch.jit.script cannot compile the fused modules: a TypeError that names the way out, not
+    TorchScript's complaint about variadic arguments. torch.jit.trace records the fused ops; an
+    unpatched copy scripts as before."""
+    model = small_model().eval()
+    x = torch.randn(1, 3, 32, 32)
+    fb.patch(model)
+    expected = model(x)
+    with pytest.raises(TypeError, match=r"torch.jit.script cannot compile fastblocks' .*unpatch"):
+        torch.jit.script(model)
+    with pytest.raises(TypeError, match="BatchNormAct2d"):
+        torch.jit.script(fb.nn.BatchNormAct2d(4, act="relu"))
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), expected)
+    scripted = torch.jit.script(fb.unpatch(copy.deepcopy(model)))
+    torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_patched_model_matches():
     torch._dynamo.reset()
     model = small_model().eval()

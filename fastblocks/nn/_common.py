@@ -52,3 +52,15 @@ def has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None) or module._state_dict_hooks
                 or module._load_state_dict_pre_hooks)
+
+
+class NotScriptable:
+    """Mixin of the fused modules: ``torch.jit.script`` of a model holding one raises a clear
+    TypeError (their forwards reach the custom ops through Python dispatch, which TorchScript cannot
+    compile) instead of TorchScript's error about variadic arguments somewhere inside."""
+
+    def __prepare_scriptable__(self):  # called by torch.jit.script on every module before compiling
+        raise TypeError(
+            f"torch.jit.script cannot compile fastblocks' {type(self).__name__}: script an unpatched copy "
+            f"(fastblocks.unpatch(copy.deepcopy(model))), or use torch.jit.trace, torch.export or torch.compile, "
+            f"which run the fused ops")

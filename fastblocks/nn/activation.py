@@ -9,9 +9,10 @@ from torch import nn
 
 from .. import ops
 from .._act import canonical_act
+from ._common import NotScriptable
 
 
-class MemoryEfficientAct(nn.Module):
+class MemoryEfficientAct(NotScriptable, nn.Module):
     """Element-wise activation through ``fastblocks.ops.activation``: saves x only for backward,
     where PyTorch's autograd for e.g. x * sigmoid(x) would keep extra tensors."""
 

@@ -13,9 +13,10 @@ from torch import nn
 
 from .. import ops
 from .._act import canonical_act, canonical_gate
+from ._common import NotScriptable
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(NotScriptable, nn.Module):
     """pool -> reduce (1x1 conv) -> act -> expand (1x1 conv) -> gate -> scale, fused
     (``fastblocks.ops.squeeze_excite``). Input (N, C, H, W) -> same. Saves x and two (N, C) tensors.
 
@@ -42,7 +43,7 @@ class SqueezeExcite(nn.Module):
         return f"act={self.act!r}, gate={self.gate!r}"
 
 
-class _PooledGateScale(nn.Module):
+class _PooledGateScale(NotScriptable, nn.Module):
     """SE variants whose excitation is not reduce -> act -> expand: the (N, C) part runs in
     PyTorch (``_logits`` of the pooled input), the full-size scale is fused
     (``fastblocks.ops.gate_scale``), which saves x and the (N, C) logits only."""
@@ -92,7 +93,7 @@ class EffectiveSqueezeExcite(_PooledGateScale):
         return getattr(self, self.name)(pooled)
 
 
-class EfficientChannelAttention(nn.Module):
+class EfficientChannelAttention(NotScriptable, nn.Module):
     """ECA: pool -> Conv1d(1, 1, k) across channels -> gate -> scale, fused (``fastblocks.ops.eca``).
     The Conv1d is kept as child ``conv``. Saves x and two (N, C) tensors."""
 

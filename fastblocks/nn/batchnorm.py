@@ -10,10 +10,10 @@ from torch import nn
 from .. import ops
 from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
-from ._common import bn_arguments, share_bn_tensors
+from ._common import NotScriptable, bn_arguments, share_bn_tensors
 
 
-class BatchNormAct2d(nn.BatchNorm2d):
+class BatchNormAct2d(NotScriptable, nn.BatchNorm2d):
     """BatchNorm2d followed by an activation, one fused op (``fastblocks.ops.bn_act``).
 
     Same parameters / buffers / state_dict keys as nn.BatchNorm2d (weight, bias, running_mean,
@@ -45,7 +45,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return super().extra_repr() + f", act={self.act!r}"
 
 
-class AbsorbedBatchNorm2d(nn.BatchNorm2d):
+class AbsorbedBatchNorm2d(NotScriptable, nn.BatchNorm2d):
     """Holds a BatchNorm2d's parameters and buffers (keys unchanged) whose math now runs inside a
     preceding fused conv (:class:`fastblocks.nn.DWConvBNAct`); its forward passes x through."""
 

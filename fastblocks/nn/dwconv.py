@@ -12,10 +12,10 @@ from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
 from .._recompute import offer, offer_channel_slices
 from .._validate import memory_format_of
-from ._common import autocast_input, bn_arguments
+from ._common import NotScriptable, autocast_input, bn_arguments
 
 
-class DWConvBNAct(nn.Module):
+class DWConvBNAct(NotScriptable, nn.Module):
     """Depthwise k x k conv, BatchNorm and activation in one op (``fastblocks.ops.dwconv_bn_act``).
 
     Parameters ``weight`` (C, 1, k, k) and optional ``bias`` (C,) keep the conv's names. The BN
@@ -85,7 +85,7 @@ def _concat(*parts_and_format) -> torch.Tensor:
     return torch.cat(parts, 1).contiguous(memory_format=fmt)
 
 
-class MixedDWConvBNAct(nn.Module):
+class MixedDWConvBNAct(NotScriptable, nn.Module):
     """A mixed depthwise conv (MixNet's MixConv, timm ``MixedConv2d``: channel groups, each with its
     own kernel size) -> BatchNorm -> activation, as one ``dwconv_bn_act`` call per group on its
     channel slice, the outputs concatenated. BatchNorm is per channel, so slicing its parameters,
