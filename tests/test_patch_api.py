@@ -228,6 +228,13 @@ def test_conv_norm_module_followed_by_an_act_fuses_one_level_down():
     assert not any(type(m).__module__.startswith("fastblocks") for m in model.modules())
     torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
 
+    class OwnBatchNorm(nn.BatchNorm2d):  # a subclass: not fused, reported once (both rules see it)
+        pass
+
+    report = fb.patch(nn.Sequential(ConvNorm(nn.Conv2d(3, 4, 3), OwnBatchNorm(4)), nn.ReLU()))
+    assert [(s.path, s.reason) for s in report.skipped] == [
+        ("0.1", "OwnBatchNorm is not a plain BatchNorm2d (subclass or custom norm)")], report
+
 
 def test_torchscript_of_a_patched_model_says_what_to_do_instead():
     """torch.jit.script cannot compile the fused modules: a TypeError that names the way out, not
