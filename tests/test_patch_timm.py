@@ -45,26 +45,29 @@ CASES = {
     # RepViT: ConvNorm / RepVggDw are Sequential subclasses (forward kept): 26 dw 3x3 + BN; 10 SE; the
     # stem's conv1 and 26 channel-mixer ConvNorm BNs take the GELU that follows them
     "repvit_m0_9": {"DWConvBNAct": 26, "SqueezeExcite": 10, "BatchNormAct2d": 27},
-    # GhostNetV3: re-parameterisable branches of timm ConvBnAct (dw kxk and 1x1 depthwise + BN)
-    "ghostnetv3_050": {"DWConvBNAct": 149, "SqueezeExcite": 7, "BatchNormAct2d": 1},
+    # GhostNetV3: re-parameterisable branches of timm ConvBnAct (dw kxk and 1x1 depthwise + BN); BN + act:
+    # the stem (GhostNet.forward_features: conv_stem, bn1, act1) and the last block's bn1
+    "ghostnetv3_050": {"DWConvBNAct": 149, "SqueezeExcite": 7, "BatchNormAct2d": 2},
     # aligned Xception: 13 blocks x 3 SeparableConv2d (conv_dw, bn_dw, act_dw, conv_pw, bn_pw, act_pw): 39 dw
-    # + BN; BN+ReLU: 2 stem ConvNormAct, the exit block's 3 pointwise BNs (the other blocks apply their
-    # ReLU before each separable conv: their pointwise BNs are lone)
-    "xception41": {"DWConvBNAct": 39, "BatchNormAct2d": 5},
+    # + BN; BN+ReLU: 2 stem ConvNormAct, the exit block's 3 pointwise BNs, and 24 pointwise BNs (act_pw an
+    # Identity) whose SeparableConv2d is followed by the next ReLU of the block's stack Sequential
+    "xception41": {"DWConvBNAct": 39, "BatchNormAct2d": 29},
     # DLA-34: base_layer, level0, level1 (conv, BN, ReLU Sequentials) + bn1 of the 12 DlaBasic blocks
     # (one relu module after bn1 and after the residual add: the block's forward is swapped); bn2 feeds
-    # the add, DlaRoot's BN the add / cat: lone
-    "dla34": {"BatchNormAct2d": 15},
-    # DLA-46-C: the 3 stem Sequentials + bn1, bn2 of the 12 DlaBottleneck blocks
-    "dla46_c": {"BatchNormAct2d": 27},
+    # the add: lone; the 6 DlaRoots without a residual (shortcut False: conv, bn, relu) fuse, the others' BN
+    # feeds the add
+    "dla34": {"BatchNormAct2d": 15 + 6},
+    # DLA-46-C: the 3 stem Sequentials + bn1, bn2 of the 12 DlaBottleneck blocks + 6 DlaRoots
+    "dla46_c": {"BatchNormAct2d": 27 + 6},
     # Res2Net-50 14w x 8s: the stem's bn1 + per Bottle2neck bn1 and its 7 per-scale BNs (ModuleList
     # bns; one relu module after each and after the add: the block's forward is swapped); 16 blocks
     "res2net50_14w_8s": {"BatchNormAct2d": 1 + 16 * 8},
     # DLA-60 Res2Net: the 3 stem Sequentials + 16 DlaBottle2neck blocks x (bn1 + the 3 per-scale BNs)
-    "dla60_res2net": {"BatchNormAct2d": 3 + 16 * 4},
+    "dla60_res2net": {"BatchNormAct2d": 3 + 16 * 4 + 8},  # + 8 DlaRoots without a residual
     # GhostNet V1: 37 dw (ghost modules' cheap ops, the stride-2 shortcuts) + the 4 stride-2 blocks'
-    # conv_dw + bn_dw (no act); SE in 7 blocks
-    "ghostnet_100": {"DWConvBNAct": 41, "SqueezeExcite": 7, "BatchNormAct2d": 17},
+    # conv_dw + bn_dw (no act); SE in 7 blocks; BN + act: 16 ghost primary convs, the last block's bn1 and
+    # the stem's bn1
+    "ghostnet_100": {"DWConvBNAct": 41, "SqueezeExcite": 7, "BatchNormAct2d": 18},
     # MixNet-S: 16 blocks; the 3 with one k3 kernel (the ds block, stage 1) have a plain dw conv, the
     # 13 others a MixedConv2d (k 3.5 / 3.5.7 / 3.5.7.9 / 3.5.7.9.11 groups) -> one fused module each;
     # SE in the 13 blocks of stages 2-5; BN+act: stem, 15 expansions (some MixedConv2d 1x1 groups), head
@@ -109,6 +112,14 @@ CASES = {
     "tiny_vit_5m_224": {"BatchNormAct2d": 6, "DWConvBNAct": 15},
     # conv LeViT: 3 stem ConvNorms (LeViT's own ConvNorm class) and 11 LevitMlp ln1 + hard-swish
     "levit_conv_128s": {"BatchNormAct2d": 14, "MemoryEfficientAct": 11},
+    # EfficientViM: ConvLayer2d (conv, norm, act): 18 dw (2 with ReLU), 11 dense conv BN + ReLU
+    "efficientvim_m1": {"BatchNormAct2d": 11, "DWConvBNAct": 18, "SqueezeExcite": 2, "MemoryEfficientAct": 6},
+    # iFormer: the Stem's conv1 / conv2 ConvNorms + GELU (19 BN + act elsewhere)
+    "iformer_s": {"BatchNormAct2d": 21, "DWConvBNAct": 19},
+    # HRNet: the stem's bn1 + act1, bn2 + act2 (HighResolutionNet.forward_features) + 41 in the blocks
+    "hrnet_w18_small": {"BatchNormAct2d": 43},
+    # legacy Xception: stem bn1, bn2 and exit bn3, bn4 (Xception.forward_features) + 20 in the blocks
+    "legacy_xception": {"BatchNormAct2d": 24},
 }
 # timm.create_model kwargs (the image size of models whose attention windows follow it) and input size
 CREATE_KWARGS = {name: dict(img_size=64) for name in ("maxvit_nano_rw_256", "maxvit_tiny_tf_224", "coatnet_0_rw_224",
@@ -203,7 +214,7 @@ def test_swapped_forward_of_another_library_version_is_not_used(monkeypatch):
     report = check_patch_equivalence(model)
     skipped = [s for s in report.skipped if s.original == "DlaBasic"]
     assert len(skipped) == 12 and all("not the version fastblocks mirrors" in s.reason for s in skipped), str(report)
-    assert report.counts()["BatchNormAct2d"] == 3
+    assert report.counts()["BatchNormAct2d"] == 3 + 6  # the stem Sequentials, the DlaRoots without a residual
     assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
 
 
@@ -230,7 +241,7 @@ def test_excitation_convs_that_are_not_plain_1x1_are_skipped_with_the_reason():
 # Re-parameterisable (MobileOne, RepViT, GhostNetV3): timm's reparameterize_model folds the branches'
 # conv / BN weights; on a patched model the blocks put their original modules back first.
 # RepViT / TinyViT: ConvNorm.fuse() folds conv + BN, and the act its BN took comes back one level up.
-@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9", "ghostnetv3_050", "tiny_vit_5m_224"])
+@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9", "ghostnetv3_050", "tiny_vit_5m_224", "efficientvim_m1"])
 def test_reparameterize_patched_model(name):
     from timm.utils.model import reparameterize_model
 

@@ -180,11 +180,14 @@ class Chain(NamedTuple):
     :func:`conv_norm_parts`: its conv and BN fuse with the block's ``act``); ``act``: a sibling
     activation module (None: the BN applies its own act, timm BatchNormAct2d); ``between``: a module
     the forward runs inside the chain that must be an Identity for it to fuse (timm ResNet's
-    drop_block between bn and act, MaxViT's se_early between conv and bn)."""
+    drop_block between bn and act, MaxViT's se_early between conv and bn); ``unless``: an attribute
+    of the block that, when true, makes the forward run something else between bn and act (DlaRoot's
+    residual add)."""
     conv: Optional[str]
     bn: Optional[str]
     act: Optional[str] = None
     between: Optional[str] = None
+    unless: Optional[str] = None
 
 
 # Blocks whose forward is known, by qualname -> their conv / BN / act chains
@@ -227,30 +230,43 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.models.repvit.RepVitStem": (Chain("conv1", None, "act1"),),
     "timm.models.repvit.RepVitMlp": (Chain("conv1", None, "act"),),
     "timm.models.levit.LevitMlp": (Chain("ln1", None, "act"),),  # conv LeViT (LinearNorm ln1: no conv, left)
+    "timm.models.iformer.Stem": (Chain("conv1", None, "act1"), Chain("conv2", None, "act2")),
+    "timm.models.efficientvim.ConvLayer2d": (Chain("conv", "norm", "act"),),  # norm / act may be None
+    # model stems (and Xception's exit convs) in the model's own forward_features
+    "timm.models.ghostnet.GhostNet": (Chain("conv_stem", "bn1", "act1"),),
+    "timm.models.repghost.RepGhostNet": (Chain("conv_stem", "bn1", "act1"),),
+    "timm.models.hrnet.HighResolutionNet": (Chain("conv1", "bn1", "act1"), Chain("conv2", "bn2", "act2")),
+    "timm.models.xception.Xception": tuple(Chain(f"conv{i}", f"bn{i}", f"act{i}") for i in (1, 2, 3, 4)),
+    "timm.models.dla.DlaRoot": (Chain("conv", "bn", "relu", unless="shortcut"),),
 }
 
-# Conv-norm modules that are not Sequentials, by qualname -> (conv, BN) attribute names; their
-# forward is bn(conv(x)).
-_CONV_NORM_MODULES = {
-    "timm.models.levit.ConvNorm": ("linear", "bn"),
+# Modules that are not conv-norm Sequentials but whose forward ends with conv -> BN [-> act], by
+# qualname -> (conv, BN, trailing act or None) attribute names: the BN's output is the module's
+# output when the trailing act is an Identity.
+_ENDS_WITH_CONV_NORM = {
+    "timm.models.levit.ConvNorm": ("linear", "bn", None),  # bn(linear(x))
+    "timm.models.xception_aligned.SeparableConv2d": ("conv_pw", "bn_pw", "act_pw"),  # act_pw: often Identity
 }
 
 
 def conv_norm_parts(module: nn.Module) -> Optional[tuple]:
-    """(conv name, BN name) of a module that runs exactly conv -> BN and nothing else: a plain
-    Sequential of a Conv2d and a BatchNorm (the ConvNorm / Conv2dNorm of EfficientViT-M, SHViT,
-    TinyViT, LeViT stems, ...) or a class of ``_CONV_NORM_MODULES``; None otherwise (also once fused)."""
+    """(conv name, BN name) of a module whose output is its BN's, fed by its conv: a conv-norm
+    module (a plain Sequential of just a Conv2d and a BatchNorm: the ConvNorm / Conv2dNorm of
+    EfficientViT-M, SHViT, TinyViT, LeViT stems, ...) or a class of ``_ENDS_WITH_CONV_NORM`` (its
+    trailing act an Identity); None otherwise (also once fused)."""
     if has_hooks(module):
         return None
-    names = _CONV_NORM_MODULES.get(qualname(module))
+    names = _ENDS_WITH_CONV_NORM.get(qualname(module))
+    if names is not None and names[2] is not None and act_name(module._modules.get(names[2])) != "identity":
+        return None
     if names is None and _is_plain_sequential(module) and len(module._modules) == 2:
-        names = tuple(module._modules)
+        names = (*module._modules, None)
     if names is None:
         return None
-    conv, bn = (module._modules.get(n) for n in names)
+    conv, bn = (module._modules.get(n) for n in names[:2])
     if qualname(conv) != "torch.nn.modules.conv.Conv2d" or bn is None or not _is_bn(bn):
         return None
-    return names
+    return names[:2]
 
 
 def _tried_as_depthwise(conv: nn.Module) -> bool:
@@ -266,6 +282,8 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
     if chains is None or has_hooks(module):
         return False
     for chain in chains:
+        if chain.unless is not None and getattr(module, chain.unless, True):
+            continue
         holder, holder_path, outer, conv_name, bn_name = module, path, None, chain.conv, chain.bn
         if chain.bn is None:  # chain.conv names a conv-norm module: fuse inside it, with our act
             holder = module._modules.get(chain.conv)
