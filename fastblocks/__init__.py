@@ -10,11 +10,11 @@ from . import nn, ops, utils
 from ._dispatch import (BackendUnavailableError, available_backends, backend, get_backend,
                         set_backend)
 from .backends import load_all as _load_backends
-from .patch import PatchReport, patch, unpatch
+from .patch import PatchReport, find_unfused_bn_act, patch, unpatch
 
 _load_backends()
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "utils", "patch", "unpatch", "PatchReport", "available_backends", "set_backend", "get_backend", "backend",
-           "BackendUnavailableError", "__version__"]
+__all__ = ["ops", "nn", "utils", "patch", "unpatch", "PatchReport", "find_unfused_bn_act", "available_backends",
+           "set_backend", "get_backend", "backend", "BackendUnavailableError", "__version__"]
