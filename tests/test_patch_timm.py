@@ -112,6 +112,8 @@ CASES = {
     "tiny_vit_5m_224": {"BatchNormAct2d": 6, "DWConvBNAct": 15},
     # conv LeViT: 3 stem ConvNorms (LeViT's own ConvNorm class) and 11 LevitMlp ln1 + hard-swish
     "levit_conv_128s": {"BatchNormAct2d": 14, "MemoryEfficientAct": 11},
+    # CPUBone: ConvLayer (conv, norm, act): 11 BN + hard-swish (found by fb.find_unfused_bn_act)
+    "cpubone_s0": {"BatchNormAct2d": 11, "MemoryEfficientAct": 1},
     # EfficientViM: ConvLayer2d (conv, norm, act): 18 dw (2 with ReLU), 11 dense conv BN + ReLU
     "efficientvim_m1": {"BatchNormAct2d": 11, "DWConvBNAct": 18, "SqueezeExcite": 2, "MemoryEfficientAct": 6},
     # iFormer: the Stem's conv1 / conv2 ConvNorms + GELU (19 BN + act elsewhere)
