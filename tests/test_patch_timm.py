@@ -114,6 +114,8 @@ CASES = {
     "levit_conv_128s": {"BatchNormAct2d": 14, "MemoryEfficientAct": 11},
     # CPUBone: ConvLayer (conv, norm, act): 11 BN + hard-swish (found by fb.find_unfused_bn_act)
     "cpubone_s0": {"BatchNormAct2d": 11, "MemoryEfficientAct": 1},
+    # LowFormer: ConvLayer (conv, norm, act): 9 BN + hard-swish, 7 dw
+    "lowformer_b0": {"BatchNormAct2d": 9, "DWConvBNAct": 7, "MemoryEfficientAct": 9},
     # EfficientViM: ConvLayer2d (conv, norm, act): 18 dw (2 with ReLU), 11 dense conv BN + ReLU
     "efficientvim_m1": {"BatchNormAct2d": 11, "DWConvBNAct": 18, "SqueezeExcite": 2, "MemoryEfficientAct": 6},
     # iFormer: the Stem's conv1 / conv2 ConvNorms + GELU (19 BN + act elsewhere)

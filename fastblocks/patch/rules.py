@@ -233,6 +233,7 @@ _TIMM_CONV_BN_BLOCKS = {
     "timm.models.iformer.Stem": (Chain("conv1", None, "act1"), Chain("conv2", None, "act2")),
     "timm.models.efficientvim.ConvLayer2d": (Chain("conv", "norm", "act"),),  # norm / act may be None
     "timm.models.cpubone.ConvLayer": (Chain("conv", "norm", "act"),),  # norm / act may be None
+    "timm.models.lowformer.ConvLayer": (Chain("conv", "norm", "act"),),
     # model stems (and Xception's exit convs) in the model's own forward_features
     "timm.models.ghostnet.GhostNet": (Chain("conv_stem", "bn1", "act1"),),
     "timm.models.repghost.RepGhostNet": (Chain("conv_stem", "bn1", "act1"),),
