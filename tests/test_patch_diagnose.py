@@ -59,3 +59,15 @@ def test_patched_timm_models_leave_no_fusable_pair():
 def test_bad_model():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         fb.find_unfused_bn_act("resnet18", torch.randn(1, 3, 8, 8))
+
+
+def test_command_line_lists_the_pairs_and_fails_when_a_fusable_one_is_left(capsys):
+    pytest.importorskip("timm")
+    from fastblocks.find_unfused import main
+
+    assert main(["resnet18", "--size", "64"]) == 0
+    assert "resnet18: 0 unfused BN -> act pair(s)" in capsys.readouterr().out
+    assert main(["efficientvit_m0", "--size", "64"]) == 1  # PatchMerging runs one act module twice: left
+    out = capsys.readouterr().out
+    assert "efficientvit_m0: 2 unfused BN -> act pair(s)" in out
+    assert "stages.1.downsample.patchmerge.conv1.bn -> stages.1.downsample.patchmerge.act: relu" in out

@@ -86,3 +86,4 @@ def find_unfused_bn_act(model: nn.Module, *args: Any, **kwargs: Any) -> list:
         for handle in handles:
             handle.remove()
     return found
+
