@@ -40,7 +40,8 @@ def find_unfused_bn_act(model: nn.Module, *args: Any, **kwargs: Any) -> list:
     are not touched) and return an :class:`UnfusedPair` for every BatchNorm module (not a fastblocks
     one) whose output an activation module receives unchanged: BN -> act pairs a patched model still
     runs unfused, in the order they ran. Use it on a patched model to see what ``fb.patch`` could not
-    reach (the BN and act inside a forward its rules do not know), or on any model."""
+    reach (the BN and act inside a forward its rules do not know), or on any model. Every BN output
+    is kept alive until the forward ends (so tensor identity means what it says): use a small input."""
     _check_model(model)
     outputs: dict = {}  # id(tensor) -> (bn path, tensor, version at the BN's output)
     found: list = []
