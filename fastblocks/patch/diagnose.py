@@ -87,4 +87,3 @@ def find_unfused_bn_act(model: nn.Module, *args: Any, **kwargs: Any) -> list:
         for handle in handles:
             handle.remove()
     return found
-

@@ -51,7 +51,7 @@ class Outer(NamedTuple):
     path: str
 
 
-def _act_slot(parent: nn.Module, act_module_name: Optional[str], outer: Optional["Outer"]):
+def _act_slot(parent: nn.Module, act_module_name: Optional[str], outer: Optional[Outer]):
     """(holder, module, label in the report) of the activation a fusion takes, or (parent, None, None)."""
     if not act_module_name:
         return parent, None, None
