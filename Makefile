@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
-$(STAMP): $(BIN)/python setup.py
+$(STAMP): $(BIN)/python setup.py pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)

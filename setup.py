@@ -3,8 +3,9 @@
 The extension is built when csrc/ has sources and torch's cpp_extension can compile them:
 - csrc/bindings.cpp (op schemas, module init): always, when the extension is built.
 - C++ CPU kernels (csrc/*_cpu.cpp): unless FASTBLOCKS_BUILD_CPU=0.
-- CUDA kernels (csrc/*.cu): when CUDA_HOME / nvcc is found, unless FASTBLOCKS_BUILD_CUDA=0
-  (FASTBLOCKS_BUILD_CUDA=1 makes a missing toolkit an error). No GPU is needed to compile them.
+- CUDA kernels (csrc/*.cu): FASTBLOCKS_BUILD_CUDA=1 builds them (a missing toolkit is then an
+  error; no GPU is needed to compile them), =0 never; unset ("auto"), they are built when a CUDA
+  toolkit is found and a GPU is visible, so a CPU-only install skips the minutes nvcc takes.
   Arch list: TORCH_CUDA_ARCH_LIST, default "9.0". nvcc gets -O3 -std=c++20 (torch's headers need
   C++20) and NO --use_fast_math: expf / division stay IEEE-accurate (float32 forward tolerance
   is 1e-5). Headers that the local toolkit lacks are taken from the nvidia/cu* wheels.
@@ -18,13 +19,9 @@ import shutil
 import site
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-DEV = ["timm", "efficientnet_pytorch", "pytest", "pytest-benchmark", "pytest-xdist", "hypothesis",
-       "ninja", "pybind11", "tqdm", "matplotlib"]
-
 
 def _flag(name, default):
     value = os.environ.get(name, default).strip().lower()
@@ -85,15 +82,20 @@ def extensions():
     if want_cuda in ("1", "true", "yes", "on") and not has_cuda:
         raise RuntimeError("FASTBLOCKS_BUILD_CUDA=1 but no CUDA toolkit (CUDA_HOME / nvcc) was found, "
                            "or torch was built without CUDA")
-    use_cuda = bool(cu) and has_cuda and want_cuda not in ("0", "false", "no", "off")
+    if want_cuda in ("1", "true", "yes", "on"):
+        use_cuda = bool(cu)
+    elif want_cuda in ("0", "false", "no", "off"):
+        use_cuda = False
+    else:  # auto: only where the kernels can run
+        use_cuda = bool(cu) and has_cuda and torch.cuda.is_available()
     if not cpu_kernels and not use_cuda:
         return [], {}
     if use_cuda:
         print(f"fastblocks: building the CUDA kernels ({len(cu)} .cu files, TORCH_CUDA_ARCH_LIST="
               f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '9.0')})", file=sys.stderr)
     elif cu:
-        print("fastblocks: no CUDA toolkit found (or FASTBLOCKS_BUILD_CUDA=0): building without the CUDA kernels",
-              file=sys.stderr)
+        print("fastblocks: building without the CUDA kernels (no GPU or toolkit found, or FASTBLOCKS_BUILD_CUDA=0; "
+              "FASTBLOCKS_BUILD_CUDA=1 builds them)", file=sys.stderr)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     cpp = ["csrc/bindings.cpp"] + cpu_kernels
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
@@ -113,15 +115,5 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 
-setup(
-    name="fastblocks",
-    version="0.1.0",
-    description="Fused, memory-efficient kernels for efficient-CNN blocks (depthwise conv + BN + act, SE, ECA, SiLU)",
-    packages=find_packages(include=["fastblocks", "fastblocks.*", "kernels", "kernels.*", "benchmarks", "benchmarks.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
-    extras_require={"dev": DEV},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+# Metadata, packages and dependencies live in pyproject.toml; this file only builds the extension.
+setup(ext_modules=ext_modules, cmdclass=cmdclass, zip_safe=False)

@@ -34,9 +34,9 @@ GROUP_PREFIX = "__grp__"
 
 
 def kernels_digest() -> str:
-    """sha256 of the Triton kernel sources (kernels/*.py). Triton's cache keys cover each kernel's
+    """sha256 of the Triton kernel sources (fastblocks/kernels/*.py). Triton's cache keys cover each kernel's
     source *and its line numbers*, so any edit there, even above a kernel, makes a packed cache stale."""
-    folder = os.path.join(ROOT, "kernels")
+    folder = os.path.join(ROOT, "fastblocks", "kernels")
     digest = hashlib.sha256()
     for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
         with open(os.path.join(folder, name), "rb") as f:
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     except ImportError:
         note = ""
     if info.get("kernels") != kernels_digest():
-        note += " - STALE: kernels/ changed since it was packed (make gpu-carry): edited kernels compile here"
+        note += " - STALE: fastblocks/kernels/ changed since it was packed (make gpu-carry): edited kernels compile here"
     print(f"triton_cache: unpacked {info.get('entries')} entries into {args.cache} "
           f"({info['relocated']} relocated){note}")
     return 0

@@ -129,7 +129,7 @@ class CompileOnly(contextlib.AbstractContextManager):
         from triton.runtime.autotuner import Autotuner
         from triton.runtime.jit import JITFunction
 
-        import kernels._common as common
+        import fastblocks.kernels._common as common
         from fastblocks.backends import triton as triton_backend
 
         if common.INTERPRET:

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastblocks as fb  # noqa: E402
 import fastblocks.backends.triton as triton_backend  # noqa: E402
 from fastblocks import _dispatch  # noqa: E402
-import kernels._common  # noqa: E402
+import fastblocks.kernels._common  # noqa: E402
 from benchmarks.triton_codegen import stand_in_cuda_driver  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
@@ -162,7 +162,7 @@ def main() -> None:
     triton_backend._availability = lambda: None
     _dispatch._AVAILABILITY["triton"] = triton_backend._availability
     torch.cuda.device = lambda device: contextlib.nullcontext()
-    kernels._common.target_programs = lambda device: 4 * 132
+    fastblocks.kernels._common.target_programs = lambda device: 4 * 132
     only = sys.argv[1:]
     result = {}
     shape_env = ShapeEnv()

@@ -1,10 +1,7 @@
 import os
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 # Each xdist worker gets its share of the cores. torch's default (all cores in every process)
 # oversubscribes `-n 2` on 2 cores, and OpenMP's spin-waiting then made the patch tests ~5x slower

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import fastblocks as fb
-from utils import ACTS, compare_with_reference, randn
+from tests.helpers import ACTS, compare_with_reference, randn
 
 CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 

@@ -19,8 +19,8 @@ import fastblocks as fb  # noqa: E402
 from fastblocks import _dispatch  # noqa: E402
 from fastblocks._validate import conv_out_size, conv_pads  # noqa: E402
 from fastblocks.backends import native  # noqa: E402
-from utils import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
-from utils import ACTS, dwconv_inputs  # noqa: E402
+from tests.helpers import compare_with_reference, dwconv_call as dw_call, layout, rand_positive, randn  # noqa: E402
+from tests.helpers import ACTS, dwconv_inputs  # noqa: E402
 
 # channels_last is the cpu backend's fast path, so it is these tests' default layout.
 dw_inputs = functools.partial(dwconv_inputs, fmt="channels_last")
@@ -37,7 +37,7 @@ DW_LAYOUTS = ["channels_last", "nchw/planes", "nchw/channels_last"]
 
 @pytest.fixture
 def dw_layout(monkeypatch):
-    """Returns fmt -> the layout name for utils.layout, forcing the NCHW path it names."""
+    """Returns fmt -> the layout name for tests.helpers.layout, forcing the NCHW path it names."""
     def choose(fmt):
         fmt, _, path = fmt.partition("/")
         if path:

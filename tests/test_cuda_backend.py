@@ -6,7 +6,7 @@ Two parts:
   every kernel op when it was built with nvcc, the cuda backend declares itself unavailable without
   a GPU, and asking for it by name raises ``BackendUnavailableError`` with the reason.
 - ``gpu``-marked numerical tests (skipped without CUDA): every op against the float64 reference
-  (``utils.compare_with_reference``: output, every gradient, running stats) on realistic
+  (``tests.helpers.compare_with_reference``: output, every gradient, running stats) on realistic
   EfficientNet-B0 shapes and on the odd-size cases of ``test_triton_interpreter.CASES``; fp32 /
   fp16 / bf16 / fp64, NCHW and channels_last, every padding mode, act and stride; bitwise
   determinism; cuda vs triton. ``FASTBLOCKS_POISON=1`` fills every kernel output (and the
@@ -25,7 +25,7 @@ import fastblocks as fb
 from fastblocks import _dispatch
 from fastblocks.backends import native
 from test_triton_interpreter import CASES, run_case
-from utils import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, randn
+from tests.helpers import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, randn
 
 HAS_CUDA_KERNELS = native.has_kernels("cuda")
 

@@ -23,7 +23,7 @@ from torch import nn
 
 import fastblocks as fb
 import _dist_worker as W
-from utils import check_patch_equivalence, compare_with_reference, dwconv_call, dwconv_inputs, randn, rel_err
+from tests.helpers import check_patch_equivalence, compare_with_reference, dwconv_call, dwconv_inputs, randn, rel_err
 
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
@@ -119,7 +119,7 @@ def test_plain_ddp_patched_equals_unpatched(ranks):
         assert f64["replaced"] > 30
         _compare_f64(f"plain DDP f64 rank {rank}", f64["patched"], f64["unpatched"])
         # float32 (per-rank BN over 2 samples): as accurate as the unpatched model, both against
-        # float64 - the criterion of tests/utils.check_patch_equivalence - on step 0.
+        # float64 - the criterion of tests.helpers.check_patch_equivalence - on step 0.
         got, base, truth = _groups(f32["patched"]), _groups(f32["unpatched"]), _groups(f64["unpatched"])
         for what in ("step 0 output", "step 0 loss", "step 0 grads"):
             err, err_u = rel_err(got[what], truth[what]), rel_err(base[what], truth[what])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastblocks as fb
-from utils import ACTS, compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
+from tests.helpers import ACTS, compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
 
 CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import fastblocks as fb
 from fastblocks._validate import conv_out_size, conv_pads, padding_spec
-from utils import ACTS, compare_with_reference, rand_positive, randn
+from tests.helpers import ACTS, compare_with_reference, rand_positive, randn
 
 BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 # derandomize: CI runs the same examples every time (a failure is reproducible, never flaky).

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("triton")
 
 from fastblocks.ops import _capture  # noqa: E402
-from utils import gpu_compile_env  # noqa: E402
+from tests.helpers import gpu_compile_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_graph_capture_worker.py")

@@ -8,7 +8,7 @@ from torch import nn
 
 import fastblocks as fb
 from fastblocks.nn import AbsorbedBatchNorm2d, DWConvBNAct, MixedDWConvBNAct
-from utils import rel_err
+from tests.helpers import rel_err
 
 
 class MixedReference(nn.Module):

@@ -194,7 +194,7 @@ def test_conv_norm_module_followed_by_an_act_fuses_one_level_down():
     """Sequential(ConvNorm(conv, bn), act, ...): the EfficientViT-M / SHViT / LeViT-stem layout. The
     BN inside each ConvNorm takes the act that follows it (the act becomes an Identity); a depthwise
     ConvNorm becomes DWConvBNAct with it; ConvNorm.fuse() (re-parameterisation) puts the act back."""
-    from utils import check_patch_equivalence
+    from tests.helpers import check_patch_equivalence
 
     class ConvNorm(nn.Sequential):
         def fuse(self):

@@ -3,7 +3,7 @@ import torch
 
 effnet = pytest.importorskip("efficientnet_pytorch")
 
-from utils import check_patch_equivalence  # noqa: E402
+from tests.helpers import check_patch_equivalence  # noqa: E402
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False])

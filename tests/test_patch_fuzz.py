@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastblocks as fb
-from utils import check_patch_equivalence
+from tests.helpers import check_patch_equivalence
 
 timm = pytest.importorskip("timm")
 

@@ -4,7 +4,7 @@ import torch
 timm = pytest.importorskip("timm")
 
 import fastblocks as fb  # noqa: E402
-from utils import check_patch_equivalence  # noqa: E402
+from tests.helpers import check_patch_equivalence  # noqa: E402
 
 # model -> expected replacement counts (derived from the architecture, see comments)
 CASES = {

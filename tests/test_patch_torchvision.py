@@ -3,7 +3,7 @@ import torch
 
 tv = pytest.importorskip("torchvision")
 
-from utils import check_patch_equivalence  # noqa: E402
+from tests.helpers import check_patch_equivalence  # noqa: E402
 
 CASES = {
     # 16 MBConv: 16 dw, 16 SE; BN+SiLU in Conv2dNormActivation: stem, 15 expansions, head

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fastblocks import zoo
-from utils import check_patch_equivalence
+from tests.helpers import check_patch_equivalence
 
 CASES = {
     # 17 dw conv+BN+ReLU6, 17 ECA; BN+ReLU6: stem, 16 expansions, head

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-import kernels._common as common  # noqa: E402
+import fastblocks.kernels._common as common  # noqa: E402
 
 pytestmark = pytest.mark.skipif(common.INTERPRET, reason="under TRITON_INTERPRET kernels use one fixed config")
 
@@ -19,7 +19,7 @@ def _kept(tuner, **kwargs):
 
 
 def test_dw_register_configs_only_for_the_dw_pass(monkeypatch):
-    import kernels.dwconv_bn_act as dw
+    import fastblocks.kernels.dwconv_bn_act as dw
 
     monkeypatch.delenv(common.CONFIG_LIMIT_ENV, raising=False)
     for tuner in (dw._fused_cl, dw._fused_nchw):
@@ -31,8 +31,8 @@ def test_dw_register_configs_only_for_the_dw_pass(monkeypatch):
 
 @pytest.mark.parametrize("limit", [1, 2])
 def test_config_limit(monkeypatch, limit):
-    import kernels.activation as act
-    import kernels.dwconv_bn_act as dw
+    import fastblocks.kernels.activation as act
+    import fastblocks.kernels.dwconv_bn_act as dw
 
     monkeypatch.setenv(common.CONFIG_LIMIT_ENV, str(limit))
     assert _kept(act._fwd) == act._fwd.configs[:limit]
@@ -41,7 +41,7 @@ def test_config_limit(monkeypatch, limit):
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_config_limit_rejects_bad_values(monkeypatch, value):
-    import kernels.activation as act
+    import fastblocks.kernels.activation as act
 
     monkeypatch.setenv(common.CONFIG_LIMIT_ENV, value)
     with pytest.raises(ValueError, match=common.CONFIG_LIMIT_ENV):
@@ -55,7 +55,7 @@ def test_every_autotuned_kernel_uses_the_short_benchmark():
 
     import triton
 
-    mods = [importlib.import_module(f"kernels.{name}") for name in ("activation", "bn_act", "dwconv_bn_act",
+    mods = [importlib.import_module(f"fastblocks.kernels.{name}") for name in ("activation", "bn_act", "dwconv_bn_act",
                                                                      "gate_scale")]
     tuners = [obj for mod in mods for obj in vars(mod).values() if isinstance(obj, triton.runtime.Autotuner)]
     assert len(tuners) >= 5

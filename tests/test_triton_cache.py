@@ -53,7 +53,7 @@ def test_carried_cache_is_found_where_it_is_unpacked(tmp_path):
     """Compile-only warm into one folder, pack, unpack into another: a warm there compiles nothing
     (a plain copy would recompile everything: the group files hold absolute paths)."""
     pytest.importorskip("triton")
-    from utils import gpu_compile_env
+    from tests.helpers import gpu_compile_env
 
     cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--ops", "activation",
            "--channels-last", "--batch", "2", "--jobs", "2"]

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from utils import gpu_compile_env  # noqa: E402
+from tests.helpers import gpu_compile_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Kernels that stream full-size bf16 tensors (the reduction-finishing kernels read fp32 rows).

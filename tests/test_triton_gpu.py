@@ -1,7 +1,7 @@
 """The ``triton`` backend on a CUDA GPU, realistic shapes (skipped without CUDA).
 
 Same checks as ``test_triton_interpreter.py`` (its ``run_case`` builds the float64 inputs and calls
-``utils.compare_with_reference``), compiled for the GPU instead of interpreted: the depthwise
+``tests.helpers.compare_with_reference``), compiled for the GPU instead of interpreted: the depthwise
 layers of EfficientNet-B0 (batch 8, bf16 / fp32, channels_last and NCHW, train and eval), SE / ECA
 at B0 sizes, activations on large tensors, plus bitwise determinism, with FASTBLOCKS_POISON=1.
 """
@@ -13,7 +13,7 @@ import os
 import pytest
 
 from test_triton_interpreter import ACTS, run_case
-from utils import assert_deterministic_b0_layer
+from tests.helpers import assert_deterministic_b0_layer
 
 pytestmark = pytest.mark.gpu
 
@@ -98,7 +98,7 @@ def test_determinism_b0_layer():
 def test_dw_reduction_schemes(dw_regs, c, h, k, stride, cl, monkeypatch):
     """Both ways of reducing dW (across threads every tile / per-tap register accumulators) are
     right, whichever the autotuner would pick: the fused kernel is restricted to one of them."""
-    import kernels.dwconv_bn_act as dw
+    import fastblocks.kernels.dwconv_bn_act as dw
 
     for tuner in (dw._fused_cl, dw._fused_nchw):
         monkeypatch.setattr(tuner, "configs", [cfg for cfg in tuner.configs if cfg.kwargs["DW_REGS"] == dw_regs])

@@ -6,7 +6,7 @@ imported triton cannot guarantee; so the cases run in a worker subprocess starte
 so an unwritten element fails the comparison). One worker per pytest process (xdist workers
 each get their own) receives one case per test as a JSON line and answers with the result.
 
-Every case compares against the float64 reference with ``utils.compare_with_reference`` (output,
+Every case compares against the float64 reference with ``tests.helpers.compare_with_reference`` (output,
 every gradient, running stats). ``run_case`` is also used by ``test_triton_gpu.py`` on CUDA.
 
 Run one case by hand:  TRITON_INTERPRET=1 FASTBLOCKS_POISON=1 python tests/test_triton_interpreter.py <case-id>
@@ -184,13 +184,13 @@ CASES = {
 # ----------------------------------------------------------------------------------------------
 
 def _master(shape, seed, device, cl=False, scale=1.0, offset=0.0):
-    from utils import randn
+    from tests.helpers import randn
     t = randn(*shape, seed=seed, scale=scale, offset=offset).to(device)
     return t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t
 
 
 def _params(shape, seed, device, positive=False, scale=1.0):
-    from utils import rand_positive, randn
+    from tests.helpers import rand_positive, randn
     t = rand_positive(*shape, seed=seed) if positive else randn(*shape, seed=seed, scale=scale)
     return t.to(device)
 
@@ -214,7 +214,7 @@ def _wrap(fn, device_out):
 def run_case(spec: dict, device: str = "cpu", backend: str = "triton") -> dict:
     """Build the case's float64 inputs, run ``compare_with_reference``; returns {name: rel err}."""
     import fastblocks as fb
-    from utils import compare_with_reference
+    from tests.helpers import compare_with_reference
 
     op = spec["op"]
     special = _SPECIAL.get(op)
@@ -310,7 +310,7 @@ def run_case(spec: dict, device: str = "cpu", backend: str = "triton") -> dict:
 
 def _gradcheck_dwconv(device, backend):
     import fastblocks as fb
-    from utils import rand_positive, randn
+    from tests.helpers import rand_positive, randn
     c = 2
     errs = {}
     for stride, padding, training in [(2, "tf_same", True), (1, 1, False)]:
@@ -332,7 +332,7 @@ def _gradcheck_dwconv(device, backend):
 def _determinism(device, backend):
     """Two runs on the same inputs: bitwise identical outputs, gradients and running stats."""
     import fastblocks as fb
-    from utils import rand_positive, randn
+    from tests.helpers import rand_positive, randn
     c = 6
     results = []
     for _ in range(2):
@@ -477,15 +477,15 @@ def _strided_stats(device, backend):
 
 
 def _no_autotune(device, backend):
-    import kernels._common as common
-    import kernels.activation
-    import kernels.dwconv_bn_act
-    import kernels.gate_scale
+    import fastblocks.kernels._common as common
+    import fastblocks.kernels.activation
+    import fastblocks.kernels.dwconv_bn_act
+    import fastblocks.kernels.gate_scale
     if device == "cpu":
         assert common.INTERPRET
-        for mod, names in [(kernels.dwconv_bn_act, ["_fused_cl", "_fused_nchw", "_dx_cl", "_dx_nchw"]),
-                           (kernels.gate_scale, ["_pool_cl", "_fwd_nchw", "_bwd_cl"]),
-                           (kernels.activation, ["_fwd", "_bwd"])]:
+        for mod, names in [(fastblocks.kernels.dwconv_bn_act, ["_fused_cl", "_fused_nchw", "_dx_cl", "_dx_nchw"]),
+                           (fastblocks.kernels.gate_scale, ["_pool_cl", "_fwd_nchw", "_bwd_cl"]),
+                           (fastblocks.kernels.activation, ["_fwd", "_bwd"])]:
             for name in names:
                 assert isinstance(getattr(mod, name), common._FixedConfig), f"{name} is autotuned under the interpreter"
     return {}
@@ -627,7 +627,7 @@ def test_kernels_autotune_without_interpreter():
     """Outside the interpreter the launchers go through triton.autotune, keyed on (C, H*W, ...)."""
     if not _triton_installed():
         pytest.skip("triton is not installed")
-    code = ("import kernels.dwconv_bn_act as d, kernels.gate_scale as g, kernels.activation as a; "
+    code = ("import fastblocks.kernels.dwconv_bn_act as d, fastblocks.kernels.gate_scale as g, fastblocks.kernels.activation as a; "
             "from triton.runtime.autotuner import Autotuner; "
             "objs = [d._fused_cl, d._fused_nchw, d._dx_cl, d._dx_nchw, g._pool_cl, g._fwd_nchw, g._bwd_cl, a._fwd]; "
             "assert all(isinstance(o, Autotuner) and len(o.configs) > 1 for o in objs), objs; "

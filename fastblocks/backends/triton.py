@@ -1,4 +1,4 @@
-"""The ``triton`` backend: fused Triton kernels (``kernels/*.py``) for every fastblocks op.
+"""The ``triton`` backend: fused Triton kernels (``fastblocks/kernels/*.py``) for every fastblocks op.
 
 Available when Triton imports and either CUDA is available or ``TRITON_INTERPRET=1`` (then the
 kernels run on CPU tensors through Triton's interpreter; that is how CI tests them). Forward /
@@ -57,7 +57,7 @@ def _availability() -> str | None:
 
 def _kernels(name: str):
     """Import kernels.<name> lazily (keeps ``import fastblocks`` free of triton)."""
-    return importlib.import_module(f"kernels.{name}")
+    return importlib.import_module(f"fastblocks.kernels.{name}")
 
 
 _KERNEL_MODULES = ("_common", "activation", "dwconv_bn_act", "gate_scale")
@@ -72,7 +72,7 @@ def _capture_reason(device: torch.device) -> str | None:
 
 
 def _all_kernels() -> list:
-    """Every jit / autotuned kernel in kernels/ (helpers included: they are part of the source)."""
+    """Every jit / autotuned kernel in fastblocks/kernels/ (helpers included: they are part of the source)."""
     if _availability() is not None:
         return []
     from triton.runtime.autotuner import Autotuner

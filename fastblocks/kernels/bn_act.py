@@ -1,5 +1,5 @@
 """Triton BatchNorm -> activation (no conv): the ``HAS_CONV=False`` instance of the fused
-conv-BN-act kernel family in :mod:`kernels.dwconv_bn_act` (z = x; 1 x 1 "tap").
+conv-BN-act kernel family in :mod:`fastblocks.kernels.dwconv_bn_act` (z = x; 1 x 1 "tap").
 
 * eval forward: one pass, BN folded on the fly (read x once, write y once);
 * training forward: Welford statistics pass (per-program rows merged in a fixed order) + normalise pass;
