@@ -36,8 +36,8 @@ BACKENDS = ("reference", "eager", "cpu", "triton", "cuda")
 SELECTABLE = BACKENDS + ("auto",)
 
 # Default order per device type, for calls the benchmark-derived AUTO_TABLE does not cover. On CUDA
-# the Triton kernels come first: they are tested in CI under the interpreter, while the CUDA C++
-# kernels only compile there (no GPU has run them yet).
+# the Triton kernels come first: their kernels are tested on CPU under the interpreter, while the CUDA C++
+# kernels have no run-time test without a GPU.
 AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cuda": ("triton", "cuda", "eager"),
     "cpu": ("cpu", "eager"),

@@ -3,10 +3,9 @@ import os
 import pytest
 import torch
 
-# Each xdist worker gets its share of the cores. torch's default (all cores in every process)
-# oversubscribes `-n 2` on 2 cores, and OpenMP's spin-waiting then made the patch tests ~5x slower
-# (tests/test_patch_{timm,api,fuzz,pickle}.py + test_recompute.py: 428 s vs 86 s). Multi-threaded
-# kernel paths keep their own tests (test_cpu_backend sets the thread count itself).
+# Each xdist worker gets its share of the cores: torch's default (all cores in every process)
+# oversubscribes `-n 2` on 2 cores, and OpenMP's spin-waiting then slows the model tests several-fold.
+# Multi-threaded kernel paths keep their own tests (test_cpu_backend sets the thread count itself).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))

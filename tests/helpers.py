@@ -13,6 +13,9 @@ from fastblocks._act import ACTIVATIONS
 # Every activation the ops accept: a new entry in fastblocks._act is tested by every backend's tests.
 ACTS = list(ACTIVATIONS)
 
+# The backends every per-op test module runs on CPU tensors (those available in this build).
+CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
+
 # dtype -> (forward, gradient) bound on ||out - ref|| / ||ref|| against a float64 reference.
 TOLERANCE = {
     torch.float64: (1e-10, 1e-10),

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 import fastblocks as fb
-from tests.helpers import ACTS, compare_with_reference, randn
+from tests.helpers import CPU_BACKENDS, ACTS, compare_with_reference, randn
 
-CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

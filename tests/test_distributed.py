@@ -1,4 +1,4 @@
-"""DDP and SyncBatchNorm (issue 9): 2 processes, gloo, loopback, torch.multiprocessing spawn.
+"""DDP and SyncBatchNorm: 2 processes, gloo, loopback, torch.multiprocessing spawn.
 
 One spawn (module fixture, tests/_dist_worker.py) runs every distributed scenario; the tests here
 build the independent references in this process and compare:

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import fastblocks as fb
-from tests.helpers import ACTS, compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
+from tests.helpers import CPU_BACKENDS, ACTS, compare_with_reference, dwconv_call as call, dwconv_inputs as make_inputs, rand_positive, randn
 
-CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 
 
 GRID = list(itertools.product([3, 5, 7], [1, 2], ["same", "tf_same", 0, 2], [True, False]))

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 import fastblocks as fb
-from tests.helpers import compare_with_reference, randn
+from tests.helpers import CPU_BACKENDS, compare_with_reference, randn
 
-CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
 
 
 def call(x, logits, **kw):

@@ -3,7 +3,7 @@
 The custom op is what torch.compile, torch.export, functorch transforms, tensor subclasses and
 dispatch modes see: fake impl, registered autograd, graph capture (:mod:`._capture`). But calling
 a Python custom op costs tens of microseconds of host time, and up to ~200 us a forward + backward
-when autograd records it (``python -m benchmarks.host_overhead`` on this project's CPU machine,
+when autograd records it (``python -m benchmarks.host_overhead`` on a 2-core AMD EPYC CPU,
 torch 2.14; one part: ``torch._library``'s autograd wrapper rebuilds the schema's argument list
 per argument, ``fill_defaults``) — more than many of the ops' GPU kernels take. So a call from plain eager code (no tracing, no modes, no transforms, plain tensors)
 runs the op's body directly, and when autograd must record it, through a
