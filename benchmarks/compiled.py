@@ -47,7 +47,7 @@ class ExpectCompiled:
 
 def compile_cache_counters() -> dict:
     """Hits / misses of torch.compile's on-disk caches in this process (Inductor's FX graph cache,
-    the AOTAutograd cache): whether a warm-up (``benchmarks.inductor_warm``) served the compiles."""
+    the AOTAutograd cache): whether a warm-up (``benchmarks.gpu.inductor_warm``) served the compiles."""
     from torch._dynamo.utils import counters
 
     return {f"{group}.{name}": int(n) for group in ("inductor", "aot_autograd")

@@ -1,7 +1,7 @@
 """A benchmark run's wall-clock deadline.
 
-A lent GPU runs one command for at most 10 minutes and a command killed at that limit leaves only
-what it already wrote. With ``--deadline`` the run skips work that would end past the deadline
+A run with a fixed time (a job's time limit, a step of the GPU suite) that is killed at its limit
+leaves only what it already wrote. With ``--deadline`` the run skips work that would end past the deadline
 (judged by the longest piece of the same kind so far) and records what it skipped, so the results
 it writes are complete for what they contain and honest about what they lack.
 """

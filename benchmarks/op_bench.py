@@ -269,7 +269,7 @@ def warm_compile(case: OpCase, *, device: str, dtype: torch.dtype, batch: int, m
                  modes: tuple) -> None:
     """The first call of each mode's ``compile`` variant exactly as :func:`bench_case` makes it
     (same module, inputs and call; nothing checked or timed): what torch.compile writes to its
-    on-disk caches then serves the benchmark's compiles (``benchmarks.inductor_warm``)."""
+    on-disk caches then serves the benchmark's compiles (``benchmarks.gpu.inductor_warm``)."""
     factory = VariantFactory([], with_compile=True)
     base = case.instantiate(device, dtype)
     first = _make_inputs(case, base, batch, device, dtype, memory_format, seed=0)

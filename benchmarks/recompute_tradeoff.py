@@ -6,8 +6,8 @@ time, per level, on the same patched model.
 inputs, SGD step, autocast on GPU), patches one copy per recompute level and reports, per level,
 the bytes saved for backward by one training forward (deterministic) and the training-step time.
 On CPU the levels are timed in turns (``timing.time_cpu_interleaved``: a slow spell of a shared
-machine hits every level alike; the model benchmark times its variants one after another, and on
-a 2-core VM its later variants drift slower by 10-20%). Writes
+machine hits every level alike; timed one after another, later ones drifted slower by 10-20% on a
+shared 2-core machine). Writes
 ``benchmarks/results/<device name>-<date>-recompute-tradeoff-<layout>[-tag].{json,md}``.
 """
 

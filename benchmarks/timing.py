@@ -1,7 +1,6 @@
 """Timers: CUDA events on GPU, torch.utils.benchmark on CPU; both return median / p10 / p90 seconds.
 
-GPU timing follows /work/.library/device/METHOD.md: warm up, then time every call with its own
-pair of events and take quantiles over many calls. When one input set is smaller than the L2
+GPU timing: warm up, then time every call with its own pair of events and take quantiles over many calls. When one input set is smaller than the L2
 cache, callers pass several input sets (``calls``) and they are used in turn, so a kernel does not
 read its inputs from L2 left warm by the previous call.
 """
@@ -131,8 +130,8 @@ def time_cuda_graph(calls: Sequence[Callable[[], object]], quick: bool, max_repl
 
     Per-call event timing (:func:`time_cuda`) measures the host when it issues work slower than
     the GPU runs it (a few-microsecond kernel behind ~100 us of Python), so that timing says what
-    an eager caller gets and this one what the kernels cost (METHOD.md: "for many small launches,
-    capture a graph and time its replays"). The calls must already have run (autotuning and
+    an eager caller gets and this one what the kernels cost (for many small launches, capture a
+    graph and time its replays). The calls must already have run (autotuning and
     compilation happen outside the capture); they are run three more times on a side stream
     before capture, as torch.cuda.make_graphed_callables does for autograd. Raises whatever the
     capture raises (a host sync inside a call, say)."""
@@ -200,7 +199,7 @@ def time_repeats(device: str, fn: Callable[[], object], repeats: int, warmup: in
 def time_repeats_interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 2) -> list:
     """CPU: ``repeats`` rounds in which every long-running ``fn`` (a model step) is timed once, in
     turn. On a shared machine a slow spell then falls on every fn alike instead of on whichever ran
-    during it (timed one after another, identical code measured 10-20% apart on a 2-core VM).
+    during it (timed one after another, identical code measured 10-20% apart on a shared 2-core machine).
     One wall-clock reading per call: steps last 10 ms and more (torch.utils.benchmark's timeit(1)
     would run each twice more as its own warm-up). Returns one Timing per fn, or the exception for
     a fn that raised (dropped from later rounds)."""

@@ -17,10 +17,10 @@ config, or the first) and nothing runs. Each distinct compiled kernel is then re
 - PTX instructions inside loops (the per-tile body of the persistent passes), and how many of
   them are warp shuffles / barriers (cross-thread reductions);
 - the widest global load / store in the PTX (16 bytes = one 128-bit access per thread; 2 or 4
-  bytes means the bandwidth-bound passes issue 4-8x more memory instructions than needed).
+  bytes means the bandwidth-bound passes execute 4-8x more memory instructions than needed).
 
 It says nothing about speed; it shows whether the code the targets depend on was generated (and
-whether it compiles at all with the installed Triton) before a GPU is lent. Writes
+whether it compiles at all with the installed Triton) on a machine without a GPU. Writes
 benchmarks/results/codegen-sm<arch>-triton<version>[-tag].json and .md. Run it in its own process:
 it replaces Triton's active driver and the JIT's launch path for the whole process.
 """

@@ -1,4 +1,5 @@
-"""benchmarks.triton_cache: a Triton cache packed here is found by Triton where it is unpacked."""
+"""benchmarks.gpu.triton_cache: a Triton cache packed in one folder is found by Triton where it is
+unpacked."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import tarfile
 
 import pytest
 
-from benchmarks import triton_cache
+from benchmarks.gpu import triton_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.tooling
 
 
 def _entry(cache, key, files, listed=None):
@@ -29,7 +31,7 @@ def test_pack_keeps_what_loading_reads_and_unpack_relocates(tmp_path):
     _entry(here, "AAA", ["_k.json", "_k.cubin", "_k.llir", "_k.ptx", "_k.ttir"])
     _entry(here, "BBB", ["_k.json"], listed=["_k.json", "_k.cubin"])  # a compile killed half way
     _entry(here, "CCC", ["_k.json"])  # no binary
-    tarball = tmp_path / "carry" / "cache.tar.gz"
+    tarball = tmp_path / "packed" / "cache.tar.gz"
     assert triton_cache.pack(str(here), str(tarball))["entries"] == 1
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
@@ -42,20 +44,20 @@ def test_pack_keeps_what_loading_reads_and_unpack_relocates(tmp_path):
     assert all(os.path.exists(p) for p in group.values())
 
 
-def test_unpack_without_a_carried_cache_is_a_note(tmp_path, capsys):
+def test_unpack_without_a_packed_cache_is_a_note(tmp_path, capsys):
     assert triton_cache.main(["unpack", str(tmp_path / "missing.tar.gz"), "--cache", str(tmp_path / "c")]) == 0
-    assert "no carried cache" in capsys.readouterr().out
+    assert "no ahead-of-time compiled cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         triton_cache.main(["pack", "--cache", str(tmp_path / "nope"), "--out", str(tmp_path / "x.tar.gz")])
 
 
-def test_carried_cache_is_found_where_it_is_unpacked(tmp_path):
+def test_packed_cache_is_found_where_it_is_unpacked(tmp_path):
     """Compile-only warm into one folder, pack, unpack into another: a warm there compiles nothing
     (a plain copy would recompile everything: the group files hold absolute paths)."""
     pytest.importorskip("triton")
     from tests.helpers import gpu_compile_env
 
-    cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--ops", "activation",
+    cmd = [sys.executable, "-m", "benchmarks.gpu.triton_warm", "--models", "smoke", "--ops", "activation",
            "--channels-last", "--batch", "2", "--jobs", "2"]
 
     def warm(cache):

@@ -19,6 +19,7 @@ import time
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.tooling
 
 from tests.helpers import gpu_compile_env  # noqa: E402
 
@@ -75,10 +76,10 @@ def test_no_heavy_register_spills(report):
 
 
 def test_warm_cache_is_reused(tmp_path):
-    """``benchmarks.triton_warm`` fills TRITON_CACHE_DIR from parallel compile-only processes; a
+    """``benchmarks.gpu.triton_warm`` fills TRITON_CACHE_DIR from parallel compile-only processes; a
     second run finds every binary there (what the GPU benchmark's autotuner relies on)."""
     env = gpu_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--ops", "activation",
+    cmd = [sys.executable, "-m", "benchmarks.gpu.triton_warm", "--models", "smoke", "--ops", "activation",
            "--channels-last", "--batch", "2", "--jobs", "2"]
 
     def warm():
@@ -92,10 +93,10 @@ def test_warm_cache_is_reused(tmp_path):
 
 
 def test_warm_stops_at_its_deadline(tmp_path):
-    """A warm-up that would run past its --deadline is stopped there (the device call it shares with
-    the benchmark has a hard limit); it says so and fails, so make only notes it."""
+    """A warm-up that would run past its --deadline is stopped there (the GPU suite's phase it runs
+    in has a hard end); it says so and fails, so make only notes it."""
     env = gpu_compile_env(TRITON_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "benchmarks.triton_warm", "--models", "smoke", "--channels-last",
+    cmd = [sys.executable, "-m", "benchmarks.gpu.triton_warm", "--models", "smoke", "--channels-last",
            "--batch", "2", "--jobs", "2", "--deadline", "+2"]
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

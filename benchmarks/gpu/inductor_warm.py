@@ -1,6 +1,6 @@
 """Fill torch.compile's on-disk caches with the op benchmark's ``compile`` variants, in parallel.
 
-``python -m benchmarks.inductor_warm [--device cuda] [--jobs 6] [--ops ...] [--modes ...]
+``python -m benchmarks.gpu.inductor_warm [--device cuda] [--jobs 6] [--ops ...] [--modes ...]
 [--dtype bfloat16] [--batch 128] [--channels-last] [--deadline +SECONDS]``
 
 Every ``compile`` row of ``benchmarks.run`` is a fresh torch.compile of one layer (Inductor lowers
@@ -22,9 +22,9 @@ import sys
 
 import torch
 
-from .cases import OPS, QUICK_OP_MODELS, select_op_cases
-from .deadline import parse_deadline
-from .op_bench import MODES, warm_compile
+from ..cases import OPS, QUICK_OP_MODELS, select_op_cases
+from ..deadline import parse_deadline
+from ..op_bench import MODES, warm_compile
 from .shards import parse_shard, run_shards
 
 
@@ -47,7 +47,7 @@ def _cases(args):
 
 
 def _shard(args) -> int:
-    from .run import DTYPES
+    from ..run import DTYPES
 
     index, count = parse_shard(args.shard)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     jobs = min(args.jobs, len(_cases(args))) or 1
     # Each process has its own pool of compile workers: share the cores instead of oversubscribing.
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    code = run_shards("benchmarks.inductor_warm", argv, jobs, args.deadline,
+    code = run_shards("benchmarks.gpu.inductor_warm", argv, jobs, args.deadline,
                       env={"TORCHINDUCTOR_COMPILE_THREADS": threads})
     root = inductor_cache_dir()
     print(f"inductor_warm: cache {root}, {forget_autotuning(root)} autotuning records deleted", flush=True)

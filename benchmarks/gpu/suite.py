@@ -1,78 +1,45 @@
-"""The whole GPU session in one device call: checks and benchmarks in order of need, in a budget.
+"""Run the GPU test + benchmark suite within N seconds, with ahead-of-time compiled Triton kernels.
 
-``python3 -m benchmarks.gpu_session --out $OUT [--budget 540] [--skip STEP ...] [--list]``
+``python3 -m benchmarks.gpu.suite --out DIR [--budget 540] [--skip STEP ...] [--list] [--smoke]``
 
-A lent GPU gives a session about 15 minutes in all (start-up included) and one command at most 10,
-so everything runs from this one command, with the device's own python3. Phases run one after
-another; the chains of a phase run side by side, the steps of a chain one after another:
+One command runs the whole suite on a GPU machine with its own python3 (torch + triton; no
+``.venv``, no prior build) and ends within ``--budget`` seconds, checks and benchmarks in order of
+need. Phases run one after another; the chains of a phase side by side, the steps of a chain one
+after another (:mod:`benchmarks.gpu.runner`):
 
-1. the Triton cache carried from the developer machine is unpacked (``benchmarks.triton_cache``).
-2. compile ahead, on the CPUs, while the GPU checks correctness: the Triton cache is topped up
-   (``triton_warm``) and the Triton GPU tests run; torch.compile's caches are filled for the
-   benchmark's ``compile`` columns (``inductor_warm``). Nothing here is timed. The CUDA extension
-   is built in the background (``nice``), through the later phases if need be.
-3. issue 5's op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch
-   128, bf16, channels_last, eval and train fwd+bwd, against eager PyTorch and torch.compile.
-4. what time is left: the CUDA backend's GPU tests, the model-level benchmark.
+1. unpack the Triton cache compiled ahead of time on another machine for this GPU's stack
+   (``make gpu-carry``: :mod:`benchmarks.gpu.triton_cache`), when there is one.
+2. compile ahead on the CPUs while the GPU checks correctness: the Triton cache is topped up
+   (:mod:`benchmarks.gpu.triton_warm`) and the Triton GPU tests run; torch.compile's caches are
+   filled for the op benchmark's ``compile`` columns (:mod:`benchmarks.gpu.inductor_warm`). Nothing
+   here is timed. The CUDA extension is built in the background (``nice``), through the later
+   phases if need be.
+3. the op benchmark alone on the GPU: EfficientNet-B0's depthwise layers, SE and SiLU, batch 128,
+   bf16, channels_last, eval and train fwd+bwd, against eager PyTorch and torch.compile.
+4. what time is left: the CUDA backend's GPU tests, then the model benchmark.
 
-A step still running when its phase must end is stopped (SIGINT, then SIGKILL): pytest still
-prints its summary, the benchmarks have written what they measured after every case (and are
-given their own ``--deadline`` before that). ``$OUT`` receives at most 8 files: session.json (every
-step: command, exit code, seconds), session.md, session.log (the steps' output) and the
-benchmarks' JSON + markdown.
+The benchmarks are given their own ``--deadline`` (their phase's end less 20 s) and write their
+results after every case. ``DIR`` receives suite.json (every step: command, status, exit code,
+seconds, Triton kernels cached before / after), suite.md, suite.log (the steps' output) and the
+benchmarks' JSON + markdown (no plots: ``python -m benchmarks.report RESULT.json`` draws them).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Optional
 
-from .report import write_whole
-from .triton_cache import BINARY_SUFFIXES
+from .runner import ROOT, TRITON_CACHE, Phase, Step, Suite, gpu_problem, skipped_by_hand
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRITON_CACHE = os.path.join(ROOT, ".triton-cache")
-INDUCTOR_CACHE = os.path.join(ROOT, ".inductor-cache")
-CARRIED_TRITON_CACHE = os.path.join(ROOT, ".gpu-carry", "triton-cache.tar.gz")
-LOG_TAIL_BYTES = 256 * 1024  # of each step's output in session.log
-
-
-@dataclass
-class Step:
-    name: str
-    argv: list
-    env: dict = field(default_factory=dict)
-    requires: Optional[str] = None  # a step of an earlier phase that must have succeeded
-    deadline_flag: bool = False  # pass --deadline (its stop time less a margin) to the command
-    background: bool = False  # runs on through the later phases (until the session's end)
-    # filled in by the run
-    status: str = "not run"
-    rc: Optional[int] = None
-    seconds: float = 0.0
-    log: str = ""
-    kernels: tuple = ()  # compiled kernels in the Triton cache (before, after): what the step compiled
-
-
-@dataclass
-class Phase:
-    name: str
-    chains: list  # of lists of Step
-    cap_s: float  # at most this long
-    reserve: float  # share of the session's budget kept for the later phases
+# made by `make gpu-carry` (Makefile) on a machine with the GPU machine's Python / torch / Triton
+AHEAD_OF_TIME_TRITON_CACHE = os.path.join(ROOT, ".gpu-carry", "triton-cache.tar.gz")
 
 
 def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
-    """The session's phases. ``smoke``: the same commands on ``device`` at tiny sizes (a rehearsal
-    on the CPU, where the GPU tests skip themselves)."""
+    """The suite's phases. ``smoke``: the same commands on ``device`` at tiny sizes (a dry run on
+    the CPU, where the GPU tests skip themselves)."""
     py = sys.executable
     ops = ["--ops", "dwconv_bn_act", "squeeze_excite", "activation"]
     modes = ["--modes", "eval", "train_fwd_bwd"]
@@ -81,250 +48,49 @@ def plan(out: str, device: str = "cuda", smoke: bool = False) -> list:
     one_config = {"FASTBLOCKS_TRITON_CONFIGS": "1"}
     jobs = str(max(1, min(6, (os.cpu_count() or 2) // 3)))
     pytest = [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
-    unpack = [Step("unpack-triton-cache", [py, "-m", "benchmarks.triton_cache", "unpack", CARRIED_TRITON_CACHE,
-                                           "--cache", TRITON_CACHE])]
-    triton_tests = [Step("warm-triton-tests", [py, "-m", "benchmarks.triton_warm", "--gpu-tests", "--jobs", jobs],
+    unpack = [Step("unpack-triton-cache", [py, "-m", "benchmarks.gpu.triton_cache", "unpack",
+                                           AHEAD_OF_TIME_TRITON_CACHE, "--cache", TRITON_CACHE])]
+    triton_tests = [Step("warm-triton-tests", [py, "-m", "benchmarks.gpu.triton_warm", "--gpu-tests", "--jobs", jobs],
                          env=one_config, deadline_flag=True),
                     # + the CUDA-graph timer the op benchmark relies on (its one gpu test)
                     Step("test-triton", pytest + ["tests/test_triton_gpu.py", "tests/test_benchmarks.py"],
                          env=one_config)]
-    warm_bench = [Step("warm-triton-bench", [py, "-m", "benchmarks.triton_warm", "--channels-last", "--jobs", jobs]
-                       + (["--models", "smoke"] if smoke else []), deadline_flag=True)]
-    warm_compile = [Step("warm-inductor", [py, "-m", "benchmarks.inductor_warm", "--device", device, "--channels-last",
-                                           "--jobs", "4", *ops, *modes]
+    warm_bench = [Step("warm-triton-bench", [py, "-m", "benchmarks.gpu.triton_warm", "--channels-last",
+                                             "--jobs", jobs] + (["--models", "smoke"] if smoke else []),
+                       deadline_flag=True)]
+    warm_compile = [Step("warm-inductor", [py, "-m", "benchmarks.gpu.inductor_warm", "--device", device,
+                                           "--channels-last", "--jobs", "4", *ops, *modes]
                          + (small + ["--dtype", "float32"] if smoke else []), deadline_flag=True)]
     # needed only by the last phase: built at low priority while the others run
     build = [Step("build-cuda", ["nice", "-n", "19", py, "setup.py", "-q", "build_ext", "--inplace"],
                   env={"FASTBLOCKS_BUILD_CPU": "0", "MAX_JOBS": "4"}, background=True)]
-    issue5 = [Step("bench-ops", bench + ops + modes + ["--models", "none", "--tag", "ops", "--op-backends",
-                                                       "triton" if device == "cuda" else "eager"] + small,
-                   deadline_flag=True)]
+    op_bench = [Step("bench-ops", bench + ops + modes + ["--models", "none", "--tag", "ops", "--op-backends",
+                                                         "triton" if device == "cuda" else "eager"] + small,
+                     deadline_flag=True)]
     rest = [Step("test-cuda", pytest + ["tests/test_cuda_backend.py"], requires="build-cuda"),
-            # the recompute="depthwise" variant last: its GPU time cost is what is not known yet
+            # the recompute="depthwise" variant last: the one whose GPU time is least known
             Step("bench-models", bench + ["--ops", "none", "--tag", "models", "--variants", "eager", "compile",
                                           "fastblocks", "fastblocks+compile", "fastblocks-dw-recompute"]
                  + (["--model-batch", "2", "--models", "mobilenetv2_100", "--memory-batches"] if smoke else []),
                  deadline_flag=True)]
-    return [Phase("unpack the carried Triton cache", [unpack], cap_s=60, reserve=0.89),
+    return [Phase("unpack the ahead-of-time compiled Triton cache", [unpack], cap_s=60, reserve=0.89),
             Phase("compile ahead + correctness", [triton_tests, warm_bench, warm_compile, build],
                   cap_s=240, reserve=0.5),
-            Phase("issue 5 op benchmark", [issue5], cap_s=420, reserve=0.04),
-            Phase("the rest", [rest], cap_s=600, reserve=0.0)]
-
-
-@dataclass
-class _Running:
-    step: Step
-    proc: subprocess.Popen
-    started: float
-    log: object
-    stop_at: float
-    chain: list  # the chain it belongs to
-
-
-class Session:
-    def __init__(self, out: str, budget_s: float, logs: str):
-        self.out, self.logs = out, logs
-        self.start = time.time()
-        self.budget_s = budget_s
-        self.end = self.start + budget_s
-        self.steps: list = []
-        self.running: list = []  # of _Running, background steps of earlier phases included
-        self.meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), budget_s=budget_s,
-                         command=" ".join(sys.argv), device=_device_facts())
-        os.makedirs(out, exist_ok=True)
-        os.makedirs(logs, exist_ok=True)
-
-    def run_phase(self, phase: Phase, skip: set) -> None:
-        """Run the chains side by side, each chain's steps one after another; return when every
-        step has ended or was stopped at the phase's end (a background step, last of its chain,
-        goes on into the later phases)."""
-        stop_at = min(time.time() + phase.cap_s, self.end - phase.reserve * self.budget_s)
-        chains = [list(chain) for chain in phase.chains]
-        for chain in chains:
-            if any(step.background for step in chain[:-1]):
-                raise ValueError(f"phase {phase.name!r}: a background step must be the last of its chain")
-        self.steps += [s for chain in chains for s in chain]
-        waiting = list(chains)  # chains with steps left or running
-        while True:
-            done = []
-            for chain in waiting:
-                current = next((r for r in self.running if r.chain is chain), None)
-                if current is not None:
-                    if current.step.background:
-                        done.append(chain)
-                    continue
-                if not self._start_next(chain, stop_at, skip):
-                    done.append(chain)
-            # by identity: a chain whose last step runs is an empty list, equal to every other such
-            # chain, so list.remove() would drop a chain that is still running
-            waiting = [c for c in waiting if not any(c is d for d in done)]
-            if not waiting:
-                break
-            time.sleep(0.5)
-            self._poll()
-        self.write()
-
-    def finish(self) -> None:
-        """Stop the background steps still running (the session's time is up)."""
-        for r in list(self.running):
-            self._end(r, stopped=True)
-        self.write()
-
-    def _start_next(self, chain: list, stop_at: float, skip: set) -> bool:
-        """Start the chain's next step that can run; True while the chain waits or runs a step."""
-        while chain:
-            step = chain[0]
-            need = next((s for s in self.steps if s.name == step.requires), None)
-            if step.name not in skip and need is not None and need.status == "running":
-                if time.time() < stop_at - 1:
-                    return True  # wait for it
-            chain.pop(0)
-            if step.name in skip:
-                step.status = "skipped (--skip)"
-                continue
-            if need is not None and need.status != "ok":
-                step.status = f"skipped (--skip, via {step.requires})" if skipped_by_hand(need) else \
-                    f"skipped ({step.requires}: {need.status})"
-                continue
-            if time.time() >= stop_at - 1:
-                step.status = "skipped (out of time)"
-                continue
-            own_stop = self.end if step.background else stop_at
-            step.argv = list(step.argv) + (["--deadline", f"{own_stop - 20:.0f}"] if step.deadline_flag else [])
-            step.log = os.path.join(self.logs, f"{step.name}.log")
-            log = open(step.log, "w")
-            env = dict(os.environ, TRITON_CACHE_DIR=TRITON_CACHE, TORCHINDUCTOR_CACHE_DIR=INDUCTOR_CACHE,
-                       PYTHONUNBUFFERED="1", **step.env)
-            try:
-                proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-            except OSError as err:
-                log.write(f"could not start: {err}\n")
-                log.close()
-                step.status = "error"
-                continue
-            print(f"[{self._clock()}] start {step.name}" + (" (background)" if step.background else ""), flush=True)
-            step.status, step.kernels = "running", (compiled_kernels(),)
-            self.running.append(_Running(step, proc, time.time(), log, own_stop, chain))
-            return True
-        return False
-
-    def _poll(self) -> None:
-        for r in list(self.running):
-            if r.proc.poll() is not None:
-                self._end(r, stopped=False)
-            elif time.time() >= r.stop_at:
-                self._end(r, stopped=True)
-
-    def _end(self, r: _Running, stopped: bool) -> None:
-        if stopped and r.proc.poll() is None:
-            _stop(r.proc)
-            r.step.status = "stopped at the session's end" if r.step.background else "stopped at the phase's end"
-        else:
-            r.step.status = "ok" if r.proc.returncode == 0 else "failed"
-        r.step.rc, r.step.seconds = r.proc.returncode, time.time() - r.started
-        r.step.kernels = (r.step.kernels[0], compiled_kernels())
-        r.log.close()
-        self.running.remove(r)
-        print(f"[{self._clock()}] {r.step.status}: {r.step.name} ({r.step.seconds:.0f} s, rc {r.step.rc})",
-              flush=True)
-        self.write()
-
-    def _clock(self) -> str:
-        return f"{time.time() - self.start:5.0f} s"
-
-    def write(self) -> None:
-        """session.json, session.md and session.log in ``out`` (rewritten after every step)."""
-        rows = [dict(name=s.name, status=s.status, rc=s.rc, seconds=round(s.seconds, 1), command=" ".join(s.argv),
-                     env=s.env, triton_kernels_cached=list(s.kernels)) for s in self.steps]
-        write_whole(os.path.join(self.out, "session.json"),
-                    json.dumps(dict(meta=dict(self.meta, elapsed_s=round(time.time() - self.start, 1)), steps=rows),
-                               indent=1))
-        facts = ", ".join(f"{k} {v}" for k, v in self.meta["device"].items())
-        lines = [f"# GPU session {self.meta['date']}", "", f"{facts}; budget {self.budget_s:.0f} s", "",
-                 "Triton kernels in the cache before / after each step (a step that finds its kernels "
-                 "compiled adds none, though steps running beside it may).", "",
-                 "| step | status | rc | seconds | Triton kernels cached |", "|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['status']} | {r['rc']} | {r['seconds']} | "
-                  f"{' -> '.join(map(str, r['triton_kernels_cached'])) or '-'} |" for r in rows]
-        write_whole(os.path.join(self.out, "session.md"), "\n".join(lines) + "\n")
-        parts = []
-        for s in self.steps:
-            if not s.log or not os.path.exists(s.log):
-                continue
-            parts.append(f"\n===== {s.name}: {s.status} (rc {s.rc}, {s.seconds:.0f} s)\n$ {' '.join(s.argv)}\n")
-            with open(s.log, "rb") as g:
-                g.seek(max(0, os.path.getsize(s.log) - LOG_TAIL_BYTES))
-                parts.append(g.read().decode("utf-8", "replace"))
-        write_whole(os.path.join(self.out, "session.log"), "".join(parts))
-
-
-def skipped_by_hand(step: Step) -> bool:
-    """Skipped by --skip, or because a step it needs was (not a failure of the session)."""
-    return step.status.startswith("skipped (--skip")
-
-
-def compiled_kernels(cache: str = TRITON_CACHE) -> int:
-    """Entries of the Triton cache that hold a compiled kernel binary."""
-    if not os.path.isdir(cache):
-        return 0
-    return sum(any(f.endswith(BINARY_SUFFIXES) for f in os.listdir(os.path.join(cache, key)))
-               for key in os.listdir(cache) if os.path.isdir(os.path.join(cache, key)))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT to the step's process group (pytest prints its summary), SIGKILL 10 s later."""
-    for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _device_facts() -> dict:
-    facts = {}
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        facts["nvidia_smi"] = out.stdout.strip() or out.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as err:
-        facts["nvidia_smi"] = f"unavailable: {err}"
-    facts["python"] = sys.version.split()[0]
-    for package in ("torch", "triton"):
-        try:
-            facts[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            facts[package] = None
-    facts["cpus"] = os.cpu_count()
-    return facts
-
-
-def _gpu_problem() -> Optional[str]:
-    """Why no step could use a GPU here (None when torch sees one)."""
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available(), torch.version.cuda)"],
-                           capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
-        return f"python3 cannot import torch: {probe.stderr.strip().splitlines()[-1:]}"
-    if not probe.stdout.startswith("True"):
-        return f"torch sees no CUDA device (torch.cuda.is_available(), torch.version.cuda: {probe.stdout.strip()})"
-    return None
+            Phase("op benchmark", [op_bench], cap_s=420, reserve=0.04),
+            Phase("CUDA tests + model benchmark", [rest], cap_s=600, reserve=0.0)]
 
 
 def main(argv=None) -> int:
+    """Run the suite (or ``--list`` its plan); exit code 0 when every step that ran succeeded,
+    1 otherwise, 2 when torch sees no GPU (nothing is run)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")),
-                        help="where the results go (default $OUT)")
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole session (default 540)")
+                        help="where the results go (default $OUT, else benchmarks/results)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole suite (default 540)")
     parser.add_argument("--skip", nargs="*", default=[], help="steps not to run")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
-    parser.add_argument("--smoke", action="store_true", help="the same steps at tiny sizes on the CPU (rehearsal)")
-    parser.add_argument("--logs", default=os.path.join(ROOT, ".gpu-session"), help="the steps' full logs")
+    parser.add_argument("--smoke", action="store_true", help="the same steps at tiny sizes on the CPU (dry run)")
+    parser.add_argument("--logs", default=os.path.join(ROOT, "build", "gpu-suite-logs"), help="the steps' full logs")
     args = parser.parse_args(argv)
     if args.budget < 60:
         parser.error(f"--budget must be at least 60 seconds, got {args.budget}")
@@ -339,20 +105,20 @@ def main(argv=None) -> int:
             for c in p.chains:
                 print("  " + " -> ".join(s.name for s in c))
         return 0
-    session = Session(os.path.abspath(args.out), args.budget, args.logs)
+    suite = Suite(os.path.abspath(args.out), args.budget, args.logs)
     if not args.smoke:
-        problem = _gpu_problem()
-        if problem:  # every step would fail: stop now and keep the device time
-            session.meta["aborted"] = problem
-            session.write()
-            print(f"gpu_session: {problem}", file=sys.stderr)
+        problem = gpu_problem()
+        if problem:  # every step would fail: stop now, the budget unspent
+            suite.meta["aborted"] = problem
+            suite.write()
+            print(f"gpu suite: {problem}", file=sys.stderr)
             return 2
     for phase in phases:
-        print(f"[{session._clock()}] phase: {phase.name}", flush=True)
-        session.run_phase(phase, set(args.skip))
-    session.finish()
-    bad = [s.name for s in session.steps if s.status != "ok" and not skipped_by_hand(s)]
-    print(f"gpu_session: {time.time() - session.start:.0f} s; not ok: {', '.join(bad) or 'none'}", flush=True)
+        print(f"[{suite.clock()}] phase: {phase.name}", flush=True)
+        suite.run_phase(phase, set(args.skip))
+    suite.finish()
+    bad = [s.name for s in suite.steps if s.status != "ok" and not skipped_by_hand(s)]
+    print(f"gpu suite: {time.time() - suite.start:.0f} s; not ok: {', '.join(bad) or 'none'}", flush=True)
     return 1 if bad else 0
 
 

@@ -1,7 +1,8 @@
-"""Carry a Triton cache compiled here to the GPU machine: what it needs to load the kernels, relocated.
+"""Move a Triton cache compiled ahead of time on one machine to the GPU machine: what it needs to
+load the kernels, relocated.
 
-``python -m benchmarks.triton_cache pack --cache DIR --out FILE.tar.gz``
-``python -m benchmarks.triton_cache unpack FILE.tar.gz --cache DIR``
+``python -m benchmarks.gpu.triton_cache pack --cache DIR --out FILE.tar.gz``
+``python -m benchmarks.gpu.triton_cache unpack FILE.tar.gz --cache DIR``
 
 A cache entry is a folder named by the kernel's cache key, with the compiled binary, its metadata
 JSON, the intermediate IRs and a ``__grp__<kernel>.json`` listing the entry's files by *absolute*
@@ -11,7 +12,7 @@ JSON, binary: about an eighth of the bytes) with the group's paths made relative
 (Triton / Python version, target); ``unpack`` writes the group files with absolute paths under the
 new folder. The cache key covers Triton's own files (``libtriton`` differs between Python
 versions), the kernel source, the target and the options, not the folder, so an entry compiled
-with the GPU machine's Triton and Python for its target (``benchmarks.triton_warm`` through a
+with the GPU machine's Triton and Python for its target (``benchmarks.gpu.triton_warm`` through a
 stand-in driver) is the one its autotuner looks up.
 """
 
@@ -27,7 +28,7 @@ import sys
 import tarfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST = "fastblocks-manifest.json"
 BINARY_SUFFIXES = (".cubin", ".hsaco")
 GROUP_PREFIX = "__grp__"
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
               f"into {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
         return 0
     if not os.path.exists(args.tarball):
-        print(f"triton_cache: no carried cache at {args.tarball}: every kernel is compiled on this machine")
+        print(f"triton_cache: no ahead-of-time compiled cache at {args.tarball}: every kernel is compiled on this machine")
         return 0
     info = unpack(args.tarball, args.cache)
     try:

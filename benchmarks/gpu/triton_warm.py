@@ -1,11 +1,11 @@
 """Fill Triton's cache with every kernel the GPU op benchmark will autotune, compiled in parallel.
 
-``python -m benchmarks.triton_warm [--jobs 16] [--models efficientnet_b0] [--ops ...]
+``python -m benchmarks.gpu.triton_warm [--jobs 16] [--models efficientnet_b0] [--ops ...]
 [--dtype bfloat16] [--channels-last] [--batch 128] [--deadline +SECONDS]``, or ``--gpu-tests``
 
 Triton's autotuner compiles every config of a kernel specialisation, one after another, the first
-time it meets it: about 440 compiles for the quick GPU op benchmark, minutes of a 10-minute device
-call. This runs the benchmark's op cases through the ``triton`` backend in ``--jobs`` processes
+time it meets it: about 440 compiles for the quick GPU op benchmark, minutes of GPU-machine time.
+This runs the benchmark's op cases through the ``triton`` backend in ``--jobs`` processes
 under :class:`benchmarks.triton_codegen.CompileOnly` (every config compiled for ``sm_<arch>``,
 nothing launched), so a benchmark that follows on the same machine, with the same Triton,
 ``TRITON_CACHE_DIR``, shapes and dtype, finds the binaries in the cache and only times them. Where a
@@ -13,7 +13,7 @@ cache key differs the autotuner compiles as before: nothing is lost but the warm
 
 ``--gpu-tests`` does the same for the cases of ``tests/test_triton_gpu.py`` (``SPECS``), run as
 the tests run them but on CPU tensors, with the comparisons switched off (nothing is computed;
-only the compiles count). Set FASTBLOCKS_TRITON_CONFIGS as the tests will (the GPU session uses 1).
+only the compiles count). Set FASTBLOCKS_TRITON_CONFIGS as the tests will (the GPU suite uses 1).
 """
 
 from __future__ import annotations
@@ -24,29 +24,39 @@ import sys
 
 import torch
 
-from .deadline import parse_deadline
+from ..deadline import parse_deadline
+from ..triton_codegen import MODES, CompileOnly, compile_cases, select_cases
 from .shards import parse_shard, run_shards
-from .triton_codegen import MODES, CompileOnly, compile_cases, select_cases
 
 
 def _cases(args):
     return select_cases(args.models, args.ops, progress=lambda *_: None)
 
 
+def _import_tests() -> None:
+    """Make the test modules importable as the tests import them (``tests.helpers``, and the
+    Triton test modules by their bare names)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for path in (root, os.path.join(root, "tests")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
 def _test_specs() -> list:
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    sys.path.insert(0, tests)
+    _import_tests()
     from test_triton_gpu import SPECS
 
     return list(SPECS.values())
 
 
 def _compile_test_specs(specs) -> list[str]:
-    import utils  # tests/utils.py
+    _import_tests()
     from test_triton_interpreter import run_case
 
+    from tests import helpers
+
     # Nothing runs, so every comparison would fail and stop the case before its backward pass.
-    utils.assert_close_to_reference = lambda *args, **kwargs: 0.0
+    helpers.assert_close_to_reference = lambda *args, **kwargs: 0.0
     failures = []
     for spec in specs:
         try:
@@ -57,7 +67,7 @@ def _compile_test_specs(specs) -> list[str]:
 
 
 def _shard(args) -> int:
-    from .run import DTYPES
+    from ..run import DTYPES
 
     index, count = parse_shard(args.shard)
     cases = (_test_specs() if args.gpu_tests else _cases(args))[index::count]
@@ -106,7 +116,7 @@ def main(argv=None) -> int:
 
     jobs = min(args.jobs, len(_test_specs() if args.gpu_tests else _cases(args)))
     argv = sys.argv[1:] if argv is None else list(argv)
-    code = run_shards("benchmarks.triton_warm", argv, jobs, args.deadline)
+    code = run_shards("benchmarks.gpu.triton_warm", argv, jobs, args.deadline)
     print(f"triton_warm: cache {os.environ.get('TRITON_CACHE_DIR', '~/.triton/cache')}")
     return code
 
