@@ -24,7 +24,7 @@ import torch
 import fastblocks as fb
 from fastblocks import _dispatch
 from fastblocks.backends import native
-from test_triton_interpreter import CASES, run_case
+from tests.test_triton_interpreter import CASES, run_case
 from tests.helpers import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, randn
 
 HAS_CUDA_KERNELS = native.has_kernels("cuda")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastblocks as fb
-import _dist_worker as W
+from tests import _dist_worker as W
 from tests.helpers import check_patch_equivalence, compare_with_reference, dwconv_call, dwconv_inputs, randn, rel_err
 
 pytest.importorskip("timm")

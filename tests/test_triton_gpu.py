@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from test_triton_interpreter import ACTS, run_case
+from tests.test_triton_interpreter import ACTS, run_case
 from tests.helpers import assert_deterministic_b0_layer
 
 pytestmark = pytest.mark.gpu
