@@ -78,7 +78,8 @@ MODELS = [
 # Short names for the fused module classes, in table order.
 SHORT = {"DWConvBNAct": "dw+BN+act", "MixedDWConvBNAct": "mixed dw+BN+act", "BatchNormAct2d": "BN+act",
          "SyncBatchNormAct2d": "SyncBN+act", "SqueezeExcite": "SE", "SqueezeExciteWithNorm": "SE (BN inside)",
-         "EffectiveSqueezeExcite": "eSE", "EfficientChannelAttention": "ECA", "MemoryEfficientAct": "act"}
+         "EffectiveSqueezeExcite": "eSE", "EfficientChannelAttention": "ECA", "MemoryEfficientAct": "act",
+         "FusedMBConvBlock": "MBConv blocks (dw+BN+swish, SE, BN+swish)"}
 
 
 def build(library: str, name: str) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from ..ops.sync_batchnorm import need_sync
 from .._act import canonical_act
 from .._recompute import offer, offer_channel_slices
 from .._validate import memory_format_of
+from ..inference.depthwise import DepthwiseEval
 from ._common import NotScriptable, autocast_input, bn_arguments
 
 
@@ -56,7 +57,31 @@ class DWConvBNAct(NotScriptable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.batchnorm
+        if not (self.training or bn.training):
+            y = self._eval_forward(x, bn)
+            if y is not None:
+                return y
         return self.run(x, bn_arguments(bn, bn.training))
+
+    def _eval_forward(self, x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Optional[torch.Tensor]:
+        """The inference path (:mod:`fastblocks.inference.depthwise`), or None where it does not
+        apply (no running statistics, gradients needed, traced, autocast, ...)."""
+        plan = self.__dict__.get("_eval_plan")
+        if plan is None:
+            plan = DepthwiseEval(self) if bn.running_mean is not None and bn.running_var is not None else False
+            self.__dict__["_eval_plan"] = plan
+        if plan is False or plan.module.batchnorm is not bn or not plan.active():
+            return None
+        return plan(x)
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_eval_plan", None)  # folded weights are an eval-mode cache
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:  # copies and pickles never carry the eval cache
+        state = dict(super().__getstate__())
+        state.pop("_eval_plan", None)
+        return state
 
     def run(self, x: torch.Tensor, args: dict) -> torch.Tensor:
         """The fused op on x with the BN call arguments ``args`` (:func:`bn_arguments`, counted once by

@@ -34,6 +34,8 @@ class Patcher:
         self.fuse_lone_bn = fuse_lone_bn
         self.claimed: set = set()
         self.undo: list = model.__dict__.setdefault(_UNDO, [])
+        # (holder, path, conv name, BN name) of every conv -> BN the rules know: folded at eval
+        self.fold_pairs: list = []
 
     def replace(self, parent: nn.Module, name: str, new: nn.Module, owner: Optional[nn.Module] = None) -> None:
         """parent.<name> = new. ``owner``: the module whose fusion this belongs to when that is not
@@ -50,6 +52,15 @@ class Patcher:
     def swap_class(self, module: nn.Module, new_cls: type) -> None:
         self.undo.append(("class", module, type(module), None, module))
         module.__class__ = new_cls
+
+    def set_attr(self, module: nn.Module, name: str, value: object) -> None:
+        """module.__dict__[name] = value (outside the module's state), removed by unpatch."""
+        self.undo.append(("attr", module, name, None, module))
+        module.__dict__[name] = value
+
+    def pair(self, holder: nn.Module, path: str, conv_name: str, bn_name: str) -> None:
+        """holder.<conv_name>'s output feeds holder.<bn_name> and nothing else: fold it at eval."""
+        self.fold_pairs.append((holder, path, conv_name, bn_name))
 
     def claim(self, *modules: nn.Module) -> None:
         self.claimed.update(id(m) for m in modules if m is not None)
@@ -242,6 +253,7 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
     input, which it saves anyway, by the one-pass eval form of the op) instead of letting the next
     layer keep it: fewer bytes saved for backward, a depthwise forward more per block in backward.
     """
+    from ..inference.pairing import install_folds
     from .rules import RULES
 
     _check_model(model)
@@ -267,6 +279,7 @@ def patch(model: nn.Module, backend: str = "auto", *, fuse_lone_bn: bool = False
         for rule in RULES:
             if rule.apply(patcher, path, module, parent, name):
                 break
+    install_folds(patcher, patcher.fold_pairs)
     _guard_reparam_blocks(patcher)
     if report.replaced and not getattr(type(model), "_fastblocks_scoped", False):
         # Recompute-on-load across fused ops needs a scope around the model's forward.
@@ -291,6 +304,9 @@ def _apply_undo(undo: list) -> None:
         if kind == "class":
             target.__class__ = name
             target.__dict__.pop(_ROOT_UNDO, None)
+            continue
+        if kind == "attr":
+            target.__dict__.pop(name, None)
             continue
         new = target._modules[name]
         # Same state_dict keys by design: every tensor the fused module holds under a name the

@@ -31,6 +31,9 @@ class PatchReport:
     replaced: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     already_patched: bool = False
+    # conv -> BN pairs folded into one conv at eval (Replaced records), and pairs left unfolded (Skipped)
+    folded: list = field(default_factory=list)
+    unfolded: list = field(default_factory=list)
 
     def counts(self) -> dict:
         """Number of replacements per fastblocks class."""
@@ -55,6 +58,10 @@ class PatchReport:
             lines.append("  totals: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.counts().items())))
         else:
             lines.append("  nothing to fuse in this model")
+        if self.folded or self.unfolded:
+            lines.append(f"  eval: {len(self.folded)} conv + BatchNorm pairs folded into one conv, "
+                         f"{len(self.unfolded)} not foldable")
+            lines += [f"    {s.path}  {s.original}  not folded: {s.reason}" for s in self.unfolded]
         return "\n".join(lines)
 
     __repr__ = __str__

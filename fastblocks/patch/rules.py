@@ -190,6 +190,9 @@ class Chain(NamedTuple):
     unless: Optional[str] = None
 
 
+# Chain.between modules that run between the conv and the BN (the others run between BN and act)
+_BETWEEN_CONV_AND_BN = {"se_early"}
+
 # Blocks whose forward is known, by qualname -> their conv / BN / act chains
 _TIMM_CONV_BN_BLOCKS = {
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (Chain("conv_dw", "bn1"),),
@@ -251,6 +254,35 @@ _ENDS_WITH_CONV_NORM = {
 }
 
 
+# Blocks whose forward runs conv -> BN with the BN feeding a residual add, the block's output or its
+# own act (no training fusion needed, or done by the BN leaf rule): qualname -> (conv, BN) attribute
+# names. With the chains above and the Sequential rule, these are the pairs folded at eval.
+_FOLD_PAIRS = {
+    "timm.models._efficientnet_blocks.InvertedResidual": (("conv_pw", "bn1"), ("conv_pwl", "bn3")),
+    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (("conv_pw", "bn2"),),
+    "timm.models._efficientnet_blocks.EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+    "timm.models.efficientnet.EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
+    "timm.models.mobilenetv3.MobileNetV3": (("conv_stem", "bn1"),),
+    "timm.models.resnet.BasicBlock": (("conv2", "bn2"),),
+    "timm.models.resnet.Bottleneck": (("conv3", "bn3"),),
+    "torchvision.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "torchvision.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+
+
+def _is_batchnorm_module(m: Optional[nn.Module]) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, AbsorbedBatchNorm2d)
+
+
+def fold_pairs(p, path, module, parent, name):
+    """Records the conv -> BN pairs of :data:`_FOLD_PAIRS` for eval folding; fuses nothing."""
+    for conv_name, bn_name in _FOLD_PAIRS.get(qualname(module), ()):
+        if isinstance(module._modules.get(conv_name), nn.Conv2d) and \
+                _is_batchnorm_module(module._modules.get(bn_name)):
+            p.pair(module, path, conv_name, bn_name)
+    return False
+
+
 def conv_norm_parts(module: nn.Module) -> Optional[tuple]:
     """(conv name, BN name) of a module whose output is its BN's, fed by its conv: a conv-norm
     module (a plain Sequential of just a Conv2d and a BatchNorm: the ConvNorm / Conv2dNorm of
@@ -299,6 +331,8 @@ def timm_conv_bn_blocks(p, path, module, parent, name):
         if missing or isinstance(bn, (BatchNormAct2d, AbsorbedBatchNorm2d, nn.Identity)):
             continue  # not this block's layout (no norm in this configuration), or already patched
         adjacent = act_name(module._modules.get(chain.between) if chain.between is not None else None) == "identity"
+        if conv is not None and (adjacent or chain.between not in _BETWEEN_CONV_AND_BN):
+            p.pair(holder, holder_path, conv_name, bn_name)
         act_module = module._modules.get(chain.act) if chain.act is not None else None
         act_module_name = chain.act if adjacent and act_module is not None and bn_act_of(bn) == "identity" \
             and act_name(act_module) not in (None, "identity") else None
@@ -375,6 +409,8 @@ def sequential_chains(p, path, module, parent, name):
         child = module._modules[names[i]]
         nxt = module._modules.get(names[i + 1]) if i + 1 < len(names) else None
         after = module._modules.get(names[i + 2]) if i + 2 < len(names) else None
+        if isinstance(child, nn.Conv2d) and _is_batchnorm_module(nxt):
+            p.pair(module, path, names[i], names[i + 1])
         if isinstance(child, nn.Conv2d) and child.groups > 1 and nxt is not None and _is_bn(nxt):
             act_child = names[i + 2] if after is not None and act_name(after) not in (None, "identity") else None
             if fuse_dw_bn(p, path, module, names[i], names[i + 1], act_child):
@@ -524,6 +560,9 @@ def activation_leaf(p, path, module, parent, name):
 
 
 RULES = [
+    Rule("fold_pairs", "timm / torchvision",
+         "conv -> BN pairs feeding a residual or a block's output (InvertedResidual conv_pwl + bn3, ...), "
+         "folded at eval", fold_pairs),
     Rule("efficientnet_pytorch.MBConvBlock", "efficientnet_pytorch",
          "MBConvBlock: expand BN+swish, depthwise Conv2dStaticSamePadding+BN+swish, inline SE", efficientnet_pytorch_mbconv),
     Rule("efficientnet_pytorch.EfficientNet", "efficientnet_pytorch",

@@ -1,0 +1,115 @@
+"""BatchNorm folded into the conv before it, at eval: the folded weights are a cache of the
+module's own tensors, never a copy the model keeps in its state.
+
+The cache is built on the first eval forward (under no_grad, outside inference mode, so it can be
+used in any later grad mode), checked on every eval forward by the version counters and data
+pointers of the tensors it was built from (an optimizer step, ``load_state_dict``, ``.to(dtype)``,
+``.to(memory_format=...)`` and ``.copy_`` all change one of them) and rebuilt when they changed,
+and dropped when the module goes to training mode or is unpatched. ``state_dict()`` never sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..ops._fused_op import plain_eager
+from .conv_fusion import ConvRunner
+
+Tensor = torch.Tensor
+
+
+def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.modules.batchnorm._BatchNorm
+                   ) -> tuple[Tensor, Tensor]:
+    """(weight', bias') of the conv ``(weight, bias)`` followed by ``bn`` in eval mode:
+    weight' = weight * gamma / sqrt(var + eps) per output channel, bias' = (bias - mean) * that
+    scale + beta. Computed in float64, returned in ``weight``'s dtype and memory format; no autograd
+    graph. ``bn`` must track running statistics."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("bn has no running statistics (track_running_stats=False): it cannot be folded")
+    with torch.no_grad():
+        var = bn.running_var.double()
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bias is not None:
+            shift = shift + bias.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        fmt = torch.channels_last if weight.dim() == 4 and weight.is_contiguous(
+            memory_format=torch.channels_last) and not weight.is_contiguous() else torch.contiguous_format
+        w = (weight.double() * scale.reshape(shape)).to(weight.dtype).contiguous(memory_format=fmt)
+        return w, shift.to(weight.dtype)
+
+
+def fold_sources(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> tuple:
+    """The tensors folded weights are computed from (None where absent)."""
+    return (conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
+            bn._parameters.get("bias"), bn._buffers.get("running_mean"), bn._buffers.get("running_var"))
+
+
+def fold_active(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``conv`` -> ``bn`` runs folded now: both in eval mode, plain eager execution (not
+    traced, compiled, exported or under a dispatch mode: those see the original modules), no
+    autocast, and no gradient needed for any source tensor. With grad enabled and a parameter
+    requiring grad the original modules run, so parameter gradients stay exact; otherwise input
+    gradients flow through the folded conv (its weights are constants)."""
+    if conv.training or bn.training or not plain_eager(()):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_sources(conv, bn)):
+        return False
+    return not torch.is_autocast_enabled(conv._parameters["weight"].device.type)
+
+
+def _tensor_key(t: Optional[Tensor]):
+    return None if t is None else (t._version, t.data_ptr(), t.dtype, t.device)
+
+
+class FoldedConvBN:
+    """A conv module and the BatchNorm module after it (+ an activation), run at eval as one conv
+    on folded weights (:class:`~fastblocks.inference.conv_fusion.ConvRunner`).
+
+    ``active()`` (:func:`fold_active`) says whether the folded path runs now. The conv and the BN
+    ask the same question, so the BN passes its input through exactly when the conv applied it.
+    """
+
+    def __init__(self, conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm, act: str, stride: tuple,
+                 padding: tuple, dilation: tuple, groups: int) -> None:
+        self.conv, self.bn, self.act = conv, bn, act
+        self.geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        self._key = None
+        self._runner: Optional[ConvRunner] = None
+
+    def sources(self) -> tuple:
+        return fold_sources(self.conv, self.bn)
+
+    def active(self) -> bool:
+        """Whether the folded conv runs now (:func:`fold_active`)."""
+        return fold_active(self.conv, self.bn)
+
+    def runner(self) -> ConvRunner:
+        """The conv runner on current folded weights, rebuilt when a source tensor changed."""
+        key = tuple(map(_tensor_key, self.sources())) + (self.bn.eps,)
+        if key != self._key or self._runner is None:
+            with torch.inference_mode(False), torch.no_grad():
+                conv = self.conv
+                weight, bias = fold_batchnorm(conv.weight, conv.bias, self.bn)
+                self._runner = ConvRunner(weight, bias, *self.geometry, self.act)
+            self._key = key
+        return self._runner
+
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        return self.runner()(x, residual)
+
+    def clear(self) -> None:
+        """Drop the folded weights (rebuilt on the next eval forward)."""
+        self._key, self._runner = None, None
+
+    def __getstate__(self) -> dict:  # pickles and deep copies never carry the cache
+        state = dict(self.__dict__)
+        state["_key"], state["_runner"] = None, None
+        return state
