@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_any(const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(x.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", x.device());
+  TORCH_CHECK(on_kernel_device(x), op, ": ", name, " must be a ", kKernelDevice, " tensor, got ", x.device());
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, op, ": ", name,
               " must be float32, float64, bfloat16 or float16, got ", t);
@@ -65,7 +65,7 @@ at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
   const char* op = "fastblocks_kernels::act_forward (CUDA)";
   check_any(x_in, op, "x");
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const at::Tensor x = dense(x_in);
   at::Tensor y = at::empty_like(x);  // same strides as the dense x
   maybe_poison(y);
@@ -75,9 +75,8 @@ at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
     const bool vec = flat_vectors_ok<scalar_t>(n, {x.const_data_ptr(), y.const_data_ptr()});
     with_vec<scalar_t>(vec, [&](auto vtag) {
       constexpr int V = decltype(vtag)::value;
-      act_forward_kernel<scalar_t, V><<<grid_1d(n / V), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(act_forward_kernel<scalar_t, V>, grid_1d(n / V), kThreads, 0,
           x.const_data_ptr<scalar_t>(), n / V, act, y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return y;
@@ -91,7 +90,7 @@ at::Tensor act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, c10::st
   TORCH_CHECK(dy_in.sizes() == x_in.sizes(), op, ": dy must have x's shape ", x_in.sizes(), ", got ",
               dy_in.sizes());
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const at::Tensor x = dense(x_in);
   at::Tensor dy = dy_in.to(x.scalar_type());
   if (dy.strides() != x.strides()) dy = at::empty_like(x).copy_(dy);
@@ -103,9 +102,8 @@ at::Tensor act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, c10::st
     const bool vec = flat_vectors_ok<scalar_t>(n, {x.const_data_ptr(), dy.const_data_ptr(), dx.const_data_ptr()});
     with_vec<scalar_t>(vec, [&](auto vtag) {
       constexpr int V = decltype(vtag)::value;
-      act_backward_kernel<scalar_t, V><<<grid_1d(n / V), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(act_backward_kernel<scalar_t, V>, grid_1d(n / V), kThreads, 0,
           dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), n / V, act, dx.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return dx;

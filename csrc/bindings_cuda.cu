@@ -4,16 +4,6 @@
 #include <torch/library.h>
 
 #include "fb_cuda_ops.h"
+#include "fb_kernel_registration.h"
 
-TORCH_LIBRARY_IMPL(fastblocks_kernels, CUDA, m) {
-  namespace k = fastblocks::cuda;
-  m.impl("act_forward", &k::act_forward);
-  m.impl("act_backward", &k::act_backward);
-  m.impl("bn_act_forward", &k::bn_act_forward);
-  m.impl("bn_act_backward", &k::bn_act_backward);
-  m.impl("dwconv_bn_act_forward", &k::dwconv_bn_act_forward);
-  m.impl("dwconv_bn_act_backward", &k::dwconv_bn_act_backward);
-  m.impl("channel_pool", &k::channel_pool);
-  m.impl("channel_scale", &k::channel_scale);
-  m.impl("channel_scale_backward", &k::channel_scale_backward);
-}
+TORCH_LIBRARY_IMPL(fastblocks_kernels, CUDA, m) { FASTBLOCKS_IMPL_KERNEL_OPS(m, fastblocks::cuda); }

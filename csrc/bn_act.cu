@@ -178,10 +178,9 @@ std::tuple<at::Tensor, at::Tensor> bn_stats_pass(const PassGeo& g, const at::Ten
       m2_b = at::empty_like(mean_b);
       if (t.groups == 0) return;
       const size_t shmem = static_cast<size_t>(kThreads) * (2 * V + 1) * sizeof(acc_t);
-      bn_stats_kernel<scalar_t, V><<<t.grid, t.block, shmem, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(bn_stats_kernel<scalar_t, V>, t.grid, t.block, shmem,
           g, x.const_data_ptr<scalar_t>(), ptr_or_null<acc_t>(w), t.groups, t.rows, t.rows_per_block,
           mean_b.mutable_data_ptr<double>(), m2_b.mutable_data_ptr<double>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return merge_moments(mean_b, m2_b, rows, rpb);
@@ -197,10 +196,9 @@ void bn_apply_pass(const PassGeo& g, const at::Tensor& x, const at::Tensor& w, c
       constexpr int V = decltype(vtag)::value;
       const Tiling t = pass_tiling(g, V);
       if (t.groups == 0 || t.rows == 0) return;
-      bn_apply_kernel<scalar_t, V><<<t.grid, t.block, 0, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(bn_apply_kernel<scalar_t, V>, t.grid, t.block, 0,
           g, x.const_data_ptr<scalar_t>(), ptr_or_null<acc_t>(w), shift.const_data_ptr<acc_t>(), act, t.groups,
           t.rows, t.rows_per_block, y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
@@ -224,12 +222,11 @@ at::Tensor bn_backward_pass(const PassGeo& g, const at::Tensor& x, const at::Ten
       const size_t shmem = reduce ? static_cast<size_t>(kThreads) * 3 * V * sizeof(acc_t) : 0;
       auto launch = [&](auto* out_ptr) {
         using out_t = std::remove_pointer_t<decltype(out_ptr)>;
-        bn_backward_kernel<scalar_t, out_t, V><<<t.grid, t.block, shmem, at::cuda::getCurrentCUDAStream()>>>(
+        launch_kernel(bn_backward_kernel<scalar_t, out_t, V>, t.grid, t.block, shmem,
             g, x.const_data_ptr<scalar_t>(), ptr_or_null<acc_t>(w), dy.const_data_ptr<scalar_t>(),
             zinit.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(), gamma.const_data_ptr<acc_t>(),
             beta.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(k1), ptr_or_null<acc_t>(k2), ptr_or_null<acc_t>(k3), act,
             t.groups, t.rows, t.rows_per_block, red, out_ptr);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (!out.defined()) {
         launch(static_cast<scalar_t*>(nullptr));
@@ -252,7 +249,7 @@ Tensor3 bn_act_forward(const at::Tensor& x_in, const TensorOpt& bn_weight, const
                        c10::string_view act_name) {
   check_x(x_in, kFwd);
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);
@@ -287,7 +284,7 @@ Tensor3 bn_act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const T
   check_x(x_in, kBwd);
   check_same_shape(dy_in, x_in, kBwd, "dy");
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);

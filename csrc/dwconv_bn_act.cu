@@ -141,10 +141,9 @@ at::Tensor dweight_pass(const PassGeo& g, const at::Tensor& x, const at::Tensor&
       part = at::empty({1, static_cast<int64_t>(t.grid.y), KK * g.C}, x.options().dtype(at::kDouble));
       if (t.groups == 0) return;
       const size_t shmem = static_cast<size_t>(kThreads) * V * sizeof(acc_t);
-      dweight_kernel<scalar_t, V><<<t.grid, t.block, shmem, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(dweight_kernel<scalar_t, V>, t.grid, t.block, shmem,
           g, x.const_data_ptr<scalar_t>(), dz.const_data_ptr<acc_t>(), t.groups, t.rows, t.rows_per_block,
           part.mutable_data_ptr<double>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   const at::Tensor taps = sum_partials(part).reshape({g.K, g.K, g.C}).to(acc_type_of(x.scalar_type()));
@@ -160,9 +159,8 @@ void dx_pass(const PassGeo& g, const at::Tensor& dz, const at::Tensor& wt, at::T
       constexpr int V = decltype(vtag)::value;
       const int64_t groups = g.C / V, items = g.N * g.H * g.W * groups;
       if (items == 0) return;
-      dx_kernel<scalar_t, V><<<grid_1d(items), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(dx_kernel<scalar_t, V>, grid_1d(items), kThreads, 0,
           g, dz.const_data_ptr<acc_t>(), wt.const_data_ptr<acc_t>(), groups, dx.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
@@ -176,7 +174,7 @@ Tensor3 dwconv_bn_act_forward(const at::Tensor& x_in, const at::Tensor& weight, 
                               c10::string_view act_name) {
   check_x(x_in, kFwd);
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const PassGeo g = make_geo(x, weight, stride, padding_mode, padding, kFwd);
@@ -216,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
     c10::string_view act_name, std::array<bool, 5> mask) {
   check_x(x_in, kBwd);
   const Act act = parse_act(act_name);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const PassGeo g = make_geo(x, weight, stride, padding_mode, padding, kBwd);

@@ -13,13 +13,10 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -32,6 +29,7 @@
 #include <type_traits>
 
 #include "fb_common.h"
+#include "fb_cuda_runtime.cuh"
 
 namespace fastblocks {
 namespace cuda {
@@ -204,11 +202,10 @@ __device__ __forceinline__ void accumulate_z(const PassGeo& g, const scalar_t* _
 }
 
 // ------------------------------------------------------------------------------ block reductions
-// Dynamic shared memory, typed per kernel (one untyped declaration for every instantiation).
+// Dynamic shared memory, typed per kernel.
 template <typename T>
 __device__ __forceinline__ T* shared_buffer() {
-  extern __shared__ __align__(16) unsigned char fb_shared[];
-  return reinterpret_cast<T*>(fb_shared);
+  return reinterpret_cast<T*>(dynamic_shared_memory());
 }
 
 // 2-D blocks (blockDim.x channel groups x blockDim.y rows, blockDim.y a power of two): sums each
@@ -329,7 +326,7 @@ inline void with_vec(bool vec, F&& f) {
 
 // ------------------------------------------------------------------------------ host: checks
 inline void check_x(const at::Tensor& x, const char* op, const char* name = "x") {
-  TORCH_CHECK(x.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", x.device());
+  TORCH_CHECK(on_kernel_device(x), op, ": ", name, " must be a ", kKernelDevice, " tensor, got ", x.device());
   TORCH_CHECK(x.dim() == 4, op, ": ", name, " must be 4-D (N, C, H, W), got ", x.dim(), "-D");
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, op, ": ", name,

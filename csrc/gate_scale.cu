@@ -116,11 +116,10 @@ at::Tensor channel_reduce(const PassGeo& g, const at::Tensor& x, const at::Tenso
       part = at::zeros({g.N, static_cast<int64_t>(t.grid.y), g.C}, x.options().dtype(at::kDouble));
       if (t.groups == 0 || g.N == 0) return;
       const size_t shmem = static_cast<size_t>(kThreads) * V * sizeof(acc_t);
-      channel_reduce_kernel<scalar_t, V><<<t.grid, t.block, shmem, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(channel_reduce_kernel<scalar_t, V>, t.grid, t.block, shmem,
           g, x.const_data_ptr<scalar_t>(), dy.defined() ? dy.const_data_ptr<scalar_t>() : nullptr,
           scale.defined() ? scale.const_data_ptr<acc_t>() : nullptr, t.groups, t.rows_per_block,
           part.mutable_data_ptr<double>(), dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return sum_partials(part);
@@ -131,7 +130,7 @@ at::Tensor channel_reduce(const PassGeo& g, const at::Tensor& x, const at::Tenso
 at::Tensor channel_pool(const at::Tensor& x_in) {
   const char* op = "fastblocks_kernels::channel_pool (CUDA)";
   check_x(x_in, op);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   const int64_t HW = x.size(2) * x.size(3);
@@ -144,7 +143,7 @@ at::Tensor channel_pool(const at::Tensor& x_in) {
 at::Tensor channel_scale(const at::Tensor& x_in, const at::Tensor& scale, const TensorOpt& shift) {
   const char* op = "fastblocks_kernels::channel_scale (CUDA)";
   check_x(x_in, op);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   const at::Tensor g = nc_param(scale, x, op, "scale");
@@ -162,10 +161,9 @@ at::Tensor channel_scale(const at::Tensor& x_in, const at::Tensor& scale, const 
                      aligned16(y.const_data_ptr());
     with_vec<scalar_t>(vec, [&](auto vtag) {
       constexpr int V = decltype(vtag)::value;
-      channel_scale_kernel<scalar_t, V><<<grid_1d(n / V), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      launch_kernel(channel_scale_kernel<scalar_t, V>, grid_1d(n / V), kThreads, 0,
           geo, x.const_data_ptr<scalar_t>(), g.const_data_ptr<acc_t>(),
           b.defined() ? b.const_data_ptr<acc_t>() : nullptr, n / V, y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return y;
@@ -176,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& dy_i
   const char* op = "fastblocks_kernels::channel_scale_backward (CUDA)";
   check_x(x_in, op);
   check_same_shape(dy_in, x_in, op, "dy");
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const bool cl = is_channels_last(x_in);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);

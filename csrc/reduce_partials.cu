@@ -52,10 +52,8 @@ at::Tensor sum_partials(const at::Tensor& part) {
   const int64_t outer = part.size(0), nb = part.size(1), len = part.size(2);
   at::Tensor out = at::empty({outer, len}, part.options());
   if (out.numel() == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  sum_partials_kernel<<<grid_1d(outer * len), kThreads, 0, stream>>>(part.const_data_ptr<double>(), outer, nb, len,
-                                                                     out.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(sum_partials_kernel, grid_1d(outer * len), kThreads, 0, part.const_data_ptr<double>(), outer, nb,
+                len, out.mutable_data_ptr<double>());
   return out;
 }
 
@@ -67,12 +65,9 @@ std::tuple<at::Tensor, at::Tensor> merge_moments(const at::Tensor& mean_b, const
   const int64_t nb = mean_b.size(0), C = mean_b.size(1);
   at::Tensor mean = at::empty({C}, mean_b.options()), var = at::empty({C}, mean_b.options());
   if (C == 0) return {mean, var};
-  auto stream = at::cuda::getCurrentCUDAStream();
-  merge_moments_kernel<<<grid_1d(C), kThreads, 0, stream>>>(mean_b.const_data_ptr<double>(),
-                                                            m2_b.const_data_ptr<double>(), nb, C, rows, rows_per_block,
-                                                            mean.mutable_data_ptr<double>(),
-                                                            var.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(merge_moments_kernel, grid_1d(C), kThreads, 0, mean_b.const_data_ptr<double>(),
+                m2_b.const_data_ptr<double>(), nb, C, rows, rows_per_block, mean.mutable_data_ptr<double>(),
+                var.mutable_data_ptr<double>());
   return {mean, var};
 }
 

@@ -32,7 +32,8 @@ import torch
 
 from ._validate import memory_format_of
 
-BACKENDS = ("reference", "eager", "cpu", "triton", "cuda")
+# cuda_emulated: the CUDA kernels on a CPU emulator, for tests (never in AUTO_PREFERENCE).
+BACKENDS = ("reference", "eager", "cpu", "triton", "cuda", "cuda_emulated")
 SELECTABLE = BACKENDS + ("auto",)
 
 # Default order per device type, for calls the benchmark-derived AUTO_TABLE does not cover. On CUDA

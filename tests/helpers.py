@@ -13,8 +13,9 @@ from fastblocks._act import ACTIVATIONS
 # Every activation the ops accept: a new entry in fastblocks._act is tested by every backend's tests.
 ACTS = list(ACTIVATIONS)
 
-# The backends every per-op test module runs on CPU tensors (those available in this build).
-CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu")]
+# The backends every per-op test module runs on CPU tensors (those available in this build):
+# cuda_emulated runs the CUDA kernels on the CPU emulator (built with FASTBLOCKS_BUILD_CUDA_EMULATION=1).
+CPU_BACKENDS = [b for b in fb.available_backends() if b in ("eager", "cpu", "cuda_emulated")]
 
 # dtype -> (forward, gradient) bound on ||out - ref|| / ||ref|| against a float64 reference.
 TOLERANCE = {
