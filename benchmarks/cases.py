@@ -20,7 +20,8 @@ import fastblocks as fb
 from fastblocks.nn import (BatchNormAct2d, DWConvBNAct, EffectiveSqueezeExcite, EfficientChannelAttention,
                            MemoryEfficientAct, SqueezeExcite, SqueezeExciteWithNorm)
 
-# Models whose layers give the op shapes. timm names, plus "zoo:<name>" for fastblocks.zoo.
+# Models whose layers give the op shapes. timm names, plus "zoo:<name>" for fastblocks.zoo (and
+# "torchvision:<name>" for torchvision.models, see build_model).
 OP_MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100", "zoo:eca_mobilenet_v2")
 QUICK_OP_MODELS = ("efficientnet_b0",)
 MODEL_RESOLUTION = 224
@@ -38,12 +39,23 @@ OP_OF = {
 OPS = tuple(dict.fromkeys(OP_OF.values()))
 
 
+def op_of(module: nn.Module) -> Optional[str]:
+    """The op a fused module runs, None for other modules. By class hierarchy: ``fb.patch`` may
+    replace a module with a subclass of the fused class (mixing in the original's behaviour)."""
+    return next((OP_OF[cls] for cls in type(module).__mro__ if cls in OP_OF), None)
+
+
 def build_model(name: str, num_classes: int = 1000) -> nn.Module:
-    """A randomly initialised model by timm name or ``zoo:<name>``."""
+    """A randomly initialised model by timm name, ``zoo:<name>`` (fastblocks.zoo) or
+    ``torchvision:<name>`` (torchvision.models, no weights)."""
     if name.startswith("zoo:"):
         from fastblocks import zoo
 
         return zoo.create(name[4:], num_classes=num_classes)
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        return torchvision.models.get_model(name[len("torchvision:"):], weights=None, num_classes=num_classes)
     import timm
 
     return timm.create_model(name, num_classes=num_classes)
@@ -99,7 +111,7 @@ def set_training(module: nn.Module, training: bool) -> None:
 
 def set_backend(module: nn.Module, name: str) -> None:
     for m in module.modules():
-        if type(m) in OP_OF:
+        if op_of(m) is not None:
             m.backend = name
 
 
@@ -140,13 +152,13 @@ def collect_cases(models: tuple, ops: Optional[tuple] = None,
         seen: list[tuple[str, nn.Module, tuple]] = []
         names = {m: n for n, m in model.named_modules()}
         hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.append((names[mod], mod, tuple(inp[0].shape[1:]))))
-                 for m in model.modules() if type(m) in OP_OF]
+                 for m in model.modules() if op_of(m) is not None]
         with torch.no_grad():
             model(torch.randn(1, 3, MODEL_RESOLUTION, MODEL_RESOLUTION))
         for h in hooks:
             h.remove()
         for path, module, shape in seen:
-            entries = [(OP_OF[type(module)], module, _config(module))]
+            entries = [(op_of(module), module, _config(module))]
             if isinstance(module, BatchNormAct2d) and module.act in ("silu", "hardswish"):
                 entries.append(("activation", MemoryEfficientAct(module.act), module.act))
             for op, mod, config in entries:

@@ -2,14 +2,16 @@
 
 Variants: ``eager`` (the model as built), ``compile`` (torch.compile of it), ``fastblocks`` (patched,
 backend auto) and ``fastblocks+compile``; on request ``fastblocks-dw-recompute`` (patched with
-``recompute="depthwise"``). Training step: SGD (momentum 0.9), cross-entropy on random
+``recompute="depthwise"``) and, inference only on CPU, the peer runtimes ``onnxruntime`` and
+``openvino`` (the unpatched model exported to ONNX: :mod:`benchmarks.peers`). Training step: SGD (momentum 0.9), cross-entropy on random
 labels, bf16 autocast on GPU, fp32 on CPU. Inference: eval mode under no_grad; on CPU the compiled
 variants are built with Inductor's ``freezing`` on (constant-folds the weights, as deployments do).
 Memory: bytes saved for backward by one training forward (every variant where autograd's
 saved-tensor hooks see them) and, on GPU, the peak allocated memory of a training step.
 Each variant's eval output and training gradients are checked against a float64 (GPU: float32,
 no autocast) run of the eager model before timing: a variant must be at least as accurate as eager (2x eager's error + 1e-6;
-gradients: or below GRAD_ERR_FLOOR).
+gradients: or below GRAD_ERR_FLOOR); a peer's row also records the largest absolute difference of
+its logits from eager's.
 Timing: on CPU the steps of all variants given to one ``ModelBench.run`` are timed in turns, one
 step of each per round (a slow spell of a shared machine falls on all alike); on GPU one variant
 after another.
@@ -29,6 +31,7 @@ from torch import nn
 import fastblocks as fb
 from fastblocks.utils import saved_tensor_bytes
 
+from . import peers
 from .cases import build_model
 from .compiled import ExpectCompiled
 from .timing import time_repeats, time_repeats_interleaved
@@ -37,8 +40,9 @@ MODELS = ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet
 QUICK_MODELS = {"cpu": ("efficientnet_b0", "mobilenetv2_100"), "cuda": ("efficientnet_b0",)}
 VARIANTS = ("eager", "compile", "fastblocks", "fastblocks+compile")
 # Also selectable (--variants): patched with recompute="depthwise" (fused depthwise outputs
-# recomputed in backward: the saved bytes vs time trade of that option).
-EXTRA_VARIANTS = ("fastblocks-dw-recompute",)
+# recomputed in backward: the saved bytes vs time trade of that option), and the peer runtimes.
+EXTRA_VARIANTS = ("fastblocks-dw-recompute",) + peers.PEERS
+MODES = ("inference", "train_step")
 RESOLUTION = 224
 # Float32 training gradients of a deep BN net at random init differ from float64 by up to a few
 # 1e-3 for rounding-level reasons, and how much is luck: in mobilenetv3_large_100 (batch 8, 224)
@@ -90,8 +94,12 @@ def _train_grads(model: nn.Module, forward: Callable, x: torch.Tensor, target: t
 class ModelBench:
     """One model at one batch size: builds the variants from one initial state and measures them."""
 
-    def __init__(self, name: str, device: str, batch: int, memory_format, quick: bool):
-        self.name, self.device, self.batch, self.quick = name, device, batch, quick
+    def __init__(self, name: str, device: str, batch: int, memory_format, quick: bool, modes: tuple = MODES,
+                 repeats: Optional[int] = None):
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise ValueError(f"modes: expected a non-empty subset of {MODES}, got {modes!r}")
+        self.name, self.device, self.batch, self.quick, self.modes = name, device, batch, quick, tuple(modes)
         self.memory_format = memory_format
         torch.manual_seed(0)
         self.base = build_model(name).to(device).to(memory_format=memory_format)
@@ -99,9 +107,10 @@ class ModelBench:
         self.x = torch.randn(batch, 3, RESOLUTION, RESOLUTION, generator=g).to(device).contiguous(
             memory_format=memory_format)
         self.target = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        self.repeats = 5 if quick else 12
+        self.repeats = repeats or (5 if quick else 12)
         self.report: Optional[str] = None
         self.eager_err: dict = {}  # eager's own errors: the accuracy bound of the other variants
+        self._eager_out: Optional[torch.Tensor] = None
         self._expected = self._reference_expectations()
 
     def _reference_expectations(self):
@@ -112,7 +121,9 @@ class ModelBench:
         x_ref = self.x.to(next(ref.parameters()).dtype)
         with torch.no_grad():
             logits = ref.eval()(x_ref)
-        grads = _train_grads(ref, ref, x_ref, self.target, "cpu")  # "cpu": no autocast
+        grads = None
+        if "train_step" in self.modes:
+            grads = _train_grads(ref, ref, x_ref, self.target, "cpu")  # "cpu": no autocast
         del ref
         return logits, grads
 
@@ -188,24 +199,31 @@ class ModelBench:
             row = dict(model=self.name, batch=self.batch, variant=name,
                        layout="channels_last" if self.memory_format == torch.channels_last else "nchw",
                        dtype="bf16-autocast" if self.device == "cuda" else "float32")
+            if name in peers.PEERS:
+                yield from self._peer_steps(name, row, on_row)
+                continue
+            mode = "inference"
             try:
-                model, forward = self.variant(name)
-                # inference
-                model.eval()
-                freezing = functools.partial(_freezing, self.device, compiled)
-                with freezing():
-                    with self._first_call(name, "inference"):
-                        out = self._eval_step(forward)
-                out_err = _rel_err(out, logits_ref)
-                problem = self._accuracy_problem("eval output", out_err, eager_err.get("eval"), name)
-                if name == "eager":
-                    eager_err["eval"] = out_err
-                if problem is None:
-                    yield dict(row=dict(row, mode="inference", rel_err=out_err), extra={},
-                               fn=lambda f=forward, z=freezing: self._eval_step_in(z, f))
-                else:
-                    on_row(dict(row, mode="inference", status="wrong", error=problem))
-                # training (a fresh copy: frozen inference graphs must not serve training)
+                if "inference" in self.modes:
+                    model, forward = self.variant(name)
+                    model.eval()
+                    freezing = functools.partial(_freezing, self.device, compiled)
+                    with freezing():
+                        with self._first_call(name, "inference"):
+                            out = self._eval_step(forward)
+                    out_err = _rel_err(out, logits_ref)
+                    problem = self._accuracy_problem("eval output", out_err, eager_err.get("eval"), name)
+                    if name == "eager":
+                        eager_err["eval"] = out_err
+                    if problem is None:
+                        yield dict(row=dict(row, mode="inference", rel_err=out_err), extra={},
+                                   fn=lambda f=forward, z=freezing: self._eval_step_in(z, f))
+                    else:
+                        on_row(dict(row, mode="inference", status="wrong", error=problem))
+                if "train_step" not in self.modes:
+                    continue
+                mode = "train_step"
+                # a fresh copy: frozen inference graphs must not serve training
                 model, forward = self.variant(name)
                 with self._first_call(name, "training"):
                     grads = _train_grads(model, forward, self.x, self.target, self.device)
@@ -224,7 +242,41 @@ class ModelBench:
                            fn=lambda m=model, f=forward, o=optimizer: self._train_step(m, f, o))
             except Exception as err:  # report and go on with the next variant
                 traceback.print_exc()
-                on_row(dict(row, mode="train_step", status="error", error=f"{type(err).__name__}: {err}"[:300]))
+                on_row(dict(row, mode=mode, status="error", error=f"{type(err).__name__}: {err}"[:300]))
+
+    def _peer_steps(self, name: str, row: dict, on_row: Callable[[dict], None]):
+        """A peer runtime's inference step (peers have no training step), checked as the other
+        variants are; a runtime that is not installed gives a ``skipped`` row, its reason printed."""
+        if "inference" not in self.modes:
+            return
+        row = dict(row, mode="inference", dtype="float32")
+        reason = "runs on the CPU only" if self.device != "cpu" else peers.unavailable(name)
+        if reason is not None:
+            print(f"model benchmark: {name} skipped: {reason}", flush=True)
+            on_row(dict(row, status="skipped", error=reason))
+            return
+        try:
+            call = peers.build(name, self.base, self.x, torch.get_num_threads())
+            out = torch.from_numpy(call().copy())
+        except Exception as err:  # noqa: BLE001 - an export or runtime failure is the peer's row
+            traceback.print_exc()
+            on_row(dict(row, status="error", error=f"{type(err).__name__}: {err}"[:300]))
+            return
+        err = _rel_err(out, self._expected[0])
+        row.update(rel_err=err, max_abs_diff_vs_eager=float((out - self._eager_logits()).abs().max()),
+                   runtime=f"{name} {peers.version(name)}", input_layout="nchw")
+        problem = self._accuracy_problem("eval output", err, self.eager_err.get("eval"), name)
+        if problem is not None:
+            on_row(dict(row, status="wrong", error=problem))
+            return
+        yield dict(row=row, extra={}, fn=call)
+
+    def _eager_logits(self) -> torch.Tensor:
+        """The unpatched model's float32 eval logits (what a peer's export should reproduce)."""
+        if self._eager_out is None:
+            with torch.no_grad():
+                self._eager_out = copy.deepcopy(self.base).eval()(self.x).float()
+        return self._eager_out
 
     def _eval_step_in(self, context, forward):
         with context():

@@ -8,6 +8,8 @@ import os
 from collections import defaultdict
 from typing import Optional
 
+from .peers import PEERS
+
 FASTBLOCKS_VARIANTS = ("eager", "cpu", "triton", "cuda")
 TIMING_HEADINGS = {"per_call": "", "cuda_graph": " — CUDA-graph replay (device time, no launch overhead)"}
 
@@ -37,7 +39,7 @@ def geomean(values) -> Optional[float]:
 
 def add_ratios(result: dict) -> None:
     """Speedups of every op row against the reference and torch.compile rows of the same case,
-    and of every model row against eager and compile (same model, mode, batch)."""
+    and of every model row against eager and compile (same model, mode, batch, layout)."""
     index = {}
     for r in result["op_rows"]:
         if r.get("status") == "ok":
@@ -51,12 +53,12 @@ def add_ratios(result: dict) -> None:
     index = {}
     for r in result["model_rows"]:
         if r.get("status") == "ok":
-            index[(r["model"], r["mode"], r["batch"], r["variant"])] = r
+            index[_model_key(r) + (r["variant"],)] = r
     for r in result["model_rows"]:
         if r.get("status") != "ok":
             continue
         for base in ("eager", "compile"):
-            other = index.get((r["model"], r["mode"], r["batch"], base))
+            other = index.get(_model_key(r) + (base,))
             if other is None:
                 continue
             r[f"speedup_vs_{base}"] = _ratio(other["median_s"], r["median_s"])
@@ -64,6 +66,12 @@ def add_ratios(result: dict) -> None:
                 r[f"saved_bytes_vs_{base}"] = r["saved_bytes"] / other["saved_bytes"]
             if r.get("peak_bytes") and other.get("peak_bytes"):
                 r[f"peak_bytes_vs_{base}"] = r["peak_bytes"] / other["peak_bytes"]
+
+
+def _model_key(row: dict) -> tuple:
+    """What a model row is compared within: model, mode, batch, layout (results written before
+    several layouts shared one file have one layout each)."""
+    return row["model"], row["mode"], row["batch"], row.get("layout")
 
 
 def _op_tables(result: dict) -> list[str]:
@@ -120,12 +128,46 @@ def _model_table(result: dict) -> list[str]:
     return lines
 
 
+def _inference_table(result: dict) -> list[str]:
+    """Inference time of every variant side by side, one line per (model, batch, layout), with the
+    peer runtimes' columns and fastblocks' speed relative to each peer (> 1: fastblocks faster)."""
+    rows = [r for r in result["model_rows"] if r["mode"] == "inference"]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    peers = [v for v in variants if v in PEERS]
+    groups: dict = defaultdict(dict)
+    for r in rows:
+        groups[(r["model"], r["batch"], r.get("layout"))][r["variant"]] = r
+    head = ["model", "batch", "input layout"] + [f"{v} ms (vs eager)" for v in variants]
+    head += [f"fastblocks vs {p}" for p in peers] + [f"{p} max abs diff vs eager (rel. err)" for p in peers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (model, batch, layout), by in groups.items():
+        cells = [model, str(batch), layout or "-"]
+        for v in variants:
+            r = by.get(v, {})
+            ok = r.get("status") == "ok"
+            cells.append(f"{_ms(r['median_s'])} ({_x(r.get('speedup_vs_eager'))})" if ok else r.get("status", "-"))
+        fused = by.get("fastblocks", {})
+        for p in peers:
+            both = fused.get("status") == "ok" and by.get(p, {}).get("status") == "ok"
+            cells.append(_x(_ratio(by[p]["median_s"], fused["median_s"])) if both else "-")
+        for p in peers:
+            r = by.get(p, {})
+            diff = r.get("max_abs_diff_vs_eager")
+            cells.append("-" if diff is None else f"{diff:.1e} ({r['rel_err']:.1e})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [f"# fastblocks benchmark: {meta['device_name']}", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}, git {meta['git_commit']}",
              f"- torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
              f"threads {meta['threads']}, python {meta['python']}"]
+    if meta.get("load_average_start"):
+        end = meta.get("load_average_end") or meta.get("load_average_last")
+        lines.append(f"- load average (1, 5, 15 min) at the start {meta['load_average_start']}"
+                     + (f", at the end {end}" if end else ""))
     if meta.get("skipped"):
         lines.append(f"- **incomplete**: the run's --deadline skipped {len(meta['skipped'])}: "
                      + ", ".join(meta["skipped"]))
@@ -143,6 +185,14 @@ def markdown(result: dict) -> str:
         lines += ["", "## Op level"] + _op_tables(result)
     if result["model_rows"]:
         lines += ["", "## Model level", ""] + _model_table(result)
+    if any(r["variant"] in PEERS for r in result["model_rows"]):
+        versions = ", ".join(sorted({r["runtime"] for r in result["model_rows"] if r.get("runtime")}))
+        lines += ["", "## Inference against ONNX Runtime and OpenVINO", "",
+                  f"Median ms per call and speed relative to eager in the same interleaved rounds ({versions}). "
+                  "The peers run the unpatched model's ONNX export on a contiguous NCHW array: the input layout "
+                  "does not apply to them (each layout's rows time them again in that layout's rounds). "
+                  "Max abs diff: of the peer's logits from eager's; rel. err: against the float64 model.", ""]
+        lines += _inference_table(result)
     if result.get("memory_rows"):
         lines += ["", "## Bytes saved for backward vs batch", "", "| model | batch | eager MiB | fastblocks MiB | ratio |",
                   "|---|---|---|---|---|"]
@@ -228,8 +278,8 @@ def write(result: dict, out_dir: str, slug: str, with_plots: bool = True) -> tup
 
 
 def write_whole(path: str, text: str) -> None:
-    """Write to a temporary file, then rename: a run stopped mid-write (a device call's limit, the
-    GPU session's SIGINT) leaves the previous complete file, never half of one."""
+    """Write to a temporary file, then rename: a run stopped mid-write (a job's time limit, the GPU
+    suite's SIGINT) leaves the previous complete file, never half of one."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)

@@ -3,7 +3,8 @@
 Op level: every fused op on the layer shapes of real models (derived by running them), eval
 forward / train forward / train forward+backward, against the eager reference and torch.compile of
 it. Model level: training-step and inference throughput plus memory of whole models (eager,
-torch.compile, patched, patched + torch.compile). Writes benchmarks/results/<slug>.json and .md
+torch.compile, patched, patched + torch.compile; with ``--peers`` also ONNX Runtime and OpenVINO on
+the unpatched model's ONNX export, inference only). Writes benchmarks/results/<slug>.json and .md
 and PNG plots under benchmarks/results/plots/, and prints the tables.
 """
 
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from typing import Optional
 
 import torch
 
@@ -26,13 +29,23 @@ from .cases import OP_MODELS, OPS, QUICK_OP_MODELS, select_op_cases
 from .compiled import compile_cache_counters
 from .deadline import Deadline, parse_deadline
 from .model_bench import EXTRA_VARIANTS, MODELS, QUICK_MODELS, VARIANTS, ModelBench, memory_vs_batch
+from .model_bench import MODES as MODEL_MODES
 from .op_bench import MODES, VariantFactory, bench_case
+from .peers import PEERS
+from .peers import version as peer_version
 from .timing import copy_bandwidth
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # --quick: the ops the targets name (torch.compile of every case dominates the run time)
 QUICK_OPS = ("dwconv_bn_act", "squeeze_excite", "activation")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# --peers: inference against ONNX Runtime and OpenVINO; each option given on the command line wins
+PEER_PRESET = dict(models=["efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100",
+                           "torchvision:efficientnet_b0"],
+                   model_batch=[1, 8], model_layouts=list(LAYOUTS), model_modes=["inference"],
+                   variants=["eager", "compile", "fastblocks", *PEERS], ops=["none"], memory_batches=[],
+                   model_repeats=10, tag="peers")
 
 
 def _cpu_name() -> str:
@@ -57,6 +70,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _load_average() -> Optional[list]:
+    """The system's 1, 5 and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _slug(text: str) -> str:
     keep = "".join(c.lower() if c.isalnum() else "-" for c in text)
     return "-".join(p for p in keep.split("-") if p)
@@ -75,11 +96,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--models", nargs="*", default=None,
                    help=f"model-level benchmarks (default {MODELS}; quick: fewer); pass none to skip")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS + EXTRA_VARIANTS,
-                   help="model-level variants")
+    p.add_argument("--variants", nargs="*", default=None, choices=VARIANTS + EXTRA_VARIANTS,
+                   help=f"model-level variants (default {' '.join(VARIANTS)})")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="op-level dtype (default: GPU bfloat16, CPU float32)")
     p.add_argument("--batch", type=int, default=None, help="op-level batch (default: GPU 128, CPU 8)")
-    p.add_argument("--model-batch", type=int, default=None, help="model-level batch (default: GPU 256, CPU 8)")
+    p.add_argument("--model-batch", type=int, nargs="+", default=None,
+                   help="model-level batch, or several (default: GPU 256, CPU 8)")
+    p.add_argument("--model-layouts", nargs="+", default=None, choices=tuple(LAYOUTS),
+                   help="model-level input and model layouts (default: channels_last with --channels-last, else nchw)")
+    p.add_argument("--model-modes", nargs="+", default=None, choices=MODEL_MODES,
+                   help=f"model-level modes (default {' '.join(MODEL_MODES)})")
+    p.add_argument("--model-repeats", type=int, default=None,
+                   help="model-level timed calls per variant, taken in turns (default: quick 5, else 12)")
+    p.add_argument("--peers", action="store_true",
+                   help="inference against ONNX Runtime and OpenVINO (CPU); unless given: "
+                        + "; ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}"
+                                    for k, v in PEER_PRESET.items()))
     p.add_argument("--memory-batches", type=int, nargs="*", default=None, help="batches for the memory-vs-batch plot")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs and models")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
@@ -96,11 +128,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    for name in ("batch", "model_batch", "threads", "limit"):
+    for name in ("batch", "threads", "limit", "model_repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.model_batch is not None and min(args.model_batch) < 1:
+        p.error(f"--model-batch must be positive integers, got {args.model_batch}")
     gpu = args.device == "cuda"
+    if args.peers:
+        if gpu:
+            p.error("--peers: ONNX Runtime and OpenVINO are benchmarked on the CPU only (--device cpu)")
+        for name, value in PEER_PRESET.items():
+            if getattr(args, name) in (None, ""):
+                setattr(args, name, list(value) if isinstance(value, list) else value)
+        args.variants += [v for v in PEERS if v not in args.variants]
+    args.variants = list(VARIANTS) if args.variants is None else args.variants
+    args.model_layouts = args.model_layouts or ["channels_last" if args.channels_last else "nchw"]
+    args.model_modes = args.model_modes or list(MODEL_MODES)
     if args.op_backends is not None:
         timed = _timed_backends(args.device)
         unknown = [b for b in args.op_backends if b not in timed]
@@ -109,7 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     f"(available: {', '.join(timed) or 'none'})")
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
     args.batch = args.batch or (128 if gpu else 8)
-    args.model_batch = args.model_batch or (256 if gpu else 8)
+    args.model_batch = args.model_batch or [256 if gpu else 8]
     if args.op_models is None:
         args.op_models = list(QUICK_OP_MODELS if args.quick else OP_MODELS)
     if args.ops is None and args.quick:
@@ -132,7 +176,7 @@ def _timed_backends(device: str) -> list[str]:
 
 
 def _progress_bar():
-    """tqdm, or a plain stand-in where it is not installed (a lent GPU machine has only its own python3)."""
+    """tqdm, or a plain stand-in where it is not installed (a bare GPU machine's python3 may lack it)."""
     try:
         from tqdm import tqdm
 
@@ -166,13 +210,15 @@ def run_environment(device: str, program: str, argv: list[str], **extra) -> dict
         python=platform.python_version(), threads=torch.get_num_threads(),
         command=f"python -m {program} " + " ".join(shlex.quote(a) for a in argv),
         date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=_git_commit(),
-        backends=fb.available_backends(), **extra)
+        backends=fb.available_backends(), load_average_start=_load_average(), **extra)
 
 
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
+    peers = {v: peer_version(v) for v in args.variants if v in PEERS}
     return run_environment(args.device, "benchmarks.run", argv, op_batch=args.batch, model_batch=args.model_batch,
+                           model_layouts=args.model_layouts, model_modes=args.model_modes,
                            dtype=args.dtype, layout="channels_last" if args.channels_last else "nchw",
-                           quick=args.quick, op_models=args.op_models)
+                           quick=args.quick, op_models=args.op_models, **({"peers": peers} if peers else {}))
 
 
 def main(argv=None) -> int:
@@ -201,6 +247,8 @@ def main(argv=None) -> int:
         result["meta"]["skipped"] = list(deadline.skipped)
         result["meta"]["complete"] = final and not deadline.skipped
         result["meta"]["compile_caches"] = compile_cache_counters()
+        # how busy the machine was (1, 5, 15-minute averages): other processes slow every variant
+        result["meta"]["load_average_end" if final else "load_average_last"] = _load_average()
         report.add_ratios(result)
         result["targets"] = targets.evaluate(result)
         return report.write(result, args.out, slug, with_plots=final and not args.no_plots)
@@ -218,28 +266,35 @@ def main(argv=None) -> int:
                            copy_bps=copy_bps, on_row=result["op_rows"].append)
             checkpoint()
     variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
-    for model in tqdm(args.models, desc="models", unit="model"):
+    configs = [(m, b, lay) for m in args.models for b in args.model_batch for lay in args.model_layouts]
+    for model, batch, layout in tqdm(configs, desc="models", unit="model"):
+        what = model if len(configs) == len(args.models) else f"{model} batch {batch} {layout}"
+        new_bench = functools.partial(ModelBench, model, args.device, batch, LAYOUTS[layout], args.quick,
+                                      modes=tuple(args.model_modes), repeats=args.model_repeats)
         bench = None
         if gpu:
             for variant in variants:
                 # a compiled variant compiles the whole model twice (inference, training): minutes
                 kind = "model compile" if variant.endswith("compile") else "model"
-                if not deadline.allows(kind, f"{model} {variant}", default_s=120.0 if "compile" in kind else 0.0):
+                if not deadline.allows(kind, f"{what} {variant}", default_s=120.0 if "compile" in kind else 0.0):
                     continue
                 with deadline.measure(kind):
-                    bench = bench or ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
+                    bench = bench or new_bench()
                     bench.run((variant,), result["model_rows"].append)
                 checkpoint()
-        elif deadline.allows("model, all variants", model):
+        elif deadline.allows("model, all variants", what):
             # CPU: all variants in one run, timed in turns (ModelBench.run): ratios without drift
             with deadline.measure("model, all variants"):
-                bench = ModelBench(model, args.device, args.model_batch, memory_format, args.quick)
+                bench = new_bench()
                 bench.run(variants, result["model_rows"].append)
             checkpoint()
         del bench
-        if args.memory_batches and deadline.allows("memory", f"{model} memory vs batch"):
+        if gpu:
+            torch.cuda.empty_cache()
+    for model in args.models if args.memory_batches else ():
+        if deadline.allows("memory", f"{model} memory vs batch"):
             with deadline.measure("memory"):
-                memory_vs_batch(model, args.device, tuple(args.memory_batches), memory_format,
+                memory_vs_batch(model, args.device, tuple(args.memory_batches), LAYOUTS[args.model_layouts[0]],
                                 result["memory_rows"].append)
         if gpu:
             torch.cuda.empty_cache()

@@ -292,7 +292,7 @@ def test_bad_arguments(argv, message, capsys):
 
 
 def test_progress_without_tqdm(monkeypatch, capsys):
-    """A lent GPU machine runs its own python3, which may lack tqdm: the benchmark still runs."""
+    """A bare GPU machine's python3 may lack tqdm: the benchmark still runs."""
     import sys
 
     from benchmarks.run import _progress_bar
@@ -382,19 +382,28 @@ def test_repeats_interleaved_take_turns_and_report_failures():
     assert order == ["a", "b"] + ["a", "b"] * 4  # warm-ups, then one call of each per round
 
 
-def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interleaved_run(monkeypatch):
+def _tiny_model(name: str) -> torch.nn.Module:
+    """A stand-in for a model of the zoo: conv, depthwise conv + BN + SiLU, pooled classifier."""
     from torch import nn
 
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                         nn.BatchNorm2d(8), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000))
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    """The model benchmark builds :func:`_tiny_model` at 12x12 whatever the model name."""
     from benchmarks import model_bench
 
-    def tiny(name):
-        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                             nn.BatchNorm2d(8), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000))
+    monkeypatch.setattr(model_bench, "build_model", _tiny_model)
+    monkeypatch.setattr(model_bench, "RESOLUTION", 12)
+    return model_bench
 
+
+def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interleaved_run(monkeypatch, tiny_models):
+    model_bench = tiny_models
     calls = []
     real = model_bench.time_repeats_interleaved
-    monkeypatch.setattr(model_bench, "build_model", tiny)
-    monkeypatch.setattr(model_bench, "RESOLUTION", 12)
     monkeypatch.setattr(model_bench, "time_repeats_interleaved", lambda fns, repeats: calls.append(len(fns)) or
                         real(fns, repeats))
     rows = []
@@ -433,3 +442,64 @@ def test_recompute_tradeoff_writes_both_levels(tmp_path, capsys):
     assert rows["depthwise"]["saved_bytes"] < rows["elementwise"]["saved_bytes"]
     assert result["environment"]["command"].startswith("python -m benchmarks.recompute_tradeoff")
     assert "| mobilenetv2_050 | 1 | depthwise |" in capsys.readouterr().out
+
+
+def test_peer_runtimes_are_timed_in_the_inference_rounds(tiny_models, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    rc = main(["--device", "cpu", "--peers", "--models", "tiny", "--model-batch", "2", "--variants", "eager",
+               "fastblocks", "--model-repeats", "3", "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("*-peers.json")
+    result = json.loads(path.read_text())
+    assert result["meta"]["model_batch"] == [2] and set(result["meta"]["peers"]) == {"onnxruntime", "openvino"}
+    rows = result["model_rows"]
+    variants = ("eager", "fastblocks", "onnxruntime", "openvino")
+    assert sorted((r["layout"], r["variant"]) for r in rows) == sorted(
+        (lay, v) for lay in ("nchw", "channels_last") for v in variants)
+    assert all(r["mode"] == "inference" and r["status"] == "ok" and r["samples"] == 3 for r in rows)
+    for r in (r for r in rows if r["variant"] in ("onnxruntime", "openvino")):
+        assert r["runtime"].startswith(r["variant"] + " ") and r["input_layout"] == "nchw"
+        assert r["max_abs_diff_vs_eager"] < 1e-4 and r["rel_err"] < 1e-5
+        assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] and r["speedup_vs_eager"] > 0
+    md = (tmp_path / path.name.replace(".json", ".md")).read_text()
+    assert "## Inference against ONNX Runtime and OpenVINO" in md
+    head = next(line for line in md.splitlines() if line.startswith("| model | batch | input layout |"))
+    assert "onnxruntime ms (vs eager)" in head and "fastblocks vs openvino" in head
+    assert "openvino max abs diff vs eager (rel. err)" in head
+    table = md[md.index(head):].splitlines()[2:4]
+    assert len(table) == 2 and all(line.startswith("| tiny | ") and "error" not in line for line in table)
+
+
+def test_a_missing_peer_runtime_is_a_skipped_row_with_its_reason(tiny_models, monkeypatch, capsys):
+    from benchmarks import peers
+
+    monkeypatch.setattr(peers, "unavailable", lambda name: f"{name} is not installed")
+    rows = []
+    tiny_models.ModelBench("tiny", "cpu", 1, torch.contiguous_format, quick=True, modes=("inference",),
+                           repeats=2).run(("eager", "openvino"), rows.append)
+    rows.sort(key=lambda r: r["variant"])
+    assert [(r["variant"], r["mode"], r["status"]) for r in rows] == [
+        ("eager", "inference", "ok"), ("openvino", "inference", "skipped")]
+    assert rows[1]["error"] == "openvino is not installed"
+    assert "openvino skipped: openvino is not installed" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="threads"):
+        peers.build("onnxruntime", _tiny_model("tiny"), torch.randn(1, 3, 8, 8), threads=0)
+    with pytest.raises(ValueError, match="name"):
+        peers.build("tensorrt", _tiny_model("tiny"), torch.randn(1, 3, 8, 8), threads=1)
+
+
+def test_peers_preset_and_its_overrides(monkeypatch, capsys):
+    args = parse_args(["--device", "cpu", "--peers", "--models", "mobilenetv2_100"])
+    assert args.models == ["mobilenetv2_100"] and args.model_batch == [1, 8] and args.ops == ["none"]
+    assert args.model_layouts == ["nchw", "channels_last"] and args.model_modes == ["inference"]
+    assert args.variants == ["eager", "compile", "fastblocks", "onnxruntime", "openvino"] and args.tag == "peers"
+    assert parse_args(["--device", "cpu", "--peers", "--variants", "eager"]).variants == [
+        "eager", "onnxruntime", "openvino"]
+    plain = parse_args(["--device", "cpu", "--channels-last"])
+    assert plain.model_layouts == ["channels_last"] and plain.variants == ["eager", "compile", "fastblocks",
+                                                                            "fastblocks+compile"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda", "--peers"])
+    assert "CPU only" in capsys.readouterr().err
