@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fastblocks-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv install build demo test bench auto-table codegen gpu-session gpu-stack gpu-carry clean
+.PHONY: venv install build demo test bench bench-peers auto-table codegen gpu-suite gpu-stack gpu-carry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ BENCH_ARGS ?= --device cpu --quick --channels-last --threads 2
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+# Inference against ONNX Runtime and OpenVINO (docs/benchmarks.md): 5 models, batch 1 and 8, NCHW and
+# channels_last, 2 threads; writes benchmarks/results/<cpu>-<date>-peers.json and .md.
+PEERS_ARGS ?= --device cpu --threads 2 --peers
+bench-peers: $(STAMP)
+	$(BIN)/python -c "import onnxruntime, openvino" 2>/dev/null || $(BIN)/pip install -q onnx onnxruntime openvino
+	$(BIN)/python -m benchmarks.run $(PEERS_ARGS)
+
 # Regenerate fastblocks/_auto_table.py (backend="auto" preferences) from benchmarks/results/*.json.
 auto-table: $(STAMP)
 	$(BIN)/python -m benchmarks.auto_table
@@ -45,20 +52,21 @@ auto-table: $(STAMP)
 codegen: $(STAMP)
 	$(BIN)/python -m benchmarks.triton_codegen --channels-last
 
-# On a lent GPU machine, with its own python3 (torch + triton installed, no .venv): the whole
-# session in one device call (benchmarks/gpu_session.py: compile ahead + Triton GPU tests, then
-# issue 5's op benchmark alone on the GPU, then the CUDA tests and the model benchmark as time
-# allows). RESULTS=$$OUT brings the results back.
+# On a GPU machine, with its own python3 (torch + triton installed, no .venv): the GPU test +
+# benchmark suite within GPU_BUDGET seconds (benchmarks/gpu/suite.py: compile ahead + Triton GPU
+# tests, then the op benchmark alone on the GPU, then the CUDA tests and the model benchmark as time
+# allows), loading the Triton kernels `make gpu-carry` compiled ahead of time when they are there.
 RESULTS ?= benchmarks/results
 GPU_BUDGET ?= 540
-gpu-session:
-	$(PYTHON) -m benchmarks.gpu_session --out $(RESULTS) --budget $(GPU_BUDGET)
+gpu-suite:
+	$(PYTHON) -m benchmarks.gpu.suite --out $(RESULTS) --budget $(GPU_BUDGET)
 
-# Here, before a GPU session: compile every Triton kernel the session will load (benchmark: every
-# autotune config; GPU tests: the first) for sm_90 with the GPU machine's stack (Python 3.12,
-# torch 2.11, Triton 3.6: Triton's cache keys cover libtriton, which differs between Pythons) and
-# pack it into .gpu-carry/ (git-ignored), which the device call carries. The stack is made in
-# $(GPU_STACK) first if missing (`make gpu-stack`: a CUDA build of torch, several GB from PyPI).
+# Prepare ahead-of-time compiled Triton kernels for a GPU machine with Python 3.12 / torch 2.11 /
+# Triton 3.6, on a machine without a GPU: every Triton kernel the suite loads (benchmark: every
+# autotune config; GPU tests: the first) compiled for sm_90 with that stack (Triton's cache keys
+# cover libtriton, which differs between Pythons), packed into .gpu-carry/triton-cache.tar.gz
+# (git-ignored) for the same path on the GPU machine. The stack is made in $(GPU_STACK) first if
+# missing (`make gpu-stack`: a CUDA build of torch, several GB from PyPI).
 PY312     ?= python3.12
 GPU_STACK ?= /tmp/fastblocks-gpu-stack
 GPU_STACK_PY := $(GPU_STACK)/bin/python
@@ -69,9 +77,9 @@ $(GPU_STACK_PY):
 	$(GPU_STACK_PY) -m pip install -q torch==2.11.0 torchvision==0.26.0 "numpy<2.4" timm tqdm
 gpu-carry: $(GPU_STACK_PY)
 	rm -rf $(CARRY_CACHE)
-	TRITON_CACHE_DIR=$(CARRY_CACHE) $(GPU_STACK_PY) -m benchmarks.triton_warm --channels-last
-	TRITON_CACHE_DIR=$(CARRY_CACHE) FASTBLOCKS_TRITON_CONFIGS=1 $(GPU_STACK_PY) -m benchmarks.triton_warm --gpu-tests
-	$(GPU_STACK_PY) -m benchmarks.triton_cache pack --cache $(CARRY_CACHE) --out .gpu-carry/triton-cache.tar.gz
+	TRITON_CACHE_DIR=$(CARRY_CACHE) $(GPU_STACK_PY) -m benchmarks.gpu.triton_warm --channels-last
+	TRITON_CACHE_DIR=$(CARRY_CACHE) FASTBLOCKS_TRITON_CONFIGS=1 $(GPU_STACK_PY) -m benchmarks.gpu.triton_warm --gpu-tests
+	$(GPU_STACK_PY) -m benchmarks.gpu.triton_cache pack --cache $(CARRY_CACHE) --out .gpu-carry/triton-cache.tar.gz
 
 clean:
 	rm -rf build *.egg-info fastblocks/_C*.so
