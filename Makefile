@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.py pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	FASTBLOCKS_BUILD_CUDA_EMULATION=0 $(BIN)/pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 venv install: $(STAMP)
@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python -m fastblocks.demo
 
 # pytest exit code 5 (no tests collected) must fail loudly, never pass silently.
-test: $(STAMP)
+test: $(STAMP) $(if $(filter-out 0,$(FASTBLOCKS_BUILD_CUDA_EMULATION)),$(EMULATION_STAMP))
 	@$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
 	exit $$rc

@@ -1,6 +1,6 @@
 """The ``cuda`` backend (CUDA kernels in fastblocks._C, csrc/*.cu).
 
-Two parts:
+Three parts:
 
 - Build and registration checks that run in CPU-only CI: the extension carries CUDA kernels for
   every kernel op when it was built with nvcc, the cuda backend declares itself unavailable without
@@ -11,6 +11,11 @@ Two parts:
   fp16 / bf16 / fp64, NCHW and channels_last, every padding mode, act and stride; bitwise
   determinism; cuda vs triton. ``FASTBLOCKS_POISON=1`` fills every kernel output (and the
   backward's transient dz buffer) with NaN first, so an unwritten element fails.
+- The same kernels on the CPU emulator (backend ``cuda_emulated``, CPU tensors; skipped unless
+  fastblocks._C_cuda_emulated is built): the odd-size cases, the vector and scalar channel paths,
+  every act with k = 7 / stride 2, bitwise determinism across runs and across shuffled thread
+  orders (shared-memory races), input checks, and the emulator's own fault detection. The per-op
+  modules (tests/test_<op>.py) run on it too (tests.helpers.CPU_BACKENDS).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import fastblocks as fb
 from fastblocks import _dispatch
 from fastblocks.backends import native
 from tests.test_triton_interpreter import CASES, run_case
-from tests.helpers import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, randn
+from tests.helpers import ACTS, assert_close_to_reference, assert_deterministic_b0_layer, rand_positive, randn
 
 HAS_CUDA_KERNELS = native.has_kernels("cuda")
 
@@ -294,3 +299,175 @@ def test_cuda_agrees_with_triton(cuda_backend, op, cl):
     for name, a, b in zip(["y", "dx", "running_mean", "running_var"], run("cuda"), run("triton")):
         err = float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
         assert err <= 2e-5, f"{op} {name}: cuda vs triton relative difference {err:.2e}"
+
+
+# ------------------------------------------------------------------------------- CPU emulator part
+# The same kernels and host launchers, compiled by the host compiler and run on the CPU emulator
+# (csrc/emulation/, docs/cuda_emulation.md): CPU tensors, backend "cuda_emulated". Shapes are
+# small: the emulator runs every CUDA thread as a fiber.
+EMULATED = "cuda_emulated"
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    reason = native.available(EMULATED)
+    if reason is not None:
+        pytest.skip(f"cuda_emulated backend unavailable: {reason}")
+    monkeypatch.setenv("FASTBLOCKS_POISON", "1")
+    return EMULATED
+
+
+def _emulated_ops():
+    return native.kernel_ops(EMULATED)
+
+
+def test_emulated_backend_listed_and_never_auto(emulated):
+    assert EMULATED in fb.available_backends()
+    for op in ("dwconv_bn_act", "activation", "squeeze_excite"):
+        for training in (True, False):
+            args = (torch.empty(2, 4, 9, 9), None, None, None, None, None, None, None, None, None, None, training)
+            assert EMULATED not in _dispatch.auto_order(op, torch.device("cpu"), args)
+    for name in native.KERNEL_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_cuda_emulated::{name}", "CPU"), name
+
+
+# compiled-block checks torch.compile of the ops' Python wrappers, the same for every CPU backend
+# (tests/test_compile.py); the kernels inside stay opaque.
+@pytest.mark.parametrize("case_id", [c for c in CASES if c not in TRITON_ONLY | {"compiled-block"}])
+def test_emulated_small_odd_cases(emulated, case_id):
+    """Every op / dtype / layout / padding / act / stride case of the interpreter suite."""
+    run_case(CASES[case_id], device="cpu", backend=emulated)
+
+
+# C = 19: scalar path for every dtype; 20: 16-byte vectors for fp32 (4) / fp64 (2), scalar for
+# fp16 / bf16; 40: 16-byte vectors for every dtype (8 fp16 / bf16 lanes).
+@pytest.mark.parametrize("c", [19, 20, 40])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_emulated_dwconv_channel_vector_widths(emulated, c, dtype):
+    for training in (True, False):
+        spec = dict(op="dwconv_bn_act", shape=(2, c, 9, 11), k=5, stride=2, padding="tf_same", training=training,
+                    act="silu", cl=True, dtype=dtype, conv_bias=True)
+        run_case(spec, device="cpu", backend=emulated)
+
+
+@pytest.mark.parametrize("c", [19, 40])
+@pytest.mark.parametrize("dtype,cl", [("bfloat16", True), ("float16", True), ("float64", True), ("float32", False)])
+def test_emulated_bn_act_and_gating_vector_widths(emulated, c, dtype, cl):
+    for training in (True, False):
+        run_case(dict(op="bn_act", shape=(2, c, 7, 6), training=training, act="hardswish", cl=cl, dtype=dtype),
+                 device="cpu", backend=emulated)
+    run_case(dict(op="squeeze_excite", shape=(2, c, 5, 6), r=4, act="silu", gate="sigmoid", cl=cl, dtype=dtype),
+             device="cpu", backend=emulated)
+    run_case(dict(op="eca", shape=(2, c, 5, 3), k=3, gate="sigmoid", cl=cl, dtype=dtype), device="cpu",
+             backend=emulated)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype,cl", [("float16", False), ("float32", True)])
+def test_emulated_dwconv_acts_k7_stride2(emulated, act, dtype, cl):
+    spec = dict(op="dwconv_bn_act", shape=(2, 16, 13, 15), k=7, stride=2, padding=2, training=True, act=act,
+                cl=cl, dtype=dtype)
+    run_case(spec, device="cpu", backend=emulated)
+
+
+def test_emulated_activation_odd_numel_and_offset_view(emulated):
+    # numel not a multiple of the vector width, and a view whose data pointer is not 16-byte aligned.
+    base = randn(4 * 100 + 3, seed=3).float()
+    for x in (base, base[1:], base[3:].view(4, 10, 10)):
+        x = x.detach().requires_grad_()
+        y = fb.ops.silu(x, backend=emulated)
+        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        x64 = x.detach().double().requires_grad_()
+        y64 = torch.nn.functional.silu(x64)
+        (g64,) = torch.autograd.grad(y64, x64, torch.ones_like(y64))
+        assert_close_to_reference("silu", y, y64, torch.float32)
+        assert_close_to_reference("silu grad", g, g64, torch.float32, "grad")
+
+
+def _training_step(backend, dtype, cl):
+    """Outputs, every gradient and the running stats of a dwconv -> SE -> hard-swish step."""
+    c = 24  # 16-byte vectors for every dtype on channels-last
+    x = randn(2, c, 11, 10, seed=21).to(dtype)
+    x = (x.contiguous(memory_format=torch.channels_last) if cl else x).requires_grad_()
+    w = randn(c, 1, 5, 5, seed=22, scale=0.5).to(dtype).requires_grad_()
+    g = rand_positive(c, seed=23).float().requires_grad_()
+    b = randn(c, seed=24).float().requires_grad_()
+    rw, ew = randn(6, c, seed=25, scale=0.5).float(), randn(c, 6, seed=26, scale=0.5).float()
+    rw, ew = rw.to(dtype).requires_grad_(), ew.to(dtype).requires_grad_()
+    rm, rv = torch.zeros(c), torch.ones(c)
+    y = fb.ops.dwconv_bn_act(x, w, g, b, rm, rv, stride=2, padding="tf_same", training=True, backend=backend)
+    y = fb.ops.bn_act(y, g, b, None, None, training=True, act="relu6", backend=backend)
+    y = fb.ops.squeeze_excite(y, rw, None, ew, None, backend=backend)
+    y = fb.ops.hard_swish(y, backend=backend)
+    grads = torch.autograd.grad(y, (x, w, g, b, rw, ew), randn(*y.shape, seed=27).to(dtype))
+    return (y, *grads, rm, rv)
+
+
+@pytest.mark.parametrize("dtype,cl", [(torch.bfloat16, True), (torch.float32, False)])
+def test_emulated_bitwise_deterministic_across_runs_and_thread_orders(emulated, monkeypatch, dtype, cl):
+    """Two runs, and runs with the threads of every barrier phase (and the blocks) in shuffled
+    orders, give bitwise identical results: no atomics, a fixed reduction order, and no
+    shared-memory race (a race makes the result depend on the thread order)."""
+    monkeypatch.delenv("FASTBLOCKS_EMU_SHUFFLE", raising=False)
+    first = _training_step(emulated, dtype, cl)
+    runs = {"second run": _training_step(emulated, dtype, cl)}
+    for seed in ("1", "2"):
+        monkeypatch.setenv("FASTBLOCKS_EMU_SHUFFLE", seed)
+        runs[f"shuffle seed {seed}"] = _training_step(emulated, dtype, cl)
+    names = ["y", "dx", "dweight", "dgamma", "dbeta", "dreduce", "dexpand", "running_mean", "running_var"]
+    for label, run in runs.items():
+        for name, a, b in zip(names, first, run):
+            assert torch.equal(a, b), f"{label}: {name} differs"
+
+
+def test_emulated_kernel_input_checks(emulated):
+    x = torch.randn(2, 4, 9, 9)
+    k = _emulated_ops()
+    with pytest.raises(RuntimeError, match="kernel size must be 3, 5 or 7"):
+        k.dwconv_bn_act_forward(x, torch.randn(4, 1, 9, 9), None, None, None, None, None, 1, "same", 0, True, 1e-5,
+                                "silu")
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        k.act_forward(x, "quick_gelu")
+    with pytest.raises(RuntimeError, match="needs running_mean"):
+        k.bn_act_forward(x, None, None, None, None, False, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="scale must have shape"):
+        k.channel_scale(x, torch.randn(3, 4), None)
+    with pytest.raises(fb.BackendUnavailableError, match="k=9"):
+        fb.ops.dwconv_bn_act(x, torch.randn(4, 1, 9, 9), None, None, None, None, training=True, backend=emulated)
+    with pytest.raises(RuntimeError, match="weight must have x's dtype"):
+        k.dwconv_bn_act_forward(x, torch.randn(4, 1, 3, 3, dtype=torch.float64), None, None, None, None, None, 1,
+                                "same", 0, True, 1e-5, "silu")
+    assert "runs on CPU tensors" in native.supports_for(emulated)["activation"](torch.empty(3, device="meta"))
+
+
+# The emulator itself: a test kernel (csrc/emulation/selftest.cpp) with one deliberate fault each.
+@pytest.mark.parametrize("fault,message", [
+    ("overrun", "dynamic shared memory overrun .* past the end of the launch's 256 bytes"),
+    ("misaligned", "misaligned vector access in block \\(0, 0, 0\\), thread \\(0, 0, 0\\)"),
+    ("divergent_barrier", "wait at different __syncthreads\\(\\) calls"),
+    ("early_return", "returned while others wait at __syncthreads\\(\\) .*32 of 64 threads waiting"),
+])
+def test_emulator_reports_kernel_faults(emulated, fault, message):
+    with pytest.raises(RuntimeError, match=message):
+        _emulated_ops().emulator_selftest(fault)
+    # the emulator recovers: the next launch runs normally
+    assert _emulated_ops().emulator_selftest("none").tolist() == [sum(range(64)), sum(range(64, 128))]
+
+
+def test_emulator_barrier_and_shared_memory_fill(emulated, monkeypatch):
+    """The correct kernel's barrier tree sums exactly under any thread order; the racy one reads
+    its neighbour's unwritten slot as NaN (the fill of fresh shared memory) in thread order, and
+    reads values that depend on the order when it is shuffled."""
+    k = _emulated_ops()
+    sums = [sum(range(64)), sum(range(64, 128))]
+    race = k.emulator_selftest("race").view(2, 64)
+    # thread t reads slot t + 1 before thread t + 1 writes it; the last thread reads slot 0
+    assert race[:, :63].isnan().all() and race[:, 63].tolist() == [0.0, 64.0]
+    for seed in ("1", "7"):
+        monkeypatch.setenv("FASTBLOCKS_EMU_SHUFFLE", seed)
+        assert k.emulator_selftest("none").tolist() == sums
+        race = k.emulator_selftest("race")
+        assert race.isnan().any() and not race.isnan().all()
+    monkeypatch.setenv("FASTBLOCKS_EMU_SHUFFLE", "x")
+    with pytest.raises(RuntimeError, match="FASTBLOCKS_EMU_SHUFFLE must be a non-negative integer"):
+        k.emulator_selftest("none")
