@@ -9,7 +9,9 @@ neither the expansion activation nor the SE output, only the expansion conv outp
 depthwise output.
 
 Outside a scope, under torch.compile (whose partitioner already recomputes) or without grad
-mode, offering is a no-op.
+mode, offering is a no-op. Where saved-tensor hooks are disabled (inside ``torch.func.grad``,
+``vjp``, ``jacrev``, ``hessian``, which refuse them), a scope installs none: the ops' outputs are then
+saved as plain tensors (the fused ops themselves still save only their inputs and statistics).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ class _Recipe:
 
     def materialise(self) -> torch.Tensor:
         if self.value is None:
-            self.value = self.fn(*(_unpack(a) for a in self.args), *self.extra)
+            # no_grad: a backward building a graph (create_graph=True) unpacks with grad mode on, but
+            # autograd links the unpacked tensor to the saved one's graph itself.
+            with torch.no_grad():
+                self.value = self.fn(*(_unpack(a) for a in self.args), *self.extra)
             self.args = ()  # the sources' own recipes (and their results) can go
         return self.value
 
@@ -62,6 +67,12 @@ def _compiling() -> bool:
         return torch.compiler.is_compiling()
     except AttributeError:  # older torch
         return False
+
+
+def _hooks_allowed() -> bool:
+    """Saved-tensor hooks may be installed here (functorch's grad transforms disable them)."""
+    allowed = getattr(torch._C._autograd, "_saved_tensors_hooks_is_enabled", None)
+    return allowed is None or allowed()
 
 
 def offer(y: torch.Tensor, fn: Callable, sources: tuple, extra: tuple = (), level: str = "elementwise") -> None:
@@ -117,10 +128,11 @@ def check_level(level: object) -> str:
 
 @contextlib.contextmanager
 def recompute_scope(level: str = "elementwise") -> Iterator[None]:
-    """Activate recompute-on-load for the fused ops run inside (no-op under torch.compile / no_grad).
+    """Activate recompute-on-load for the fused ops run inside (no-op under torch.compile, no_grad
+    and where saved-tensor hooks are disabled).
     ``level="depthwise"`` also recomputes fused depthwise outputs (see :data:`LEVELS`)."""
     check_level(level)
-    if _compiling() or not torch.is_grad_enabled():
+    if _compiling() or not torch.is_grad_enabled() or not _hooks_allowed():
         yield
         return
     _STATE.depth += 1

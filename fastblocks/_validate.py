@@ -11,15 +11,16 @@ _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_input(x: object, name: str = "x", ndim: int = 4) -> torch.Tensor:
-    """x must be a floating tensor of rank ``ndim`` (N, C, H, W by default) with N, C >= 1."""
+    """x must be a floating tensor of rank ``ndim`` (N, C, H, W by default) with C >= 1; N may be 0
+    (an empty batch, which the ops hand to the reference composition, as PyTorch's layers accept it)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATING:
         raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one sample and one channel, got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one channel, got shape {tuple(x.shape)}")
     return x
 
 

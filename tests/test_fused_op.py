@@ -109,13 +109,21 @@ def test_no_grad_and_inference_skip_autograd(counted):
     assert counted["activation._forward"].calls == 0
 
 
-def test_double_backward_is_refused_on_both_paths():
-    for mode in (None, _PassThrough()):
-        x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+def test_double_backward_matches_the_reference_on_both_paths():
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+
+    def second_order(backend, mode):
+        x = x0.clone().requires_grad_()
         with mode if mode is not None else torch.autograd.set_grad_enabled(True):
-            (g,) = torch.autograd.grad(fb.ops.silu(x, backend="eager").sum(), x, create_graph=True)
-            with pytest.raises(RuntimeError):
-                g.sum().backward()
+            (g,) = torch.autograd.grad((fb.ops.silu(x, backend=backend) ** 2).sum(), x, create_graph=True)
+            (g ** 2).sum().backward()
+        return g.detach(), x.grad
+
+    want = second_order("reference", None)
+    for mode in (None, _PassThrough()):
+        got = second_order("eager", mode)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_what_takes_the_custom_op():

@@ -33,6 +33,8 @@ def autocast_input(x: torch.Tensor, *weights: torch.Tensor):
     except TypeError:  # older torch: no per-device query
         enabled = device_type == "cuda" and torch.is_autocast_enabled()
         dtype = torch.get_autocast_gpu_dtype() if enabled else None
+    except RuntimeError:  # a device type autocast has no mode for (meta: shape inference)
+        enabled = False
     if not enabled:
         return (x,) + weights
     return (x.to(dtype),) + tuple(w.to(dtype) if w is not None else None for w in weights)

@@ -25,7 +25,9 @@ def check_bn_args(x: torch.Tensor, channels: int, bn_weight, bn_bias, running_me
 
 
 def check_batch_count(count: int) -> None:
-    if count <= 1:
+    """Batch statistics over one value per channel are undefined: F.batch_norm's error (an empty
+    batch passes, as there: it leaves the running statistics alone)."""
+    if count == 1:
         raise ValueError(f"training=True needs more than 1 value per channel to compute batch statistics, got {count}")
 
 

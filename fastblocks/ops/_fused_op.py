@@ -52,6 +52,27 @@ def plain_eager(args: tuple) -> bool:
     return all(type(a) in _PLAIN for a in args if isinstance(a, torch.Tensor))
 
 
+def _differentiating_keys() -> frozenset:
+    try:
+        keys = torch._C._functorch.TransformType
+        return frozenset((keys.Grad, keys.Jvp))
+    except AttributeError:
+        return frozenset()
+
+
+_DIFFERENTIATING = _differentiating_keys()
+
+
+def differentiating_transform() -> bool:
+    """A ``torch.func`` transform that differentiates is active (grad, vjp, jacrev, jacfwd, jvp,
+    hessian, or vmap over one of them): the autograd that ``torch.library`` registers for custom ops
+    does not support those, so the ops run their reference composition there."""
+    if _PROBES is None or _PROBES[3]() is None:
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(interpreter.key() in _DIFFERENTIATING for interpreter in stack)
+
+
 def _needs_autograd(args: tuple) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
@@ -86,7 +107,9 @@ class FusedOp:
 def _autograd_function(name: str, fn: Callable, backward: Callable, setup_context: Callable) -> type:
     """A ``torch.autograd.Function`` running ``fn`` (the op's body) with the op's own autograd
     formula; its inputs are the op's arguments, so ``ctx.needs_input_grad`` lines up with them.
-    Outputs are fresh tensors (a custom op's body may not alias its inputs)."""
+    Outputs are fresh tensors (a custom op's body may not alias its inputs). Not
+    ``once_differentiable``: the formula itself returns a differentiable result when autograd builds
+    a graph of the backward (:mod:`._graph_backward`), as the custom op's does."""
 
     def forward(ctx, *args):
         out = fn(*args)
@@ -95,7 +118,7 @@ def _autograd_function(name: str, fn: Callable, backward: Callable, setup_contex
 
     return type(f"{name.replace('::', '_')}_eager", (torch.autograd.Function,),
                 {"forward": staticmethod(forward),
-                 "backward": staticmethod(torch.autograd.function.once_differentiable(backward))})
+                 "backward": staticmethod(backward)})
 
 
 def fused_op(name: str) -> Callable:

@@ -13,6 +13,7 @@ import torch
 
 from .._validate import memory_format_of
 from ._capture import run
+from ._fused_op import differentiating_transform
 
 Tensor = torch.Tensor
 
@@ -26,6 +27,15 @@ def run_forward(op: str, backend: str, args: tuple):
 def run_backward(op: str, backend: str, forward_args: tuple, args: tuple):
     """Run the backward of the backend that ran the forward (same resolution, same inputs)."""
     return run(op, backend, forward_args, lambda impl: impl.backward(*args))
+
+
+def reference_serves(x: Tensor) -> bool:
+    """Calls the fused ops leave to the reference composition, which treats them exactly as the
+    unpatched layers do: an empty batch (N = 0: detection heads, dynamic pipelines), meta tensors
+    (shape inference, deferred initialisation) and differentiating ``torch.func`` transforms
+    (:func:`._fused_op.differentiating_transform`). A symbolic batch size is never taken for empty."""
+    n = x.shape[0]
+    return x.is_meta or (isinstance(n, int) and n == 0) or differentiating_transform()
 
 
 def grad_slot(grad: Optional[Tensor], like: Optional[Tensor], x: Tensor, needed: bool) -> Tensor:

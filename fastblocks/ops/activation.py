@@ -10,7 +10,8 @@ from .. import _dispatch
 from .._act import canonical_act
 from ..backends import reference
 from ._fused_op import fused_op
-from ._plumbing import run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "activation"
@@ -44,6 +45,9 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy):
     (x,) = ctx.saved_tensors
+    if graph_requested():
+        act = ctx.act
+        return graph_backward(ctx, dy, lambda x: reference.activation(x, act), (x,), (0,), 3)
     return _backward_op(dy, x, ctx.act, ctx.backend), None, None
 
 
@@ -63,7 +67,7 @@ def activation(x: Tensor, act: str, *, backend: Optional[str] = None) -> Tensor:
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
     act = canonical_act(act)
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.activation(x, act)
     return _forward(x, act, name)
 

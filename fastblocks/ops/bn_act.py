@@ -14,7 +14,8 @@ from .._recompute import offer
 from ..backends.eager._common import bn_act_forward as recompute_bn_act
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
 from ._fused_op import fused_op
-from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "bn_act"
@@ -59,6 +60,13 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy, _dmean, _dvar):
     x, bn_weight, bn_bias, mean, var = ctx.saved_tensors
+    if graph_requested():
+        training, eps, act = ctx.config
+        stats = (None, None) if training else (mean.detach(), var.detach())
+
+        def recompute(x, bn_weight, bn_bias):
+            return reference.bn_act(x, bn_weight, bn_bias, *stats, training, 0.0, eps, act)
+        return graph_backward(ctx, dy, recompute, (x, bn_weight, bn_bias), (0, 1, 2), 9)
     mask = needs(ctx, 0, 1, 2)
     if not any(mask):
         return (None,) * 9
@@ -90,7 +98,7 @@ def bn_act(x: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
     if training:
         check_batch_count(count)
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.bn_act(x, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps, act)
     y, mean, var = _forward(x, bn_weight, bn_bias, None if training else running_mean,
                             None if training else running_var, training, eps, act, name)

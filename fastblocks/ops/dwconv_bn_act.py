@@ -14,7 +14,8 @@ from ..backends import reference
 from .._recompute import offer
 from ._batchnorm import check_batch_count, check_bn_args, update_running_stats
 from ._fused_op import fused_op
-from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "dwconv_bn_act"
@@ -83,6 +84,14 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy, _dmean, _dvar):
     x, weight, bn_weight, bn_bias, conv_bias, mean, var = ctx.saved_tensors
+    if graph_requested():
+        stride, padding_mode, padding, dilation, training, eps, act = ctx.config
+        stats = (None, None) if training else (mean.detach(), var.detach())  # eval: the running stats
+
+        def recompute(x, weight, bn_weight, bn_bias, conv_bias):
+            return reference.dwconv_bn_act(x, weight, bn_weight, bn_bias, *stats, conv_bias, stride, padding_mode,
+                                           padding, dilation, training, 0.0, eps, act)
+        return graph_backward(ctx, dy, recompute, (x, weight, bn_weight, bn_bias, conv_bias), (0, 1, 2, 3, 6), 15)
     mask = needs(ctx, 0, 1, 2, 3, 6)
     if not any(mask):
         return (None,) * 15
@@ -159,7 +168,7 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], bn_bia
         training, momentum, eps, act)
 
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.dwconv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias,
                                        stride, padding_mode, pad, dilation, training, momentum, eps, act)
     y, mean, var = _forward(x, weight, bn_weight, bn_bias,

@@ -13,7 +13,8 @@ from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
 from ._fused_op import fused_op
-from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "eca"
@@ -52,6 +53,9 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy, _dpooled, _dlogits):
     x, pooled, logits, conv_weight = ctx.saved_tensors
+    if graph_requested():
+        gate = ctx.gate
+        return graph_backward(ctx, dy, lambda x, w: reference.eca(x, w, gate), (x, conv_weight), (0, 1), 4)
     mask = needs(ctx, 0, 1)
     if not any(mask):
         return (None,) * 4
@@ -78,7 +82,7 @@ def eca(x: Tensor, conv_weight: Tensor, *, gate: str = "sigmoid", backend: Optio
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"x must have a non-empty spatial extent to pool, got shape {tuple(x.shape)}")
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.eca(x, conv_weight, gate)
     y, _, logits = _forward(x, conv_weight, gate, name)
     offer(y, gate_scale_forward, (x, logits), (gate,))

@@ -13,7 +13,8 @@ from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
 from ._fused_op import fused_op
-from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "gate_scale"
@@ -49,6 +50,10 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy):
     x, logits = ctx.saved_tensors
+    if graph_requested():
+        gate = ctx.gate
+        return graph_backward(ctx, dy, lambda x, logits: reference.gate_scale(x, logits, gate), (x, logits),
+                              (0, 1), 4)
     mask = needs(ctx, 0, 1)
     if not any(mask):
         return None, None, None, None
@@ -73,7 +78,7 @@ def gate_scale(x: Tensor, logits: Tensor, *, gate: str = "sigmoid", backend: Opt
     check_tensor(logits, "logits", x, (n, c))
     gate = canonical_gate(gate)
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.gate_scale(x, logits, gate)
     y = _forward(x, logits, gate, name)
     offer(y, gate_scale_forward, (x, logits), (gate,))

@@ -13,7 +13,8 @@ from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
 from ._fused_op import fused_op
-from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_backward, run_forward
+from ._graph_backward import graph_backward, graph_requested
+from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
 
 Tensor = torch.Tensor
 OP = "squeeze_excite"
@@ -62,6 +63,11 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, dy, _dpooled, _dlogits):
     saved = ctx.saved_tensors
+    if graph_requested():
+        x, _, _, *params = saved
+        act, gate = ctx.config
+        return graph_backward(ctx, dy, lambda *t: reference.squeeze_excite(*t, act, gate), (x, *params),
+                              (0, 1, 2, 3, 4), 8)
     mask = needs(ctx, 0, 1, 2, 3, 4)
     if not any(mask):
         return (None,) * 8
@@ -103,7 +109,7 @@ def squeeze_excite(x: Tensor, reduce_weight: Tensor, reduce_bias: Optional[Tenso
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"x must have a non-empty spatial extent to pool, got shape {tuple(x.shape)}")
     name = _dispatch.requested(backend)
-    if name == "reference":
+    if name == "reference" or reference_serves(x):
         return reference.squeeze_excite(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate)
     y, _, logits = _forward(x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate, name)
     offer(y, gate_scale_forward, (x, logits), (gate,))

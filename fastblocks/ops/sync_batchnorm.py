@@ -46,6 +46,7 @@ from ..backends import reference
 from ..backends.eager._common import (_compute_view, acc_dtype, bn_act_forward, dwconv_backward,
                                       dwconv_forward)
 from ._batchnorm import check_bn_args
+from ._graph_backward import graph_requested
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, run_forward
 from .dwconv_bn_act import check_call
 
@@ -234,6 +235,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _autograd_backward(ctx, dy, _dmean, _dvar, _dcount):
+    if graph_requested():
+        raise RuntimeError("double backward (create_graph=True) through a synchronised "
+                           "BatchNorm is not supported (nor by nn.SyncBatchNorm): compute the gradient penalty "
+                           "without SyncBatchNorm, e.g. on a copy of the model with plain BatchNorm2d")
     x, weight, bn_weight, bn_bias, conv_bias, mean, var, count = ctx.saved_tensors
     mask = needs(ctx, 0, 1, 2, 3, 4)
     if not any(mask):
@@ -246,6 +251,12 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- public wrappers
+
+def _check_not_empty(x: Tensor) -> None:
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (N = 0), which the synchronised BatchNorm ops do not take: "
+                         "run that step unpatched (fastblocks.unpatch(model)) or skip the empty batch")
+
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum) -> None:
     """As F.batch_norm with the global count (a tensor: no host sync, traceable)."""
@@ -267,6 +278,7 @@ def sync_bn_act(x: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor
     process group (or with one rank) it equals ``bn_act(..., training=True)``.
     Saved for backward: x, the affine params, global mean / var / count."""
     check_input(x, "x")
+    _check_not_empty(x)
     _, momentum, eps = check_bn_args(x, x.shape[1], bn_weight, bn_bias, running_mean, running_var,
                                      True, momentum, eps)
     act = canonical_act(act)
@@ -290,6 +302,7 @@ def sync_dwconv_bn_act(x: Tensor, weight: Tensor, bn_weight: Optional[Tensor], b
     stride, padding_mode, pad, dilation, _, momentum, eps, act, _ = check_call(
         x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias, stride, padding, dilation,
         True, momentum, eps, act, check_count=False)
+    _check_not_empty(x)
     name = _dispatch.requested(backend)
     y, mean, var, count = _forward(x, weight, bn_weight, bn_bias, conv_bias, stride, padding_mode, pad,
                                    dilation, eps, act, group_name(process_group), name)
