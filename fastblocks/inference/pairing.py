@@ -14,6 +14,7 @@ from ..nn import BatchNormAct2d
 from ..nn._common import has_hooks
 from ..patch.classify import act_name, qualname
 from ..patch.report import Replaced, Skipped
+from .blocks import install_block_evals
 from .conv_fusion import inplace_act
 from .fold import FoldedConvBN
 from .modules import FOLD_ATTR, FoldedBatchNormMixin, FoldedConvMixin
@@ -99,3 +100,4 @@ def install_folds(patcher, pairs: list) -> None:
             patcher.set_attr(module, FOLD_ATTR, fold)
         patcher.report.folded.append(Replaced(conv_path, f"{type(conv).__name__}+{type(bn).__name__}",
                                               "folded at eval", f"+ {bn_name} (act={act})"))
+    install_block_evals(patcher)
