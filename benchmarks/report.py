@@ -168,6 +168,9 @@ def markdown(result: dict) -> str:
         end = meta.get("load_average_end") or meta.get("load_average_last")
         lines.append(f"- load average (1, 5, 15 min) at the start {meta['load_average_start']}"
                      + (f", at the end {end}" if end else ""))
+    threading_env = {k: v for k, v in (meta.get("threading_env") or {}).items() if v is not None}
+    if threading_env:
+        lines.append("- threading environment: " + ", ".join(f"{k}={v}" for k, v in threading_env.items()))
     if meta.get("skipped"):
         lines.append(f"- **incomplete**: the run's --deadline skipped {len(meta['skipped'])}: "
                      + ", ".join(meta["skipped"]))

@@ -40,6 +40,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 QUICK_OPS = ("dwconv_bn_act", "squeeze_excite", "activation")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# recorded with every result: OpenMP's wait policy decides how 2 threads fare on a busy machine
+THREADING_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # --peers: inference against ONNX Runtime and OpenVINO; each option given on the command line wins
 PEER_PRESET = dict(models=["efficientnet_b0", "mobilenetv2_100", "mobilenetv3_large_100", "rexnet_100",
                            "torchvision:efficientnet_b0"],
@@ -210,7 +212,8 @@ def run_environment(device: str, program: str, argv: list[str], **extra) -> dict
         python=platform.python_version(), threads=torch.get_num_threads(),
         command=f"python -m {program} " + " ".join(shlex.quote(a) for a in argv),
         date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=_git_commit(),
-        backends=fb.available_backends(), load_average_start=_load_average(), **extra)
+        backends=fb.available_backends(), load_average_start=_load_average(),
+        threading_env={k: os.environ.get(k) for k in THREADING_ENV}, **extra)
 
 
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -266,7 +269,8 @@ def main(argv=None) -> int:
                            copy_bps=copy_bps, on_row=result["op_rows"].append)
             checkpoint()
     variants = tuple(v for v in args.variants if not (args.no_compile and v.endswith("compile")))
-    configs = [(m, b, lay) for m in args.models for b in args.model_batch for lay in args.model_layouts]
+    # every model at one (batch, layout) before the next: a run cut short by --deadline still compares them all
+    configs = [(m, b, lay) for b in args.model_batch for lay in args.model_layouts for m in args.models]
     for model, batch, layout in tqdm(configs, desc="models", unit="model"):
         what = model if len(configs) == len(args.models) else f"{model} batch {batch} {layout}"
         new_bench = functools.partial(ModelBench, model, args.device, batch, LAYOUTS[layout], args.quick,
