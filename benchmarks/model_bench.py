@@ -3,8 +3,8 @@
 Variants: ``eager`` (the model as built), ``compile`` (torch.compile of it), ``fastblocks`` (patched,
 backend auto) and ``fastblocks+compile``; on request ``fastblocks-dw-recompute`` (patched with
 ``recompute="depthwise"``) and, inference only on CPU, the peer runtimes ``onnxruntime`` and
-``openvino`` (the unpatched model exported to ONNX: :mod:`benchmarks.peers`). Training step: SGD (momentum 0.9), cross-entropy on random
-labels, bf16 autocast on GPU, fp32 on CPU. Inference: eval mode under no_grad; on CPU the compiled
+``openvino`` (the unpatched model exported to ONNX: :mod:`benchmarks.peers`). Training step: SGD
+(momentum 0.9), cross-entropy on random labels, bf16 autocast on GPU, fp32 on CPU. Inference: eval mode under no_grad; on CPU the compiled
 variants are built with Inductor's ``freezing`` on (constant-folds the weights, as deployments do).
 Memory: bytes saved for backward by one training forward (every variant where autograd's
 saved-tensor hooks see them) and, on GPU, the peak allocated memory of a training step.

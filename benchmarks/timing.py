@@ -1,8 +1,9 @@
 """Timers: CUDA events on GPU, torch.utils.benchmark on CPU; both return median / p10 / p90 seconds.
 
-GPU timing: warm up, then time every call with its own pair of events and take quantiles over many calls. When one input set is smaller than the L2
-cache, callers pass several input sets (``calls``) and they are used in turn, so a kernel does not
-read its inputs from L2 left warm by the previous call.
+GPU timing: warm up, then time every call with its own pair of events and take quantiles over
+many calls. When one input set is smaller than the L2 cache, callers pass several input sets
+(``calls``) and they are used in turn, so a kernel does not read its inputs from L2 left warm by
+the previous call.
 """
 
 from __future__ import annotations

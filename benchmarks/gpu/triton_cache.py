@@ -137,7 +137,8 @@ def main(argv=None) -> int:
               f"into {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
         return 0
     if not os.path.exists(args.tarball):
-        print(f"triton_cache: no ahead-of-time compiled cache at {args.tarball}: every kernel is compiled on this machine")
+        print(f"triton_cache: no ahead-of-time compiled cache at {args.tarball}: "
+              "every kernel is compiled on this machine")
         return 0
     info = unpack(args.tarball, args.cache)
     try:
