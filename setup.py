@@ -2,7 +2,8 @@
 
 The extension is built when csrc/ has sources and torch's cpp_extension can compile them:
 - csrc/bindings.cpp (op schemas, module init): always, when the extension is built.
-- C++ CPU kernels (csrc/*_cpu.cpp): unless FASTBLOCKS_BUILD_CPU=0.
+- C++ CPU kernels (csrc/*_cpu.cpp, each ISA copy of their loops in csrc/*_cpu_<isa>.cpp): unless
+  FASTBLOCKS_BUILD_CPU=0.
 - CUDA kernels (csrc/*.cu): FASTBLOCKS_BUILD_CUDA=1 builds them (a missing toolkit is then an
   error; no GPU is needed to compile them), =0 never; unset ("auto"), they are built when a CUDA
   toolkit is found and a GPU is visible, so a CPU-only install skips the minutes nvcc takes.
@@ -66,7 +67,12 @@ def _find_cuda_home():
 def extensions():
     if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
         return [], {}
-    cpu_kernels = sorted(glob.glob("csrc/*_cpu.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
+    # Host code (csrc/<family>_cpu.cpp) and one translation unit per ISA copy of its kernels
+    # (csrc/<family>_cpu_<isa>.cpp), so that ninja compiles the copies in parallel; the depthwise
+    # conv copies take longest, so they go first (ninja starts jobs in this order).
+    cpu_kernels = sorted(glob.glob("csrc/*_cpu*.cpp"), key=lambda p: ("dwconv" not in p, p))
+    if not _flag("FASTBLOCKS_BUILD_CPU", "1"):
+        cpu_kernels = []
     cu = sorted(glob.glob("csrc/*.cu"))
     if not cpu_kernels and not cu:
         return [], {}
@@ -104,7 +110,9 @@ def extensions():
               "FASTBLOCKS_BUILD_CUDA=1 builds them)", file=sys.stderr)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     cpp = ["csrc/bindings.cpp"] + cpu_kernels
-    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    # -g0: Python's CFLAGS carry -g; debug info for the kernel templates costs compile time and
+    # memory (and a .so ten times larger) for symbols nobody steps through.
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp"]
     macros = [("FASTBLOCKS_WITH_CPU", "1")] if cpu_kernels else []
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
                   include_dirs=[os.path.join(ROOT, "csrc")])

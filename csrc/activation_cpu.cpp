@@ -7,10 +7,6 @@
 namespace fastblocks {
 namespace cpu {
 
-// The kernels, compiled once per target (see fb_cpu.h).
-#define FB_KERNELS_HEADER "activation_kernels.h"
-#include "fb_cpu_isa_clones.h"
-
 namespace {
 void check_any(const at::Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(x.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", x.device());
@@ -30,7 +26,7 @@ at::Tensor act_forward(const at::Tensor& x_in, c10::string_view act_name) {
   const at::Tensor x = dense(x_in);
   at::Tensor y = at::empty_like(x);  // same strides as the dense x
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "act_forward", [&] {
-    FB_ISA_CALL(act_forward_flat<scalar_t>, x.const_data_ptr<scalar_t>(), x.numel(), act,
+    FB_ISA_CALL(ActKernels<scalar_t>::act_forward_flat, x.const_data_ptr<scalar_t>(), x.numel(), act,
                 y.mutable_data_ptr<scalar_t>());
   });
   return y;
@@ -47,7 +43,7 @@ at::Tensor act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, c10::st
   if (dy.strides() != x.strides()) dy = at::empty_like(x).copy_(dy);
   at::Tensor dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "act_backward", [&] {
-    FB_ISA_CALL(act_backward_flat<scalar_t>, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+    FB_ISA_CALL(ActKernels<scalar_t>::act_backward_flat, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                 x.numel(), act, dx.mutable_data_ptr<scalar_t>());
   });
   return dx;

@@ -11,10 +11,6 @@
 namespace fastblocks {
 namespace cpu {
 
-// The kernels, compiled once per target (see fb_cpu.h).
-#define FB_KERNELS_HEADER "bn_act_kernels.h"
-#include "fb_cpu_isa_clones.h"
-
 namespace {
 constexpr const char* kFwd = "fastblocks_kernels::bn_act_forward";
 constexpr const char* kBwd = "fastblocks_kernels::bn_act_backward";
@@ -50,11 +46,11 @@ Tensor3 bn_act_forward(const at::Tensor& x_in, const TensorOpt& bn_weight, const
         const int64_t R = rows_per_block(W), nb = (N * H + R - 1) / R;
         std::vector<double> mean_b(nb * C), m2_b(nb * C);
         std::vector<int64_t> counts(nb);
-        FB_ISA_CALL(bn_stats_cl<scalar_t>, xp, N * H, W, C, R, mean_b.data(), m2_b.data(), counts.data());
+        FB_ISA_CALL(BnActKernels<scalar_t>::bn_stats_cl, xp, N * H, W, C, R, mean_b.data(), m2_b.data(), counts.data());
         combine_blocks(mean_b, m2_b, counts, C, m.data(), v.data());
       } else {
         std::vector<double> mean_p(N * C), m2_p(N * C);
-        FB_ISA_CALL(bn_stats_plane<scalar_t>, xp, N * C, HW, mean_p.data(), m2_p.data());
+        FB_ISA_CALL(BnActKernels<scalar_t>::bn_stats_plane, xp, N * C, HW, mean_p.data(), m2_p.data());
         combine_blocks(mean_p, m2_p, std::vector<int64_t>(N, HW), C, m.data(), v.data());
       }
       mean = doubles(m, 0, C).to(acc);
@@ -69,10 +65,10 @@ Tensor3 bn_act_forward(const at::Tensor& x_in, const TensorOpt& bn_weight, const
     const at::Tensor shift = (beta - mean * scale).contiguous();
     auto* yp = y.mutable_data_ptr<scalar_t>();
     if (cl) {
-      FB_ISA_CALL(bn_apply_cl<scalar_t>, xp, N * H, W, C, scale.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(BnActKernels<scalar_t>::bn_apply_cl, xp, N * H, W, C, scale.const_data_ptr<acc_t>(),
                   shift.const_data_ptr<acc_t>(), act, yp);
     } else {
-      FB_ISA_CALL(bn_apply_plane<scalar_t>, xp, N, C, HW, scale.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(BnActKernels<scalar_t>::bn_apply_plane, xp, N, C, HW, scale.const_data_ptr<acc_t>(),
                   shift.const_data_ptr<acc_t>(), act, yp);
     }
   });
@@ -124,11 +120,11 @@ Tensor3 bn_act_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const T
       const acc_t* k2p = k2.defined() ? k2.const_data_ptr<acc_t>() : nullptr;
       const acc_t* k3p = k3.defined() ? k3.const_data_ptr<acc_t>() : nullptr;
       if (cl) {
-        FB_ISA_CALL(bn_backward_cl<scalar_t>, xp, dyp, N * H, W, C, R, mean.const_data_ptr<acc_t>(),
+        FB_ISA_CALL(BnActKernels<scalar_t>::bn_backward_cl, xp, dyp, N * H, W, C, R, mean.const_data_ptr<acc_t>(),
                     invstd.const_data_ptr<acc_t>(), gamma.const_data_ptr<acc_t>(), beta.const_data_ptr<acc_t>(),
                     k1.const_data_ptr<acc_t>(), k2p, k3p, act, r, out);
       } else {
-        FB_ISA_CALL(bn_backward_plane<scalar_t>, xp, dyp, N, C, HW, mean.const_data_ptr<acc_t>(),
+        FB_ISA_CALL(BnActKernels<scalar_t>::bn_backward_plane, xp, dyp, N, C, HW, mean.const_data_ptr<acc_t>(),
                     invstd.const_data_ptr<acc_t>(), gamma.const_data_ptr<acc_t>(), beta.const_data_ptr<acc_t>(),
                     k1.const_data_ptr<acc_t>(), k2p, k3p, act, r, out);
       }

@@ -1,5 +1,5 @@
-// BatchNorm + act kernel passes. NO include guard: included by bn_act_cpu.cpp once per ISA
-// namespace, after fb_cpu_math.h.
+// BatchNorm + act kernel passes: BnActKernels (fb_cpu_kernels.h). NO include guard: included once
+// per ISA namespace, after fb_cpu_math.h, by bn_act_cpu_<isa>.cpp (fb_cpu_isa_copy.h).
 //
 // Two layouts, both native (no layout conversion):
 //  - channels-last: rows = N * H rows of W pixels x C channels, vectorised over C;
@@ -9,9 +9,8 @@
 
 // ---------------------------------------------------------------- channels-last
 template <typename scalar_t>
-void bn_stats_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, int64_t R, double* mean_b, double* m2_b,
-                 int64_t* counts) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_stats_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, int64_t R,
+                                         double* mean_b, double* m2_b, int64_t* counts) {
   const int64_t nb = (rows + R - 1) / R;
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> rm(C), rm2(C);
@@ -31,9 +30,8 @@ void bn_stats_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, int64_t 
 }
 
 template <typename scalar_t>
-void bn_apply_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, const typename AccOf<scalar_t>::type* scale,
-                 const typename AccOf<scalar_t>::type* shift, Act act, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_apply_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, const acc_t* scale,
+                                         const acc_t* shift, Act act, scalar_t* y) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(W * C, 1));
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
@@ -47,12 +45,10 @@ void bn_apply_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, const ty
 // red[b][0..2][C] = sum du, sum du * zhat, sum zhat per block (when red != nullptr);
 // dx = k1 * (du - k2 - (x - mean) * k3) when dx != nullptr.
 template <typename scalar_t>
-void bn_backward_cl(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t W, int64_t C, int64_t R,
-                    const typename AccOf<scalar_t>::type* mean, const typename AccOf<scalar_t>::type* invstd,
-                    const typename AccOf<scalar_t>::type* gamma, const typename AccOf<scalar_t>::type* beta,
-                    const typename AccOf<scalar_t>::type* k1, const typename AccOf<scalar_t>::type* k2,
-                    const typename AccOf<scalar_t>::type* k3, Act act, double* red, scalar_t* dx) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_backward_cl(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t W, int64_t C,
+                                            int64_t R, const acc_t* mean, const acc_t* invstd, const acc_t* gamma,
+                                            const acc_t* beta, const acc_t* k1, const acc_t* k2, const acc_t* k3,
+                                            Act act, double* red, scalar_t* dx) {
   const int64_t nb = (rows + R - 1) / R, len = W * C;
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
@@ -77,8 +73,8 @@ void bn_backward_cl(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t
 // ---------------------------------------------------------------- NCHW planes
 // mean_p / m2_p: [N][C] (plane order), each plane's mean and M2 around it.
 template <typename scalar_t>
-void bn_stats_plane(const scalar_t* x, int64_t planes, int64_t HW, double* mean_p, double* m2_p) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_stats_plane(const scalar_t* x, int64_t planes, int64_t HW, double* mean_p,
+                                            double* m2_p) {
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* xp = x + p * HW;
@@ -107,9 +103,8 @@ void bn_stats_plane(const scalar_t* x, int64_t planes, int64_t HW, double* mean_
 }
 
 template <typename scalar_t>
-void bn_apply_plane(const scalar_t* x, int64_t N, int64_t C, int64_t HW, const typename AccOf<scalar_t>::type* scale,
-                    const typename AccOf<scalar_t>::type* shift, Act act, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_apply_plane(const scalar_t* x, int64_t N, int64_t C, int64_t HW, const acc_t* scale,
+                                            const acc_t* shift, Act act, scalar_t* y) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1));
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
@@ -125,12 +120,10 @@ void bn_apply_plane(const scalar_t* x, int64_t N, int64_t C, int64_t HW, const t
 // red[p][0..2] = sum du, sum du * zhat, sum zhat per plane (when red != nullptr);
 // dx = k1 * (du - k2 - (x - mean) * k3) when dx != nullptr.
 template <typename scalar_t>
-void bn_backward_plane(const scalar_t* x, const scalar_t* dy, int64_t N, int64_t C, int64_t HW,
-                       const typename AccOf<scalar_t>::type* mean, const typename AccOf<scalar_t>::type* invstd,
-                       const typename AccOf<scalar_t>::type* gamma, const typename AccOf<scalar_t>::type* beta,
-                       const typename AccOf<scalar_t>::type* k1, const typename AccOf<scalar_t>::type* k2,
-                       const typename AccOf<scalar_t>::type* k3, Act act, double* red, scalar_t* dx) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void BnActKernels<scalar_t>::bn_backward_plane(const scalar_t* x, const scalar_t* dy, int64_t N, int64_t C, int64_t HW,
+                                               const acc_t* mean, const acc_t* invstd, const acc_t* gamma,
+                                               const acc_t* beta, const acc_t* k1, const acc_t* k2, const acc_t* k3,
+                                               Act act, double* red, scalar_t* dx) {
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     at::parallel_for(0, N * C, 1, [&](int64_t p0, int64_t p1) {

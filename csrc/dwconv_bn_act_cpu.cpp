@@ -19,10 +19,6 @@
 namespace fastblocks {
 namespace cpu {
 
-// The kernels, compiled once per target (see fb_cpu.h).
-#define FB_KERNELS_HEADER "dwconv_bn_act_kernels.h"
-#include "fb_cpu_isa_clones.h"
-
 namespace {
 
 constexpr const char* kFwd = "fastblocks_kernels::dwconv_bn_act_forward";
@@ -110,10 +106,10 @@ Tensor3 dwconv_bn_act_forward(const at::Tensor& x_in, const at::Tensor& weight, 
       std::vector<double> mean_b(nb * C), m2_b(nb * C), m(C), v(C);
       std::vector<int64_t> counts(nb, g.Ho * g.Wo);
       if (cl) {
-        FB_ISA_CALL(dw_stats_pass<scalar_t>, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), g, R,
+        FB_ISA_CALL(DwconvKernels<scalar_t>::dw_stats_pass, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), g, R,
                     mean_b.data(), m2_b.data(), counts.data());
       } else {
-        FB_ISA_CALL(dw_stats_pass_nchw<scalar_t>, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), g,
+        FB_ISA_CALL(DwconvKernels<scalar_t>::dw_stats_pass_nchw, x.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), g,
                     mean_b.data(), m2_b.data());
       }
       combine_blocks(mean_b, m2_b, counts, C, m.data(), v.data());
@@ -130,10 +126,10 @@ Tensor3 dwconv_bn_act_forward(const at::Tensor& x_in, const at::Tensor& weight, 
     const at::Tensor shift = (beta + (cb - mean) * scale).contiguous();
     const at::Tensor wf = (wt * (cl ? scale.unsqueeze(0) : scale.unsqueeze(1))).contiguous();
     if (cl) {
-      FB_ISA_CALL(dw_apply_pass<scalar_t>, x.const_data_ptr<scalar_t>(), wf.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(DwconvKernels<scalar_t>::dw_apply_pass, x.const_data_ptr<scalar_t>(), wf.const_data_ptr<acc_t>(),
                   shift.const_data_ptr<acc_t>(), g, act, y.mutable_data_ptr<scalar_t>());
     } else {
-      FB_ISA_CALL(dw_apply_pass_nchw<scalar_t>, x.const_data_ptr<scalar_t>(), wf.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(DwconvKernels<scalar_t>::dw_apply_pass_nchw, x.const_data_ptr<scalar_t>(), wf.const_data_ptr<acc_t>(),
                   shift.const_data_ptr<acc_t>(), g, act, y.mutable_data_ptr<scalar_t>());
     }
   });
@@ -185,12 +181,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
       double* dwp = form_dz && need_dw ? dw_part.data() : nullptr;
       if (cl) {
         acc_t* dzp = form_dz && need_dx ? dz.mutable_data_ptr<acc_t>() : nullptr;
-        FB_ISA_CALL(dw_backward_pass<scalar_t>, xp, dyp, w, zinit.const_data_ptr<acc_t>(),
+        FB_ISA_CALL(DwconvKernels<scalar_t>::dw_backward_pass, xp, dyp, w, zinit.const_data_ptr<acc_t>(),
                     invstd.const_data_ptr<acc_t>(), gamma.const_data_ptr<acc_t>(), beta.const_data_ptr<acc_t>(),
                     k1p, k2p, k3p, g, act, R, redp, form_dz, dzp, dwp);
       } else {
         scalar_t* dxp = form_dz && need_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr;
-        FB_ISA_CALL(dw_backward_pass_nchw<scalar_t>, xp, dyp, w, zinit.const_data_ptr<acc_t>(),
+        FB_ISA_CALL(DwconvKernels<scalar_t>::dw_backward_pass_nchw, xp, dyp, w, zinit.const_data_ptr<acc_t>(),
                     invstd.const_data_ptr<acc_t>(), gamma.const_data_ptr<acc_t>(), beta.const_data_ptr<acc_t>(),
                     k1p, k2p, k3p, g, act, redp, form_dz, dwp, dxp);
       }
@@ -231,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn
     if (need_dx && cl) {
       // Flipped taps for the stride-1 transposed conv: wflip[kh, kw] = w[K - 1 - kh, K - 1 - kw].
       const at::Tensor wflip = wt.flip({0}).contiguous();
-      FB_ISA_CALL(dw_dx_pass<scalar_t>, dz.const_data_ptr<acc_t>(), w, wflip.const_data_ptr<acc_t>(), g,
+      FB_ISA_CALL(DwconvKernels<scalar_t>::dw_dx_pass, dz.const_data_ptr<acc_t>(), w, wflip.const_data_ptr<acc_t>(), g,
                   dx.mutable_data_ptr<scalar_t>());
     }
   });

@@ -1,7 +1,8 @@
 // Depthwise conv + BN + act kernel passes on channels-last (NHWC) data (NCHW: dwconv_bn_act_nchw_kernels.h).
-// NO include guard: included by dwconv_bn_act_cpu.cpp once per ISA namespace, after
-// fb_cpu_math.h. All passes are deterministic: reductions go to per-block partials (a fixed
-// partition of the N * H_out output rows) that the host combines in block order.
+// DwconvKernels (fb_cpu_kernels.h). NO include guard: included once per ISA namespace, after
+// fb_cpu_math.h, by dwconv_bn_act_cpu_<isa>.cpp (fb_cpu_isa_copy.h). All passes are deterministic:
+// reductions go to per-block partials (a fixed partition of the N * H_out output rows) that the
+// host combines in block order.
 //
 // Weights are tap-major: wt[(kh * K + kw) * C + c] in the accumulation dtype.
 
@@ -262,9 +263,8 @@ inline void dweight_row(const scalar_t* xn, const acc_t* dzr, const ConvGeo& g, 
 
 // Training forward, pass 1: per-block (mean, M2) of the conv output without bias.
 template <typename scalar_t>
-void dw_stats_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt, const ConvGeo& g, int64_t R,
-                   double* mean_b, double* m2_b, int64_t* counts) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_stats_pass(const scalar_t* x, const acc_t* wt, const ConvGeo& g, int64_t R,
+                                            double* mean_b, double* m2_b, int64_t* counts) {
   const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C;
   const TapWeights<acc_t> taps(wt, g.K * g.K, C);
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
@@ -288,9 +288,8 @@ void dw_stats_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt, 
 
 // Forward (eval, and training pass 2): y = act(conv(x; wt) + shift), BN folded into wt / shift.
 template <typename scalar_t>
-void dw_apply_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt,
-                   const typename AccOf<scalar_t>::type* shift, const ConvGeo& g, Act act, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_apply_pass(const scalar_t* x, const acc_t* wt, const acc_t* shift, const ConvGeo& g,
+                                            Act act, scalar_t* y) {
   const int64_t rows = g.N * g.Ho, C = g.C, row_len = g.Wo * C;
   const TapWeights<acc_t> taps(wt, g.K * g.K, C);
   dispatch_act(act, [&](auto tag) {
@@ -311,13 +310,11 @@ void dw_apply_pass(const scalar_t* x, const typename AccOf<scalar_t>::type* wt,
 // sum du*zhat, sum zhat. Pass 2 (dz != nullptr or dw != nullptr) also forms
 // dz = k1 * (du - k2 - zc * k3), stores it (dz_full, when dx is needed) and reduces dweight.
 template <typename scalar_t>
-void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const typename AccOf<scalar_t>::type* wt,
-                      const typename AccOf<scalar_t>::type* zinit, const typename AccOf<scalar_t>::type* invstd,
-                      const typename AccOf<scalar_t>::type* gamma, const typename AccOf<scalar_t>::type* beta,
-                      const typename AccOf<scalar_t>::type* k1, const typename AccOf<scalar_t>::type* k2,
-                      const typename AccOf<scalar_t>::type* k3, const ConvGeo& g, Act act, int64_t R,
-                      double* red, bool form_dz, typename AccOf<scalar_t>::type* dz_full, double* dw_part) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_backward_pass(const scalar_t* x, const scalar_t* dy, const acc_t* wt,
+                                               const acc_t* zinit, const acc_t* invstd, const acc_t* gamma,
+                                               const acc_t* beta, const acc_t* k1, const acc_t* k2, const acc_t* k3,
+                                               const ConvGeo& g, Act act, int64_t R, double* red, bool form_dz,
+                                               acc_t* dz_full, double* dw_part) {
   const int64_t rows = g.N * g.Ho, nb = (rows + R - 1) / R, C = g.C, row_len = g.Wo * C, KK = g.K * g.K;
   const TapWeights<acc_t> taps(wt, KK, C);
   dispatch_act(act, [&](auto tag) {
@@ -356,9 +353,8 @@ void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const typename AccO
 // gathered per input pixel so that each thread owns its output rows).
 // With stride 1 and 0 <= pads <= K - 1 this is a conv of dz with the flipped weights wflip.
 template <typename scalar_t>
-void dw_dx_pass(const typename AccOf<scalar_t>::type* dz, const typename AccOf<scalar_t>::type* wt,
-                const typename AccOf<scalar_t>::type* wflip, const ConvGeo& g, scalar_t* dx) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_dx_pass(const acc_t* dz, const acc_t* wt, const acc_t* wflip, const ConvGeo& g,
+                                         scalar_t* dx) {
   const int64_t rows = g.N * g.H, C = g.C, K = g.K, S = g.S;
   if (S == 1 && g.top >= 0 && g.top <= K - 1 && g.left >= 0 && g.left <= K - 1) {
     const ConvGeo t{g.N, C, g.Ho, g.Wo, K, 1, g.H, g.W, K - 1 - g.top, K - 1 - g.left};

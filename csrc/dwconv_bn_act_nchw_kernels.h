@@ -185,9 +185,8 @@ struct PlaneScratch {
 // Training forward, pass 1: per-plane mean and M2 (around the plane's mean) of the conv output
 // without bias, mean_p / m2_p [N][C].
 template <typename scalar_t>
-void dw_stats_pass_nchw(const scalar_t* x, const typename AccOf<scalar_t>::type* w, const ConvGeo& g,
-                        double* mean_p, double* m2_p) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_stats_pass_nchw(const scalar_t* x, const acc_t* w, const ConvGeo& g, double* mean_p,
+                                                 double* m2_p) {
   const PlaneGeo p = plane_geo<acc_t>(g);
   const int64_t KK = g.K * g.K, cnt = g.Ho * g.Wo;
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t q0, int64_t q1) {
@@ -212,9 +211,8 @@ void dw_stats_pass_nchw(const scalar_t* x, const typename AccOf<scalar_t>::type*
 
 // Forward (eval, and training pass 2): y = act(conv(x; wf) + shift), BN folded into wf / shift.
 template <typename scalar_t>
-void dw_apply_pass_nchw(const scalar_t* x, const typename AccOf<scalar_t>::type* wf,
-                        const typename AccOf<scalar_t>::type* shift, const ConvGeo& g, Act act, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_apply_pass_nchw(const scalar_t* x, const acc_t* wf, const acc_t* shift,
+                                                 const ConvGeo& g, Act act, scalar_t* y) {
   const PlaneGeo p = plane_geo<acc_t>(g);
   const int64_t KK = g.K * g.K;
   dispatch_act(act, [&](auto tag) {
@@ -307,13 +305,11 @@ inline void crop_padded(const acc_t* __restrict__ dpad, const PlaneGeo& p, scala
 // in memory), then dw_part [N][C][K * K] (when given) and dx through the transposed conv
 // (when given), both from dz.
 template <typename scalar_t>
-void dw_backward_pass_nchw(const scalar_t* x, const scalar_t* dy, const typename AccOf<scalar_t>::type* w,
-                           const typename AccOf<scalar_t>::type* zinit, const typename AccOf<scalar_t>::type* invstd,
-                           const typename AccOf<scalar_t>::type* gamma, const typename AccOf<scalar_t>::type* beta,
-                           const typename AccOf<scalar_t>::type* k1, const typename AccOf<scalar_t>::type* k2,
-                           const typename AccOf<scalar_t>::type* k3, const ConvGeo& g, Act act, double* red,
-                           bool form_dz, double* dw_part, scalar_t* dx) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void DwconvKernels<scalar_t>::dw_backward_pass_nchw(const scalar_t* x, const scalar_t* dy, const acc_t* w,
+                                                    const acc_t* zinit, const acc_t* invstd, const acc_t* gamma,
+                                                    const acc_t* beta, const acc_t* k1, const acc_t* k2,
+                                                    const acc_t* k3, const ConvGeo& g, Act act, double* red,
+                                                    bool form_dz, double* dw_part, scalar_t* dx) {
   const PlaneGeo p = plane_geo<acc_t>(g);
   constexpr int L = VecOf<acc_t>::lanes;
   const int64_t KK = g.K * g.K, C = g.C, cnt = g.Ho * g.Wo;

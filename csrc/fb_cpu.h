@@ -2,63 +2,55 @@
 // deterministic reduction of per-block partials (activation names and padding arithmetic are in
 // fb_common.h, shared with the CUDA kernels).
 //
-// Kernel loops live in csrc/*_kernels.h (+ fb_cpu_math.h), which each *_cpu.cpp includes three
-// times: for the baseline ISA (32-byte GCC vectors lowered to SSE2), under
-// `#pragma GCC target("avx2,fma")` (32-byte vectors) and under an AVX-512 target (64-byte vectors),
-// the last two on x86-64 GCC only. isa_level() picks the best copy the CPU runs at first use;
-// FASTBLOCKS_CPU_ISA=default|avx2 caps it (tests/test_cpu_backend.py runs the lower copies this way).
+// Kernel loops live in csrc/*_kernels.h (+ fb_cpu_math.h), compiled three times, each copy in its
+// own translation unit csrc/<family>_cpu_<isa>.cpp (fb_cpu_isa_copy.h): for the baseline ISA
+// (32-byte GCC vectors lowered to SSE2), under `#pragma GCC target("avx2,fma")` (32-byte vectors)
+// and under an AVX-512 target (64-byte vectors), the last two on x86-64 GCC only. The host code
+// sees their declarations (fb_cpu_kernels.h) in namespaces isa_default / isa_avx2 / isa_avx512.
+// isa_level() picks the best copy the CPU runs at first use; FASTBLOCKS_CPU_ISA=default|avx2 caps
+// it (tests/test_cpu_backend.py runs the lower copies this way).
 #pragma once
-
-// The baseline copy passes 32/64-byte vectors between inline functions: no ABI is crossed.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <optional>
-#include <tuple>
-#include <type_traits>
 #include <string>
-#include <vector>
+#include <tuple>
 
-#include "fb_common.h"
+#include "fb_cpu_base.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define FB_HAVE_AVX2_CLONE 1
-#else
-#define FB_HAVE_AVX2_CLONE 0
-#endif
-
-// Calls isa_avx512::fn(...), isa_avx2::fn(...) or isa_default::fn(...) (namespaces of the
-// including *_cpu.cpp) by the CPU's capability (see isa_level).
+// Calls isa_avx512::fn(...), isa_avx2::fn(...) or isa_default::fn(...) by the CPU's capability
+// (see isa_level); fn names a member of a class in fb_cpu_kernels.h, e.g. ActKernels<float>::act_forward_flat.
 #if FB_HAVE_AVX2_CLONE
 #define FB_ISA_CALL(fn, ...)                                                                     \
-  (::fastblocks::cpu::isa_level() >= 2   ? isa_avx512::fn(__VA_ARGS__)                           \
-   : ::fastblocks::cpu::isa_level() == 1 ? isa_avx2::fn(__VA_ARGS__)                             \
-                                         : isa_default::fn(__VA_ARGS__))
+  (::fastblocks::cpu::isa_level() >= 2   ? ::fastblocks::cpu::isa_avx512::fn(__VA_ARGS__)        \
+   : ::fastblocks::cpu::isa_level() == 1 ? ::fastblocks::cpu::isa_avx2::fn(__VA_ARGS__)          \
+                                         : ::fastblocks::cpu::isa_default::fn(__VA_ARGS__))
 #else
-#define FB_ISA_CALL(fn, ...) isa_default::fn(__VA_ARGS__)
+#define FB_ISA_CALL(fn, ...) ::fastblocks::cpu::isa_default::fn(__VA_ARGS__)
 #endif
-
-// The x86-64 copies use `#pragma GCC target("avx2,fma")` and
-// `#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")` (literal strings: GCC does
-// not expand macros there).
 
 namespace fastblocks {
 namespace cpu {
+
+// The kernel copies' entry points (defined in csrc/<family>_cpu_<isa>.cpp).
+namespace isa_default {
+#include "fb_cpu_kernels.h"
+}  // namespace isa_default
+#if FB_HAVE_AVX2_CLONE
+namespace isa_avx2 {
+#include "fb_cpu_kernels.h"
+}  // namespace isa_avx2
+namespace isa_avx512 {
+#include "fb_cpu_kernels.h"
+}  // namespace isa_avx512
+#endif
 
 // Which copy of the kernels runs: 2 = AVX-512 (F/VL/BW/DQ), 1 = AVX2 + FMA, 0 = baseline.
 // FASTBLOCKS_CPU_ISA=default|avx2|avx512 caps it (e.g. to test the other copies).
@@ -106,12 +98,6 @@ inline at::Tensor per_channel(const std::optional<at::Tensor>& t, int64_t c, at:
   TORCH_CHECK(t->numel() == c, op, ": ", name, " must have ", c, " elements, got ", t->numel());
   return t->reshape({c}).to(acc).contiguous();
 }
-
-// Geometry of a depthwise k x k conv on channels-last data (dilation 1).
-constexpr int kMaxTaps = 49;  // k <= 7
-struct ConvGeo {
-  int64_t N, C, H, W, K, S, Ho, Wo, top, left;
-};
 
 // Per-channel (mean, biased variance) from per-block partials, combined in a fixed order
 // (Chan et al.): deterministic whatever the thread count. mean_b / m2_b: [nblocks][C] doubles,

@@ -1,9 +1,9 @@
 // Element-wise math and row helpers for the CPU kernels.
 //
-// NO include guard on purpose: a *_cpu.cpp includes this inside each ISA namespace
-// (fastblocks::cpu::isa_default, fastblocks::cpu::isa_avx2) so that every loop is compiled once
-// per target and inlined into that target's kernels. Standard / ATen headers come from fb_cpu.h,
-// included before (at global scope).
+// NO include guard on purpose: each ISA copy (csrc/<family>_cpu_<isa>.cpp, fb_cpu_isa_copy.h)
+// includes this inside its namespace (fastblocks::cpu::isa_default / isa_avx2 / isa_avx512) so that
+// every loop is compiled once per target and inlined into that target's kernels. Standard / ATen
+// headers come from fb_cpu_base.h, included before (at global scope).
 //
 // Conventions: acc_t is float (double for double inputs). Hot loops go through vloop(): explicit
 // GCC vector types for float accumulation (branch-free: selects instead of ifs, so that silu's exp
@@ -34,6 +34,51 @@ struct VecOf<double> {
   static constexpr int lanes = kVL / 2;
 };
 
+// Half <-> float for GCC vectors, the arithmetic of c10::detail::fp16_ieee_to_fp32_value /
+// fp16_ieee_from_fp32_value lane by lane (bit-identical).
+inline fb_vf fb_half_to_float(fb_vu16 h) {
+  const fb_vu32 w = __builtin_convertvector(h, fb_vu32) << 16;
+  const fb_vu32 sign = w & 0x80000000u;
+  const fb_vu32 two_w = w + w;
+  const fb_vu32 norm_bits = (two_w >> 4) + (0xE0u << 23);
+  fb_vf norm;
+  std::memcpy(&norm, &norm_bits, sizeof(norm));
+  norm *= 0x1.0p-112f;
+  const fb_vu32 denorm_bits = (two_w >> 17) | (126u << 23);
+  fb_vf denorm;
+  std::memcpy(&denorm, &denorm_bits, sizeof(denorm));
+  denorm -= 0.5f;
+  fb_vu32 nb, db;
+  std::memcpy(&nb, &norm, sizeof(nb));
+  std::memcpy(&db, &denorm, sizeof(db));
+  const fb_vu32 r = sign | (two_w < (1u << 27) ? db : nb);
+  fb_vf out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
+inline fb_vu16 fb_float_to_half(fb_vf f) {
+  fb_vu32 w;
+  std::memcpy(&w, &f, sizeof(w));
+  const fb_vu32 abs_bits = w & 0x7FFFFFFFu;
+  fb_vf base;
+  std::memcpy(&base, &abs_bits, sizeof(base));
+  base = (base * 0x1.0p+112f) * 0x1.0p-110f;
+  const fb_vu32 shl1_w = w + w;
+  const fb_vu32 sign = w & 0x80000000u;
+  fb_vu32 bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? (fb_vu32{} + 0x71000000u) : bias;
+  const fb_vu32 bias_bits = (bias >> 1) + 0x07800000u;
+  fb_vf bias_f;
+  std::memcpy(&bias_f, &bias_bits, sizeof(bias_f));
+  base = bias_f + base;
+  fb_vu32 bits;
+  std::memcpy(&bits, &base, sizeof(bits));
+  const fb_vu32 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  const fb_vu32 r = (sign >> 16) | (shl1_w > 0xFF000000u ? (fb_vu32{} + 0x7E00u) : nonsign);
+  return __builtin_convertvector(r, fb_vu16);
+}
+
 // lanes consecutive elements of p as an acc_t vector (unaligned load, converted).
 template <typename acc_t, typename in_t>
 inline typename VecOf<acc_t>::type vload(const in_t* p) {
@@ -46,6 +91,10 @@ inline typename VecOf<acc_t>::type vload(const in_t* p) {
     std::memcpy(&h, p, sizeof(h));
     const fb_vu32 w = __builtin_convertvector(h, fb_vu32) << 16;
     std::memcpy(&v, &w, sizeof(V));
+  } else if constexpr (std::is_same_v<in_t, c10::Half> && std::is_same_v<acc_t, float>) {
+    fb_vu16 h;
+    std::memcpy(&h, p, sizeof(h));
+    v = fb_half_to_float(h);
   } else {
     for (int i = 0; i < VecOf<acc_t>::lanes; ++i) v[i] = static_cast<acc_t>(p[i]);
   }
@@ -84,6 +133,9 @@ inline void st(out_t* p, T v) {
       fb_vu32 r = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
       r = (v != v) ? (fb_vu32{} + 0x7FC0u) : r;
       const fb_vu16 h = __builtin_convertvector(r, fb_vu16);
+      std::memcpy(p, &h, sizeof(h));
+    } else if constexpr (std::is_same_v<out_t, c10::Half>) {
+      const fb_vu16 h = fb_float_to_half(v);
       std::memcpy(p, &h, sizeof(h));
     } else {
       for (int k = 0; k < kVL; ++k) p[k] = static_cast<out_t>(v[k]);

@@ -11,10 +11,6 @@
 namespace fastblocks {
 namespace cpu {
 
-// The kernels, compiled once per target (see fb_cpu.h).
-#define FB_KERNELS_HEADER "gate_scale_kernels.h"
-#include "fb_cpu_isa_clones.h"
-
 namespace {
 
 // An (N, C) tensor (or (N, C, 1, 1)) as contiguous acc dtype.
@@ -57,11 +53,11 @@ at::Tensor channel_pool(const at::Tensor& x_in) {
     if (cl) {
       const int64_t R = rows_per_block(W, 64), nbh = (H + R - 1) / R;
       std::vector<double> part(N * nbh * C);
-      FB_ISA_CALL(pool_cl<scalar_t>, xp, N, H, W, C, R, part.data());
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::pool_cl, xp, N, H, W, C, R, part.data());
       sums = sum_row_blocks(part, N, nbh, C);
     } else {
       std::vector<double> s(N * C);
-      FB_ISA_CALL(pool_plane<scalar_t>, xp, N * C, H * W, s.data());
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::pool_plane, xp, N * C, H * W, s.data());
       sums = from_plane_sums(s, N, C);
     }
   });
@@ -83,10 +79,10 @@ at::Tensor channel_scale(const at::Tensor& x_in, const at::Tensor& scale, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "channel_scale", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (cl) {
-      FB_ISA_CALL(scale_cl<scalar_t>, x.const_data_ptr<scalar_t>(), N, HW, C, g.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::scale_cl, x.const_data_ptr<scalar_t>(), N, HW, C, g.const_data_ptr<acc_t>(),
                   b.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>());
     } else {
-      FB_ISA_CALL(scale_plane<scalar_t>, x.const_data_ptr<scalar_t>(), N * C, HW, g.const_data_ptr<acc_t>(),
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::scale_plane, x.const_data_ptr<scalar_t>(), N * C, HW, g.const_data_ptr<acc_t>(),
                   b.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>());
     }
   });
@@ -113,12 +109,12 @@ std::tuple<at::Tensor, at::Tensor> channel_scale_backward(const at::Tensor& dy_i
     if (cl) {
       const int64_t R = rows_per_block(W, 64), nbh = (H + R - 1) / R;
       std::vector<double> part(N * nbh * C);
-      FB_ISA_CALL(scale_backward_cl<scalar_t>, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), N, H, W,
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::scale_backward_cl, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), N, H, W,
                   C, R, g.const_data_ptr<acc_t>(), dxp, part.data());
       sums = sum_row_blocks(part, N, nbh, C);
     } else {
       std::vector<double> s(N * C);
-      FB_ISA_CALL(scale_backward_plane<scalar_t>, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+      FB_ISA_CALL(GateScaleKernels<scalar_t>::scale_backward_plane, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                   N * C, H * W, g.const_data_ptr<acc_t>(), dxp, s.data());
       sums = from_plane_sums(s, N, C);
     }

@@ -1,13 +1,14 @@
 // Channel pooling and per-(n, c) scaling kernels for gate_scale / squeeze_excite / eca.
-// NO include guard: included by gate_scale_cpu.cpp once per ISA namespace, after fb_cpu_math.h.
+// GateScaleKernels (fb_cpu_kernels.h). NO include guard: included once per ISA namespace, after
+// fb_cpu_math.h, by gate_scale_cpu_<isa>.cpp (fb_cpu_isa_copy.h).
 //
 // Layouts: channels-last (vectorised over C) and NCHW planes (vectorised over H * W). Reductions
 // are summed in acc_t over short runs, then in double, in a fixed order (deterministic).
 
 // part[(n * nbh + j) * C + c] = sum of x[n, h, w, c] over rows h in block j (R rows per block).
 template <typename scalar_t>
-void pool_cl(const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t R, double* part) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::pool_cl(const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t R,
+                                         double* part) {
   const int64_t nbh = (H + R - 1) / R;
   at::parallel_for(0, N * nbh, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> acc(C);
@@ -30,8 +31,7 @@ void pool_cl(const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int6
 
 // out[p] = sum of plane p.
 template <typename scalar_t>
-void pool_plane(const scalar_t* x, int64_t planes, int64_t HW, double* out) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::pool_plane(const scalar_t* x, int64_t planes, int64_t HW, double* out) {
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       out[p] = plane_sum<acc_t>(x + p * HW, HW);
@@ -41,9 +41,8 @@ void pool_plane(const scalar_t* x, int64_t planes, int64_t HW, double* out) {
 
 // y[n, p, c] = x[n, p, c] * g[n, c] + b[n, c]  (channels-last, HW pixels per image).
 template <typename scalar_t>
-void scale_cl(const scalar_t* x, int64_t N, int64_t HW, int64_t C, const typename AccOf<scalar_t>::type* g,
-              const typename AccOf<scalar_t>::type* b, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::scale_cl(const scalar_t* x, int64_t N, int64_t HW, int64_t C, const acc_t* g,
+                                          const acc_t* b, scalar_t* y) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   at::parallel_for(0, N * HW, grain, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -61,9 +60,8 @@ void scale_cl(const scalar_t* x, int64_t N, int64_t HW, int64_t C, const typenam
 }
 
 template <typename scalar_t>
-void scale_plane(const scalar_t* x, int64_t planes, int64_t HW, const typename AccOf<scalar_t>::type* g,
-                 const typename AccOf<scalar_t>::type* b, scalar_t* y) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::scale_plane(const scalar_t* x, int64_t planes, int64_t HW, const acc_t* g,
+                                             const acc_t* b, scalar_t* y) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1));
   at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -81,9 +79,9 @@ void scale_plane(const scalar_t* x, int64_t planes, int64_t HW, const typename A
 // One pass over dy and x: dx = dy * g[n, c] (when dx != nullptr) and per-block partial sums of
 // dy * x (blocks as in pool_cl).
 template <typename scalar_t>
-void scale_backward_cl(const scalar_t* dy, const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t R,
-                       const typename AccOf<scalar_t>::type* g, scalar_t* dx, double* part) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::scale_backward_cl(const scalar_t* dy, const scalar_t* x, int64_t N, int64_t H,
+                                                   int64_t W, int64_t C, int64_t R, const acc_t* g, scalar_t* dx,
+                                                   double* part) {
   const int64_t nbh = (H + R - 1) / R;
   at::parallel_for(0, N * nbh, 1, [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> acc(C);
@@ -114,9 +112,8 @@ void scale_backward_cl(const scalar_t* dy, const scalar_t* x, int64_t N, int64_t
 }
 
 template <typename scalar_t>
-void scale_backward_plane(const scalar_t* dy, const scalar_t* x, int64_t planes, int64_t HW,
-                          const typename AccOf<scalar_t>::type* g, scalar_t* dx, double* out) {
-  using acc_t = typename AccOf<scalar_t>::type;
+void GateScaleKernels<scalar_t>::scale_backward_plane(const scalar_t* dy, const scalar_t* x, int64_t planes, int64_t HW,
+                                                      const acc_t* g, scalar_t* dx, double* out) {
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const acc_t gp = g[p];

@@ -379,7 +379,7 @@ def test_bfloat16_rounding_matches_torch_bit_exactly():
 # ------------------------------------------------------------------------------- every ISA copy
 @pytest.mark.parametrize("cap", ["default", "avx2"])
 def test_lower_isa_copies_match_reference(cap):
-    # The kernels are compiled once per ISA (csrc/fb_cpu_isa_clones.h) and the best copy runs;
+    # The kernels are compiled once per ISA (csrc/fb_cpu_isa_copy.h) and the best copy runs;
     # FASTBLOCKS_CPU_ISA (read once per process) caps it, so the lower copies run in a subprocess.
     env = dict(os.environ, FASTBLOCKS_CPU_ISA=cap)
     select = ("dwconv_odd_shapes or dwconv_matches_reference or dwconv_random_geometry or low_precision or "

@@ -1,0 +1,5 @@
+// Activation kernels: the AVX2 + FMA copy (see fb_cpu_isa_copy.h).
+#define FB_ISA_LEVEL 1
+#define FB_KERNELS_HEADER "activation_kernels.h"
+#define FB_KERNELS ActKernels
+#include "fb_cpu_isa_copy.h"

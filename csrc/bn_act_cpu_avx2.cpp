@@ -1,0 +1,5 @@
+// BatchNorm + act kernels: the AVX2 + FMA copy (see fb_cpu_isa_copy.h).
+#define FB_ISA_LEVEL 1
+#define FB_KERNELS_HEADER "bn_act_kernels.h"
+#define FB_KERNELS BnActKernels
+#include "fb_cpu_isa_copy.h"

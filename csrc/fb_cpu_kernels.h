@@ -1,0 +1,73 @@
+// The entry points of the CPU kernel loops, per kernel family, as static members of a class
+// template over the input dtype (float, double, c10::BFloat16, c10::Half; acc_t: float, double
+// for double). What each one computes is documented at its definition in csrc/<family>_kernels.h.
+//
+// NO include guard: declared once per ISA namespace (fastblocks::cpu::isa_default / isa_avx2 /
+// isa_avx512). The host code (csrc/<family>_cpu.cpp, through fb_cpu.h) sees only these
+// declarations; each csrc/<family>_cpu_<isa>.cpp defines one ISA's copy and instantiates the class
+// for the four dtypes (fb_cpu_isa_copy.h), so every copy is its own translation unit.
+
+template <typename scalar_t>
+struct ActKernels {
+  using acc_t = acc_of<scalar_t>;
+  static void act_forward_flat(const scalar_t* x, int64_t n, Act act, scalar_t* y);
+  static void act_backward_flat(const scalar_t* dy, const scalar_t* x, int64_t n, Act act, scalar_t* dx);
+};
+
+template <typename scalar_t>
+struct BnActKernels {
+  using acc_t = acc_of<scalar_t>;
+  static void bn_stats_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, int64_t R, double* mean_b,
+                          double* m2_b, int64_t* counts);
+  static void bn_apply_cl(const scalar_t* x, int64_t rows, int64_t W, int64_t C, const acc_t* scale,
+                          const acc_t* shift, Act act, scalar_t* y);
+  static void bn_backward_cl(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t W, int64_t C, int64_t R,
+                             const acc_t* mean, const acc_t* invstd, const acc_t* gamma, const acc_t* beta,
+                             const acc_t* k1, const acc_t* k2, const acc_t* k3, Act act, double* red, scalar_t* dx);
+  static void bn_stats_plane(const scalar_t* x, int64_t planes, int64_t HW, double* mean_p, double* m2_p);
+  static void bn_apply_plane(const scalar_t* x, int64_t N, int64_t C, int64_t HW, const acc_t* scale,
+                             const acc_t* shift, Act act, scalar_t* y);
+  static void bn_backward_plane(const scalar_t* x, const scalar_t* dy, int64_t N, int64_t C, int64_t HW,
+                                const acc_t* mean, const acc_t* invstd, const acc_t* gamma, const acc_t* beta,
+                                const acc_t* k1, const acc_t* k2, const acc_t* k3, Act act, double* red,
+                                scalar_t* dx);
+};
+
+template <typename scalar_t>
+struct DwconvKernels {
+  using acc_t = acc_of<scalar_t>;
+  // Channels-last (dwconv_bn_act_kernels.h).
+  static void dw_stats_pass(const scalar_t* x, const acc_t* wt, const ConvGeo& g, int64_t R, double* mean_b,
+                            double* m2_b, int64_t* counts);
+  static void dw_apply_pass(const scalar_t* x, const acc_t* wt, const acc_t* shift, const ConvGeo& g, Act act,
+                            scalar_t* y);
+  static void dw_backward_pass(const scalar_t* x, const scalar_t* dy, const acc_t* wt, const acc_t* zinit,
+                               const acc_t* invstd, const acc_t* gamma, const acc_t* beta, const acc_t* k1,
+                               const acc_t* k2, const acc_t* k3, const ConvGeo& g, Act act, int64_t R, double* red,
+                               bool form_dz, acc_t* dz_full, double* dw_part);
+  static void dw_dx_pass(const acc_t* dz, const acc_t* wt, const acc_t* wflip, const ConvGeo& g, scalar_t* dx);
+  // NCHW (dwconv_bn_act_nchw_kernels.h).
+  static void dw_stats_pass_nchw(const scalar_t* x, const acc_t* w, const ConvGeo& g, double* mean_p,
+                                 double* m2_p);
+  static void dw_apply_pass_nchw(const scalar_t* x, const acc_t* wf, const acc_t* shift, const ConvGeo& g, Act act,
+                                 scalar_t* y);
+  static void dw_backward_pass_nchw(const scalar_t* x, const scalar_t* dy, const acc_t* w, const acc_t* zinit,
+                                    const acc_t* invstd, const acc_t* gamma, const acc_t* beta, const acc_t* k1,
+                                    const acc_t* k2, const acc_t* k3, const ConvGeo& g, Act act, double* red,
+                                    bool form_dz, double* dw_part, scalar_t* dx);
+};
+
+template <typename scalar_t>
+struct GateScaleKernels {
+  using acc_t = acc_of<scalar_t>;
+  static void pool_cl(const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t R, double* part);
+  static void pool_plane(const scalar_t* x, int64_t planes, int64_t HW, double* out);
+  static void scale_cl(const scalar_t* x, int64_t N, int64_t HW, int64_t C, const acc_t* g, const acc_t* b,
+                       scalar_t* y);
+  static void scale_plane(const scalar_t* x, int64_t planes, int64_t HW, const acc_t* g, const acc_t* b,
+                          scalar_t* y);
+  static void scale_backward_cl(const scalar_t* dy, const scalar_t* x, int64_t N, int64_t H, int64_t W, int64_t C,
+                                int64_t R, const acc_t* g, scalar_t* dx, double* part);
+  static void scale_backward_plane(const scalar_t* dy, const scalar_t* x, int64_t planes, int64_t HW,
+                                   const acc_t* g, scalar_t* dx, double* out);
+};

@@ -1,0 +1,5 @@
+// Channel pooling and scaling kernels: the AVX2 + FMA copy (see fb_cpu_isa_copy.h).
+#define FB_ISA_LEVEL 1
+#define FB_KERNELS_HEADER "gate_scale_kernels.h"
+#define FB_KERNELS GateScaleKernels
+#include "fb_cpu_isa_copy.h"
