@@ -10,9 +10,11 @@ from . import nn, ops, utils
 from ._dispatch import (BackendUnavailableError, available_backends, backend, get_backend,
                         set_backend)
 from .backends import load_all as _load_backends
+from .onnx import register as _register_onnx_export
 from .patch import PatchReport, find_unfused_bn_act, patch, unpatch
 
 _load_backends()
+_register_onnx_export()
 
 __version__ = "0.1.0"
 

@@ -108,7 +108,12 @@ def conv_pads(mode: str, padding: int, k: int, stride: int, dilation: int, h, w)
         total = (out - 1) * stride + span + 1 - size
         # torch.sym_max for symbolic sizes only: on plain ints, torch 2.11's dynamo refuses it
         # ("torch.* op returned non-Tensor"), which broke torch.compile(fullgraph=True) there.
-        total = max(total, 0) if isinstance(total, int) else torch.sym_max(total, 0)
+        if isinstance(total, int):
+            total = max(total, 0)
+        elif isinstance(total, torch.Tensor):  # torch.jit.trace (TorchScript ONNX export) traces sizes
+            total = total.clamp(min=0)
+        else:
+            total = torch.sym_max(total, 0)
         return total // 2, total - total // 2
     top, bottom = split(h)
     left, right = split(w)

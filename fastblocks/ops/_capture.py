@@ -14,6 +14,10 @@ With capture, the backend is chosen when the graph is traced, not at every call.
 unchanged: the op's registered backward (recompute from x and the statistics) is what the backward
 graph traces, through the backward op, which is captured the same way.
 
+A fused op may also register a *form* (:func:`register_form`): plain torch ops computing its
+outputs, which functional tracing records instead of the op while the form's condition holds (the
+dynamo ONNX exporter, :mod:`fastblocks.onnx`, whose runtimes do not know the op).
+
 ``FASTBLOCKS_GRAPH_CAPTURE=0`` (read at every trace) keeps every op opaque; torch.export honours
 ``torch._functorch.config.decompose_custom_triton_ops`` as it does for ``triton_op``. Needs
 ``torch.library.wrap_triton`` and ``CustomOpDef.register_torch_dispatch`` (torch >= 2.6); older
@@ -25,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -66,8 +70,25 @@ def enable(name: str, opdef, fn: Callable) -> None:
     """Let graph capture trace the custom op ``opdef`` ("namespace::name", body ``fn``) where this
     torch can."""
     if supported():
-        _register_decomposition(opdef, fn)
+        _register_decomposition(name, opdef, fn)
         _register_cache_kernels(name)
+
+
+# name -> (form, when): while ``when()`` holds, functional tracing records ``form(*op args)`` (plain
+# torch ops, same outputs) in place of the op; fastblocks.onnx registers the ONNX export forms.
+_FORMS: dict[str, tuple[Callable, Callable[[], bool]]] = {}
+
+
+def register_form(name: str, form: Callable, when: Callable[[], bool]) -> None:
+    """Trace ``form`` instead of the fused op ``name`` whenever ``when()`` is true (e.g. while a
+    graph is being exported to a format that does not know the op)."""
+    _FORMS[name] = (form, when)
+
+
+def active_form(name: str) -> Optional[Callable]:
+    """The form registered for the fused op ``name`` if its condition holds now, else None."""
+    entry = _FORMS.get(name)
+    return entry[0] if entry is not None and entry[1]() else None
 
 
 def run(op: str, backend: str, forward_args: tuple, call: Callable[[_dispatch.BackendImpl], Any]) -> Any:
@@ -85,7 +106,7 @@ def run(op: str, backend: str, forward_args: tuple, call: Callable[[_dispatch.Ba
         return call(impl)
 
 
-def _register_decomposition(opdef, fn: Callable) -> None:
+def _register_decomposition(name: str, opdef, fn: Callable) -> None:
     from torch._subclasses.fake_tensor import FakeTensor
     from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
@@ -94,6 +115,10 @@ def _register_decomposition(opdef, fn: Callable) -> None:
     def decompose(mode, op, types, args, kwargs):
         if any(t is not torch.Tensor and not issubclass(t, known) for t in types):
             return NotImplemented  # a tensor subclass: let it handle the op (as triton_op does)
+        form = active_form(name)
+        if form is not None:
+            with mode:
+                return form(*args, **kwargs)
         if enabled():
             previous = _TRACING.active
             _TRACING.active = True

@@ -12,6 +12,7 @@ from .._validate import check_input, check_tensor, memory_format_of
 from .._recompute import offer
 from ..backends import reference
 from ..backends.eager._gating import gate_scale_forward
+from ._capture import active_form
 from ._fused_op import fused_op
 from ._graph_backward import graph_backward, graph_requested
 from ._plumbing import fake_slot, from_slot, grad_slot, needs, reference_serves, run_backward, run_forward
@@ -73,6 +74,7 @@ def gate_scale(x: Tensor, logits: Tensor, *, gate: str = "sigmoid", backend: Opt
     """
     check_input(x, "x")
     n, c = x.shape[:2]
+    given = logits
     if isinstance(logits, Tensor) and logits.dim() == 4 and tuple(logits.shape[2:]) == (1, 1):
         logits = logits.flatten(1)
     check_tensor(logits, "logits", x, (n, c))
@@ -80,6 +82,9 @@ def gate_scale(x: Tensor, logits: Tensor, *, gate: str = "sigmoid", backend: Opt
     name = _dispatch.requested(backend)
     if name == "reference" or reference_serves(x):
         return reference.gate_scale(x, logits, gate)
+    form = active_form(f"fastblocks::{OP}")
+    if form is not None:  # exporting: plain torch ops on the logits as given, no (N, C) round trip
+        return form(x, given, gate, name)
     y = _forward(x, logits, gate, name)
     offer(y, gate_scale_forward, (x, logits), (gate,))
     return y

@@ -4,6 +4,7 @@ undo log on the model so :func:`unpatch` restores the exact original modules."""
 from __future__ import annotations
 
 import copyreg
+import functools
 import hashlib
 import inspect
 from typing import Optional
@@ -129,6 +130,9 @@ def scoped_class(cls: type) -> type:
     """``cls`` with its forward run inside :func:`fastblocks._recompute.recompute_scope` (created
     once per class; same name, so reprs and type names read as before)."""
     if cls not in _SCOPED:
+        # wraps: inspect.signature sees cls.forward's parameters, which torch.export matches
+        # dynamic_shapes / the ONNX exporters' input names against.
+        @functools.wraps(cls.forward)
         def forward(self, *args, **kwargs):
             with recompute_scope(self.__dict__.get(_RECOMPUTE, "elementwise")):
                 return cls.forward(self, *args, **kwargs)
