@@ -9,10 +9,13 @@ patched model in eval mode with either exporter and no extra argument:
 - the TorchScript exporter (``dynamo=False``): symbolics registered with
   ``torch.onnx.register_custom_op_symbolic`` (:mod:`.symbolics`).
 
-Neither imports onnx or onnxscript.
+Registering imports ``torch.onnx`` (torch's exporter package), not onnx or onnxscript; the
+exporter's symbolic modules the symbolics call are imported at the first TorchScript export.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -25,8 +28,10 @@ _REGISTERED = False
 
 
 def _exporting() -> bool:
-    """The dynamo exporter is running (the TorchScript one traces with torch.jit instead)."""
-    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    """The dynamo exporter is running (the TorchScript one traces with torch.jit instead). Asked at
+    every functional trace of a fused op: without torch.onnx imported, nothing is exporting."""
+    exporter = sys.modules.get("torch.onnx")
+    return exporter is not None and exporter.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
 def register() -> None:

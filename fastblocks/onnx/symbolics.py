@@ -10,14 +10,11 @@ for the ATen op, chosen by opset, so they match what the unpatched model exports
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
-from torch.onnx import symbolic_helper as helper
-from torch.onnx import symbolic_opset9 as opset9
-from torch.onnx import symbolic_opset11 as opset11
-from torch.onnx import symbolic_opset14 as opset14
-from torch.onnx import symbolic_opset20 as opset20
 
 from .._act import LEAKY_RELU_SLOPE
 from .._validate import conv_pads
@@ -27,38 +24,58 @@ from .forms import require_eval
 MIN_OPSET = 11
 
 
-def _gelu(approximate: str) -> Callable:
-    return lambda g, x: (opset20.gelu if g.opset >= 20 else opset9.gelu)(g, x, approximate)
+@functools.lru_cache(maxsize=None)
+def _torch_symbolics() -> SimpleNamespace:
+    """The exporter's symbolic modules, imported at the first export (~80 ms), not at
+    ``import fastblocks``."""
+    from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset11, symbolic_opset14, symbolic_opset20
+
+    return SimpleNamespace(helper=symbolic_helper, opset9=symbolic_opset9, opset11=symbolic_opset11,
+                           opset14=symbolic_opset14, opset20=symbolic_opset20)
 
 
-_ACTS: dict[str, Callable] = {
-    "silu": opset9.silu,
-    "relu": opset9.relu,
-    "relu6": opset11.relu6,
-    "hardswish": lambda g, x: (opset14.hardswish if g.opset >= 14 else opset9.hardswish)(g, x),
-    "leaky_relu": lambda g, x: opset9.leaky_relu(g, x, LEAKY_RELU_SLOPE, False),
-    "gelu": _gelu("none"),
-    "gelu_tanh": _gelu("tanh"),
-    "identity": lambda g, x: x,
-}
+def _act(g, name: str, x):
+    """The activation ``name`` of x, by the exporter's own symbolic for the ATen op at g's opset."""
+    t = _torch_symbolics()
+    if name == "identity":
+        return x
+    if name == "relu6":
+        return t.opset11.relu6(g, x)
+    if name == "hardswish":
+        return (t.opset14 if g.opset >= 14 else t.opset9).hardswish(g, x)
+    if name == "leaky_relu":
+        return t.opset9.leaky_relu(g, x, LEAKY_RELU_SLOPE, False)
+    if name in ("gelu", "gelu_tanh"):
+        return (t.opset20 if g.opset >= 20 else t.opset9).gelu(g, x, "tanh" if name == "gelu_tanh" else "none")
+    return {"silu": t.opset9.silu, "relu": t.opset9.relu}[name](g, x)
 
-_GATES: dict[str, Callable] = {
-    "sigmoid": opset9.sigmoid,
-    "hard_sigmoid": opset9.hardsigmoid,
-}
+
+def _gate(g, name: str, x):
+    t = _torch_symbolics()
+    return {"sigmoid": t.opset9.sigmoid, "hard_sigmoid": t.opset9.hardsigmoid}[name](g, x)
 
 
 def _const(value, desc: str):
-    return helper._parse_arg(value, desc)
+    return _torch_symbolics().helper._parse_arg(value, desc)
 
 
 def _optional(value):
-    return None if helper._is_none(value) else value
+    return None if _torch_symbolics().helper._is_none(value) else value
+
+
+def _sizes(value):
+    return _torch_symbolics().helper._get_tensor_sizes(value)
+
+
+def _unsqueeze(g, x, *dims):
+    for dim in dims:
+        x = _torch_symbolics().opset9.unsqueeze(g, x, dim)
+    return x
 
 
 def _static_sizes(value, name: str, op: str) -> list:
     """All sizes of a parameter (weights are static)."""
-    sizes = helper._get_tensor_sizes(value)
+    sizes = _sizes(value)
     if sizes is None or any(s is None for s in sizes):
         raise ValueError(f"fastblocks::{op}: ONNX export needs the static shape of {name}, got {sizes}")
     return sizes
@@ -77,7 +94,7 @@ def _batch_norm(g, z, bn_weight, bn_bias, running_mean, running_var, eps: float,
 def _conv_padding(x, mode: str, pad: int, k: int, stride: int, dilation: int) -> dict:
     """Conv padding attributes: explicit pads where x's H, W are known, else (tf_same only)
     auto_pad SAME_UPPER, which is TensorFlow's SAME (the extra pixel at the end)."""
-    sizes = helper._get_tensor_sizes(x) or [None] * 4
+    sizes = _sizes(x) or [None] * 4
     h, w = sizes[2:] if len(sizes) == 4 else (None, None)
     if mode == "tf_same" and (h is None or w is None):
         return {"auto_pad_s": "SAME_UPPER"}
@@ -96,20 +113,20 @@ def dwconv_bn_act(g, x, weight, bn_weight, bn_bias, running_mean, running_var, c
              dilations_i=[dilation, dilation],
              **_conv_padding(x, _const(padding_mode, "s"), _const(padding, "i"), k, stride, dilation))
     u = _batch_norm(g, z, bn_weight, bn_bias, running_mean, running_var, _const(eps, "f"), "dwconv_bn_act")
-    return _ACTS[_const(act, "s")](g, u), running_mean, running_var
+    return _act(g, _const(act, "s"), u), running_mean, running_var
 
 
 def bn_act(g, x, bn_weight, bn_bias, running_mean, running_var, training, eps, act, backend):
     """BatchNormalization -> act."""
     require_eval("bn_act", _const(training, "b"))
     u = _batch_norm(g, x, bn_weight, bn_bias, running_mean, running_var, _const(eps, "f"), "bn_act")
-    return _ACTS[_const(act, "s")](g, u), running_mean, running_var
+    return _act(g, _const(act, "s"), u), running_mean, running_var
 
 
 def _conv1x1(g, x, weight, bias, op: str):
     """1x1 Conv; a 2-D (out, in) weight gets its 1x1 kernel dims."""
     if len(_static_sizes(weight, "the SE weights", op)) == 2:
-        weight = opset9.unsqueeze(g, opset9.unsqueeze(g, weight, 2), 3)
+        weight = _unsqueeze(g, weight, 2, 3)
     inputs = [x, weight] + ([] if _optional(bias) is None else [bias])
     return g.op("Conv", *inputs, kernel_shape_i=[1, 1])
 
@@ -117,23 +134,23 @@ def _conv1x1(g, x, weight, bias, op: str):
 def squeeze_excite(g, x, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate, backend):
     """GlobalAveragePool -> Conv 1x1 -> act -> Conv 1x1 -> gate -> Mul."""
     pooled = g.op("GlobalAveragePool", x)
-    hidden = _ACTS[_const(act, "s")](g, _conv1x1(g, pooled, reduce_weight, reduce_bias, "squeeze_excite"))
+    hidden = _act(g, _const(act, "s"), _conv1x1(g, pooled, reduce_weight, reduce_bias, "squeeze_excite"))
     logits = _conv1x1(g, hidden, expand_weight, expand_bias, "squeeze_excite")
-    return g.op("Mul", x, _GATES[_const(gate, "s")](g, logits)), pooled, logits
+    return g.op("Mul", x, _gate(g, _const(gate, "s"), logits)), pooled, logits
 
 
 def eca(g, x, conv_weight, gate, backend):
     """GlobalAveragePool -> (N, 1, C) -> Conv 1-D across channels -> (N, C, 1, 1) -> gate -> Mul."""
     k = _static_sizes(conv_weight, "conv_weight", "eca")[-1]
     pooled = g.op("GlobalAveragePool", x)                          # (N, C, 1, 1)
-    row = g.op("Transpose", opset9.squeeze(g, pooled, 3), perm_i=[0, 2, 1])   # (N, 1, C)
+    row = g.op("Transpose", _torch_symbolics().opset9.squeeze(g, pooled, 3), perm_i=[0, 2, 1])   # (N, 1, C)
     logits = g.op("Conv", row, conv_weight, kernel_shape_i=[k], pads_i=[(k - 1) // 2] * 2)
-    column = opset9.unsqueeze(g, g.op("Transpose", logits, perm_i=[0, 2, 1]), 3)  # (N, C, 1, 1)
-    return g.op("Mul", x, _GATES[_const(gate, "s")](g, column)), pooled, logits
+    column = _unsqueeze(g, g.op("Transpose", logits, perm_i=[0, 2, 1]), 3)  # (N, C, 1, 1)
+    return g.op("Mul", x, _gate(g, _const(gate, "s"), column)), pooled, logits
 
 
 def _is_column(value) -> bool:
-    sizes = helper._get_tensor_sizes(value)
+    sizes = _sizes(value)
     return sizes is not None and len(sizes) == 4 and sizes[2:] == [1, 1]
 
 
@@ -143,8 +160,8 @@ def gate_scale(g, x, logits, gate, backend):
     if source.kind() in ("onnx::Flatten", "onnx::Reshape") and _is_column(source.inputsAt(0)):
         column = source.inputsAt(0)
     else:
-        column = opset9.unsqueeze(g, opset9.unsqueeze(g, logits, 2), 3)
-    return g.op("Mul", x, _GATES[_const(gate, "s")](g, column))
+        column = _unsqueeze(g, logits, 2, 3)
+    return g.op("Mul", x, _gate(g, _const(gate, "s"), column))
 
 
 def sync_batch_norm(g, *args):
@@ -154,7 +171,7 @@ def sync_batch_norm(g, *args):
 
 def activation(g, x, act, backend):
     """The activation's own ONNX nodes."""
-    return _ACTS[_const(act, "s")](g, x)
+    return _act(g, _const(act, "s"), x)
 
 
 SYMBOLICS: dict[str, Callable] = {
