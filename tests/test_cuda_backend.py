@@ -443,7 +443,7 @@ def test_emulated_kernel_input_checks(emulated):
 # The emulator itself: a test kernel (csrc/emulation/selftest.cpp) with one deliberate fault each.
 @pytest.mark.parametrize("fault,message", [
     ("overrun", "dynamic shared memory overrun .* past the end of the launch's 256 bytes"),
-    ("misaligned", "misaligned vector access in block \\(0, 0, 0\\), thread \\(0, 0, 0\\)"),
+    ("misaligned", "misaligned vector access in block \\(\\d, 0, 0\\), thread \\(0, 0, 0\\)"),
     ("divergent_barrier", "wait at different __syncthreads\\(\\) calls"),
     ("early_return", "returned while others wait at __syncthreads\\(\\) .*32 of 64 threads waiting"),
 ])
@@ -458,6 +458,7 @@ def test_emulator_barrier_and_shared_memory_fill(emulated, monkeypatch):
     """The correct kernel's barrier tree sums exactly under any thread order; the racy one reads
     its neighbour's unwritten slot as NaN (the fill of fresh shared memory) in thread order, and
     reads values that depend on the order when it is shuffled."""
+    monkeypatch.delenv("FASTBLOCKS_EMU_SHUFFLE", raising=False)
     k = _emulated_ops()
     sums = [sum(range(64)), sum(range(64, 128))]
     race = k.emulator_selftest("race").view(2, 64)
@@ -471,3 +472,15 @@ def test_emulator_barrier_and_shared_memory_fill(emulated, monkeypatch):
     monkeypatch.setenv("FASTBLOCKS_EMU_SHUFFLE", "x")
     with pytest.raises(RuntimeError, match="FASTBLOCKS_EMU_SHUFFLE must be a non-negative integer"):
         k.emulator_selftest("none")
+
+
+def test_emulator_race_check_reports_two_writers(emulated, monkeypatch):
+    """Every thread adding into one shared slot between two barriers: sequential fibers get the
+    sum right (a GPU loses updates); FASTBLOCKS_EMU_RACECHECK=1 reports the two writers."""
+    k = _emulated_ops()
+    monkeypatch.delenv("FASTBLOCKS_EMU_RACECHECK", raising=False)
+    assert k.emulator_selftest("write_race").tolist() == [sum(range(64)), sum(range(64, 128))]
+    monkeypatch.setenv("FASTBLOCKS_EMU_RACECHECK", "1")
+    with pytest.raises(RuntimeError, match="shared memory race: threads 1 and 2 .* both write byte"):
+        k.emulator_selftest("write_race")
+    assert k.emulator_selftest("none").tolist() == [sum(range(64)), sum(range(64, 128))]

@@ -9,7 +9,9 @@
 // starts and followed by guard bytes checked when it ends. Errors found while a block runs (an
 // overrun of shared memory, a misaligned 16-byte access, threads waiting at different barriers)
 // are raised by the launch as c10::Error. FASTBLOCKS_EMU_SHUFFLE=<seed> runs each barrier phase's
-// threads in a random order (seeded per launch) instead of thread order.
+// threads (and the blocks) in a random order (seeded per launch) instead of thread order;
+// FASTBLOCKS_EMU_RACECHECK=1 also reports two threads writing the same shared-memory byte
+// between the same two barriers.
 #pragma once
 
 #include <c10/util/Exception.h>

@@ -116,6 +116,49 @@ void check_config(dim3 grid, dim3 block, std::size_t smem) {
               kMaxDynamicShared, " (the limit without an opt-in attribute)");
 }
 
+// Shared-memory bytes written by each thread between two barriers (FASTBLOCKS_EMU_RACECHECK=1):
+// a thread's writes are the bytes that differ from a snapshot taken when it was resumed; two
+// threads writing the same byte in one phase is a race (their order decides the value on a GPU).
+struct WriteTracker {
+  std::vector<unsigned char> snapshot;
+  std::vector<int> writer;  // per byte: the thread that wrote it this phase, or -1
+
+  void start_phase(const unsigned char* smem, std::size_t n) {
+    snapshot.assign(smem, smem + n);
+    writer.assign(n, -1);
+  }
+  // After thread t ran: records its writes; false (with the fault set) on a conflict.
+  bool record(Emulator& e, const unsigned char* smem, int t) {
+    constexpr std::size_t kChunk = 64;  // memcmp skips unchanged chunks fast
+    for (std::size_t i = 0; i < snapshot.size(); ++i) {
+      if (i % kChunk == 0) {
+        const std::size_t len = std::min(kChunk, snapshot.size() - i);
+        if (std::memcmp(smem + i, snapshot.data() + i, len) == 0) {
+          i += len - 1;
+          continue;
+        }
+      }
+      if (smem[i] == snapshot[i]) continue;
+      if (writer[i] >= 0 && writer[i] != t) {
+        std::ostringstream s;
+        s << "shared memory race: threads " << writer[i] << " and " << t << " (linear ids) of block (" << blockIdx.x
+          << ", " << blockIdx.y << ", " << blockIdx.z << ") both write byte " << i
+          << " between the same two barriers";
+        if (e.fault.empty()) e.fault = s.str();
+        return false;
+      }
+      writer[i] = t;
+      snapshot[i] = smem[i];
+    }
+    return true;
+  }
+};
+
+bool env_flag(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && env[0] != '\0' && env[0] != '0';
+}
+
 // std::getenv("FASTBLOCKS_EMU_SHUFFLE") as a seed, or -1 for the thread-order schedule.
 long long shuffle_seed() {
   const char* env = std::getenv("FASTBLOCKS_EMU_SHUFFLE");
@@ -147,9 +190,10 @@ void check_guards(Emulator& e) {
 }
 
 // Runs one block; false when a fault makes the rest of the grid pointless.
-bool run_block(Emulator& e, dim3 block, std::mt19937_64* rng) {
+bool run_block(Emulator& e, dim3 block, std::mt19937_64* rng, WriteTracker* writes) {
   const unsigned n = block.x * block.y * block.z;
   prepare_shared(e);
+  const unsigned char* smem = e.shared.data() + kGuardBytes;
   std::vector<unsigned> live(n);
   std::iota(live.begin(), live.end(), 0u);
   for (unsigned i = 0; i < n; ++i) thread_slot(e, i).state = ThreadState::Running;
@@ -157,6 +201,7 @@ bool run_block(Emulator& e, dim3 block, std::mt19937_64* rng) {
   while (!live.empty()) {
     order = live;
     if (rng != nullptr) std::shuffle(order.begin(), order.end(), *rng);
+    if (writes != nullptr) writes->start_phase(smem, e.smem);
     for (unsigned i : order) {
       Thread& t = *e.threads[i];
       threadIdx = uint3{i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
@@ -166,6 +211,7 @@ bool run_block(Emulator& e, dim3 block, std::mt19937_64* rng) {
       }
       e.current = &t;
       switch_context(e.scheduler, t.fiber.context);
+      if (writes != nullptr) writes->record(e, smem, static_cast<int>(i));
     }
     e.current = nullptr;
     std::vector<unsigned> waiting;
@@ -214,6 +260,7 @@ unsigned char* dynamic_shared_memory() {
 void run_grid(dim3 grid, dim3 block, std::size_t smem, ThreadBody body) {
   check_config(grid, block, smem);
   const long long seed = shuffle_seed();
+  const bool race_check = env_flag("FASTBLOCKS_EMU_RACECHECK");
   Emulator& e = emulator();
   std::lock_guard<std::mutex> lock(e.mutex);
   e.body = body;
@@ -227,6 +274,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t smem, ThreadBody body) {
   std::unique_ptr<std::mt19937_64> rng;
   if (seed >= 0) rng = std::make_unique<std::mt19937_64>(static_cast<std::uint64_t>(seed) * 1000003u + e.launches);
   ++e.launches;
+  std::unique_ptr<WriteTracker> writes = race_check ? std::make_unique<WriteTracker>() : nullptr;
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
   std::vector<unsigned long long> block_order(blocks);
   std::iota(block_order.begin(), block_order.end(), 0ull);
@@ -234,7 +282,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t smem, ThreadBody body) {
   for (unsigned long long b : block_order) {
     blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                      static_cast<unsigned>(b / (1ull * grid.x * grid.y))};
-    if (!run_block(e, block, rng.get())) break;
+    if (!run_block(e, block, rng.get(), writes.get())) break;
   }
   const std::string fault = e.fault;
   e.fault.clear();

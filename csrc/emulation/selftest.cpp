@@ -6,6 +6,8 @@
 //  - "misaligned": a 16-byte vector load from an address that is only 4-byte aligned.
 //  - "divergent_barrier": odd threads wait at a different __syncthreads() than even ones.
 //  - "early_return": odd threads return while even ones wait at __syncthreads().
+//  - "write_race": every thread adds its value to slot 0 between the same two barriers (a lost
+//    update on a GPU; sequential fibers sum it right, so only FASTBLOCKS_EMU_RACECHECK=1 sees it).
 //  - "race": each thread reads its neighbour's shared slot with no barrier in between; returns
 //    what was read (unwritten slots read as the emulator's NaN fill, and the values depend on the
 //    thread order: FASTBLOCKS_EMU_SHUFFLE changes them).
@@ -21,7 +23,7 @@ namespace fastblocks {
 namespace emulation {
 namespace {
 
-enum Fault : int { kNone, kOverrun, kMisaligned, kDivergent, kEarlyReturn, kRace };
+enum Fault : int { kNone, kOverrun, kMisaligned, kDivergent, kEarlyReturn, kRace, kWriteRace };
 constexpr int kBlock = 64;
 
 __global__ void selftest_kernel(int fault, const float* __restrict__ in, float* __restrict__ out) {
@@ -38,6 +40,13 @@ __global__ void selftest_kernel(int fault, const float* __restrict__ in, float* 
     out[0] = static_cast<float>(v.x);
   }
   if (fault == kEarlyReturn && t % 2 == 1) return;
+  if (fault == kWriteRace) {
+    __syncthreads();
+    if (t > 0) sh[0] += sh[t];
+    __syncthreads();
+    if (t == 0) out[blockIdx.x] = sh[0];
+    return;
+  }
   if (fault == kDivergent && t % 2 == 1) {
     __syncthreads();
   } else {
@@ -53,11 +62,11 @@ __global__ void selftest_kernel(int fault, const float* __restrict__ in, float* 
 at::Tensor emulator_selftest(c10::string_view fault_name) {
   const std::string name(fault_name);
   int fault = -1;
-  const char* names[] = {"none", "overrun", "misaligned", "divergent_barrier", "early_return", "race"};
-  for (int i = 0; i < 6; ++i)
+  const char* names[] = {"none", "overrun", "misaligned", "divergent_barrier", "early_return", "race", "write_race"};
+  for (int i = 0; i < 7; ++i)
     if (name == names[i]) fault = i;
   TORCH_CHECK(fault >= 0, "emulator_selftest: fault must be none, overrun, misaligned, divergent_barrier, "
-              "early_return or race, got '", name, "'");
+              "early_return, race or write_race, got '", name, "'");
   const int blocks = 2;
   const at::Tensor in = at::arange(blocks * kBlock, at::TensorOptions().dtype(at::kFloat));
   at::Tensor out = at::full({fault == kRace ? blocks * kBlock : blocks}, -1.0f, in.options());
