@@ -36,7 +36,7 @@ class BlockEval:
         self.expand = None if expand is None else expand.__dict__[FOLD_ATTR]
         self.dw, self.se, self.residual = dw, se, residual
         self.project = project.__dict__[FOLD_ATTR]
-        self.modules = [m for m in block.modules()]
+        self.modules = list(block.modules())[1:]  # the block's own hooks ran in its __call__ already
 
     def active(self) -> bool:
         """Every part runs folded now and no forward hook would be skipped."""

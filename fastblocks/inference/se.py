@@ -18,4 +18,6 @@ def se_eval(se: torch.nn.Module, x: torch.Tensor, inplace: bool = False) -> torc
     hidden = act_forward(se.act, F.linear(pooled, wr.view(wr.shape[0], -1), reduce.bias))
     gate = gate_forward(se.gate, F.linear(hidden, we.view(we.shape[0], -1), expand.bias))
     gate = gate.view(gate.shape[0], gate.shape[1], 1, 1)
-    return x.mul_(gate) if inplace else x * gate
+    if inplace and not (x.requires_grad and torch.is_grad_enabled()):  # autograd needs x unchanged
+        return x.mul_(gate)
+    return x * gate
