@@ -478,6 +478,7 @@ def test_emulator_race_check_reports_two_writers(emulated, monkeypatch):
     """Every thread adding into one shared slot between two barriers: sequential fibers get the
     sum right (a GPU loses updates); FASTBLOCKS_EMU_RACECHECK=1 reports the two writers."""
     k = _emulated_ops()
+    monkeypatch.delenv("FASTBLOCKS_EMU_SHUFFLE", raising=False)
     monkeypatch.delenv("FASTBLOCKS_EMU_RACECHECK", raising=False)
     assert k.emulator_selftest("write_race").tolist() == [sum(range(64)), sum(range(64, 128))]
     monkeypatch.setenv("FASTBLOCKS_EMU_RACECHECK", "1")
