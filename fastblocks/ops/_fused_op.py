@@ -19,6 +19,7 @@ import os
 from typing import Any, Callable, Optional
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _capture
 
@@ -65,9 +66,14 @@ _DIFFERENTIATING = _differentiating_keys()
 
 def differentiating_transform() -> bool:
     """A ``torch.func`` transform that differentiates is active (grad, vjp, jacrev, jacfwd, jvp,
-    hessian, or vmap over one of them): the autograd that ``torch.library`` registers for custom ops
-    does not support those, so the ops run their reference composition there."""
-    if _PROBES is None or _PROBES[3]() is None:
+    hessian, or vmap over one of them), or forward-mode AD (``torch.autograd.forward_ad``): the
+    autograd that ``torch.library`` registers for custom ops supports neither, so the ops run their
+    reference composition there."""
+    if _PROBES is None or _PROBES[0]():  # torch.compile traces the transforms itself
+        return False
+    if forward_ad._current_level >= 0:
+        return True
+    if _PROBES[3]() is None:
         return False
     stack = torch._C._functorch.get_interpreter_stack() or ()
     return any(interpreter.key() in _DIFFERENTIATING for interpreter in stack)
