@@ -17,8 +17,11 @@ from torch import nn
 from ..backends import native
 from .fold import FoldedConvBN, fold_active
 
-# CPU layout -> "kernel" (fastblocks' one-pass kernel) or "folded" (oneDNN on folded weights)
-CPU_CHOICE = {"channels_last": "kernel", "nchw": "kernel"}
+# CPU layout -> "kernel" (fastblocks' one-pass kernel) or "folded" (oneDNN, prepacked folded weights):
+# benchmarks/results/inference-layers-intel-r-xeon-r-processor-2026-12-06.md, depthwise rows: the
+# kernel won all 4 NCHW rows (1.1-2.4x), prepacked oneDNN 3 of 4 channels_last rows (oneDNN unpacked
+# the 4th). Inside a patched model depthwise inputs are channels_last (oneDNN convs return it).
+CPU_CHOICE = {"channels_last": "folded", "nchw": "kernel"}
 _KERNEL_SIZES = (3, 5, 7)
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
