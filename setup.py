@@ -68,11 +68,8 @@ def extensions():
     if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
         return [], {}
     # Host code (csrc/<family>_cpu.cpp) and one translation unit per ISA copy of its kernels
-    # (csrc/<family>_cpu_<isa>.cpp), so that ninja compiles the copies in parallel; the depthwise
-    # conv copies take longest, so they go first (ninja starts jobs in this order).
-    cpu_kernels = sorted(glob.glob("csrc/*_cpu*.cpp"), key=lambda p: ("dwconv" not in p, p))
-    if not _flag("FASTBLOCKS_BUILD_CPU", "1"):
-        cpu_kernels = []
+    # (csrc/<family>_cpu_<isa>.cpp), so that ninja compiles the copies in parallel.
+    cpu_kernels = sorted(glob.glob("csrc/*_cpu*.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
     cu = sorted(glob.glob("csrc/*.cu"))
     if not cpu_kernels and not cu:
         return [], {}
