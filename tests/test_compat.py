@@ -152,6 +152,41 @@ def test_forward_mode_ad():
     assert_close("jvp", got, want, EXACT)
 
 
+def _op_calls():
+    """(name, fn(backend, *tensors), float64 tensors) for every fused op, small and odd-sized."""
+    gen = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+    c = 5
+    x, rm, rv = r(3, c, 6, 7), r(c), r(c).abs() + 0.5
+    return [
+        ("dwconv_bn_act", lambda b, x, w, g, bb: fb.ops.dwconv_bn_act(x, w, g, bb, rm.clone(), rv.clone(), stride=2,
+                                                                       training=True, backend=b),
+         (x, r(c, 1, 3, 3), r(c), r(c))),
+        ("bn_act eval", lambda b, x, g, bb: fb.ops.bn_act(x, g, bb, rm, rv, act="hardswish", backend=b), (x, r(c), r(c))),
+        ("squeeze_excite", lambda b, x, rw, re, ew, eb: fb.ops.squeeze_excite(x, rw, re, ew, eb, act="silu", backend=b),
+         (x, r(2, c), r(2), r(c, 2), r(c))),
+        ("eca", lambda b, x, w: fb.ops.eca(x, w, backend=b), (x, r(1, 1, 3))),
+        ("gate_scale", lambda b, x, logits: fb.ops.gate_scale(x, logits, backend=b), (x, r(3, c))),
+        ("activation", lambda b, x: fb.ops.activation(x, "gelu", backend=b), (x,)),
+    ]
+
+
+@pytest.mark.parametrize("call", _op_calls(), ids=lambda call: call[0])
+def test_double_backward_of_each_op(call):
+    """Second-order gradients of every op on the memory-efficient backend equal the reference's."""
+    _, fn, tensors = call
+
+    def second_order(backend):
+        inputs = [t.clone().requires_grad_() for t in tensors]
+        y = fn(backend, *inputs)
+        first = torch.autograd.grad((y * y.detach().sin()).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), inputs)
+        return torch.cat([g.flatten() for g in (*first, *second)])
+    assert_close("first and second order gradients", second_order("eager"), second_order("reference"), EXACT)
+
+
 # ----------------------------------------------------------------------------- what keeps working
 
 
@@ -355,6 +390,16 @@ def test_script_error_says_what_to_do():
     _, pat = pair(MODEL, train=False)
     with pytest.raises(TypeError, match="unpatch"):
         torch.jit.script(pat)
+
+
+def test_synchronised_batchnorm_errors_say_what_to_do():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    g, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unpatch"):
+        fb.ops.sync_bn_act(x[:0], g, b, None, None)
+    y = fb.ops.sync_bn_act(x, g, b, None, None)
+    with pytest.raises(RuntimeError, match="SyncBatchNorm"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
 
 
 # ----------------------------------------------------------------------------- FSDP2
