@@ -37,8 +37,11 @@ def test_eval_export_round_trip(model):
     x = torch.randn(2, 3, 64, 64)
     program = torch.export.export(m, (x,))
     assert _fused_ops(program) == FUSED
+    # export traces the fused ops; eager eval under no_grad folds BNs into convs instead (rounding-level
+    # apart), so the exact comparison is with the eager forward that does not fold (grad enabled)
+    expected = m(x).detach()
     with torch.no_grad():
-        expected = m(x)
+        torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=0)
         decomposed = program.run_decompositions()
         assert _fused_ops(decomposed) == FUSED
