@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .._act import act_forward, gate_forward
-from ..backends.reference import depthwise_conv
+from ..backends import reference
+from ..backends.eager._common import acc_dtype
 
 Tensor = torch.Tensor
 
@@ -34,29 +35,26 @@ def require_eval(op: str, training: bool) -> None:
             f"torch.onnx.export")
 
 
-def _stat_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _bn_act(op: str, z: Tensor, bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-            running_mean: Tensor, running_var: Tensor, training: bool, eps: float, act: str) -> tuple:
-    """(y, mean, var) of BN with running statistics -> act; mean / var are the running ones."""
-    require_eval(op, training)
-    y = act_forward(act, F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, False, 0.0, eps))
-    dt = _stat_dtype(z)
+def _with_running_stats(y: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple:
+    """(y, mean, var) as the BN ops return them; in eval mode mean / var are the running ones."""
+    dt = acc_dtype(y)
     return y, running_mean.to(dt), running_var.to(dt)
 
 
 def dwconv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias, stride,
                   padding_mode, padding, dilation, training, eps, act, backend) -> tuple:
     """``fastblocks::dwconv_bn_act``: depthwise conv (asymmetric tf_same padding as a Pad) -> BN -> act."""
-    z = depthwise_conv(x, weight, conv_bias, stride, padding_mode, padding, dilation)
-    return _bn_act("dwconv_bn_act", z, bn_weight, bn_bias, running_mean, running_var, training, eps, act)
+    require_eval("dwconv_bn_act", training)
+    y = reference.dwconv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, conv_bias, stride,
+                                padding_mode, padding, dilation, False, 0.0, eps, act)
+    return _with_running_stats(y, running_mean, running_var)
 
 
 def bn_act(x, bn_weight, bn_bias, running_mean, running_var, training, eps, act, backend) -> tuple:
     """``fastblocks::bn_act``: BN -> act."""
-    return _bn_act("bn_act", x, bn_weight, bn_bias, running_mean, running_var, training, eps, act)
+    require_eval("bn_act", training)
+    y = reference.bn_act(x, bn_weight, bn_bias, running_mean, running_var, False, 0.0, eps, act)
+    return _with_running_stats(y, running_mean, running_var)
 
 
 def _conv1x1_weight(w: Tensor, dtype: torch.dtype) -> Tensor:
@@ -75,7 +73,7 @@ def squeeze_excite(x, reduce_weight, reduce_bias, expand_weight, expand_bias, ac
                                        _optional_to(reduce_bias, x.dtype)))
     logits = F.conv2d(hidden, _conv1x1_weight(expand_weight, x.dtype), _optional_to(expand_bias, x.dtype))
     y = x * gate_forward(gate, logits)
-    dt = _stat_dtype(x)
+    dt = acc_dtype(x)
     return y, pooled.flatten(1).to(dt), logits.flatten(1).to(dt)
 
 
@@ -91,7 +89,7 @@ def eca(x, conv_weight, gate, backend) -> tuple:
     pad = (conv_weight.shape[-1] - 1) // 2
     logits = F.conv1d(pooled.view(n, 1, c), conv_weight.to(x.dtype), padding=pad)
     y = x * gate_forward(gate, _column(logits, x))
-    dt = _stat_dtype(x)
+    dt = acc_dtype(x)
     return y, pooled.view(n, c).to(dt), logits.view(n, c).to(dt)
 
 
