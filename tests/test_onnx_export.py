@@ -2,7 +2,8 @@
 
 Each model is exported once per exporter, patched and unpatched (the dynamo exporter takes ~10 s of
 CPU per export), at batch 2 with a dynamic batch dimension, and the patched export runs in ONNX
-Runtime at batch 1 and 5.
+Runtime at batch 1 and 5. With ``-o junit_family=xunit1 --junitxml=FILE`` each model's export time,
+node counts (patched, unpatched) and max abs differences are recorded in FILE.
 """
 
 from __future__ import annotations
