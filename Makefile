@@ -19,6 +19,14 @@ $(STAMP): $(BIN)/python setup.py pyproject.toml
 
 venv install: $(STAMP)
 
+# The CUDA kernels on the CPU emulator (fastblocks._C_cuda_emulated, the cuda_emulated test backend):
+# built alone, in place, when FASTBLOCKS_BUILD_CUDA_EMULATION=1; rebuilt when the CUDA sources change.
+EMULATION_STAMP := $(VENV)/.fastblocks-cuda-emulated
+EMULATION_SOURCES := $(wildcard csrc/*.cu csrc/*.cuh csrc/*.h csrc/*.inc csrc/emulation/*)
+$(EMULATION_STAMP): $(STAMP) setup.py $(EMULATION_SOURCES)
+	FASTBLOCKS_BUILD_CPU=0 FASTBLOCKS_BUILD_CUDA=0 FASTBLOCKS_BUILD_CUDA_EMULATION=1 $(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
 # Rebuild the C++/CUDA extension in place (incremental with ninja).
 build: $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace

@@ -149,7 +149,7 @@ def _cuda_emulation_extension(cpp_extension, cu):
         define_macros=[("FASTBLOCKS_CUDA_EMULATION", "1")],
         # CUDA code reads vector registers through other pointer types (load_pack / store_pack):
         # nvcc allows it; the host compiler needs -fno-strict-aliasing to keep those reads in order.
-        extra_compile_args={"cxx": ["-O2", "-std=c++20", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]},
+        extra_compile_args={"cxx": ["-O2", "-g0", "-std=c++20", "-fno-strict-aliasing", "-Wno-unknown-pragmas"]},
         include_dirs=[os.path.join(ROOT, "csrc")])
 
 
