@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         parser.error(f"--calls must be >= 1, got {args.calls}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
-    backends = args.backends or [b for b in fb.available_backends() if b != "reference"]
+    backends = args.backends or [b for b in fb.available_backends() if b not in ("reference", "cuda_emulated")]
     head = ["call", "plain PyTorch"] + [f"{b} {how}" for b in backends for how in ("direct", "custom op")]
     print(f"host us per call, device {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")

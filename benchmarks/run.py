@@ -171,9 +171,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _timed_backends(device: str) -> list[str]:
     """The fastblocks backends an op row can time on ``device``."""
-    backends = [b for b in fb.available_backends() if b != "reference"]
+    # cuda_emulated (the CUDA kernels on a CPU emulator) and the Triton interpreter are test tools,
+    # not backends to time.
+    backends = [b for b in fb.available_backends() if b not in ("reference", "cuda_emulated")]
     if device == "cpu":
-        backends = [b for b in backends if b != "triton"]  # the CPU interpreter is a test tool, not a backend to time
+        backends = [b for b in backends if b != "triton"]
     return backends
 
 

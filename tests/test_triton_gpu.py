@@ -36,7 +36,7 @@ def _poison_and_triton(monkeypatch):
 
 def _specs() -> dict:
     """Every case the GPU tests hand to ``run_case``, by test id (also compiled ahead of the tests
-    by ``python -m benchmarks.triton_warm --gpu-tests``)."""
+    by ``python -m benchmarks.gpu.triton_warm --gpu-tests``)."""
     specs = {}
     for c, h, k, stride in B0_DW:
         for training in (True, False):
