@@ -10,7 +10,9 @@ and dropped when the module goes to training mode or is unpatched. ``state_dict(
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -19,6 +21,20 @@ from ..ops._fused_op import plain_eager
 from .conv_fusion import ConvRunner
 
 Tensor = torch.Tensor
+
+_UNFOLDED = threading.local()
+
+
+@contextlib.contextmanager
+def unfolded() -> Iterator[None]:
+    """Inside this block eval forwards run the original modules, unfolded: for tools that must see
+    every module of the model run (hooks on BatchNorm or activation modules)."""
+    depth = getattr(_UNFOLDED, "depth", 0)
+    _UNFOLDED.depth = depth + 1
+    try:
+        yield
+    finally:
+        _UNFOLDED.depth = depth
 
 
 def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.modules.batchnorm._BatchNorm
@@ -58,7 +74,7 @@ def fold_active(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> bool:
     autocast, and no gradient needed for any source tensor. With grad enabled and a parameter
     requiring grad the original modules run, so parameter gradients stay exact; otherwise input
     gradients flow through the folded conv (its weights are constants)."""
-    if conv.training or bn.training or not plain_eager(()):
+    if conv.training or bn.training or getattr(_UNFOLDED, "depth", 0) or not plain_eager(()):
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_sources(conv, bn)):
         return False

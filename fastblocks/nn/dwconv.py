@@ -13,6 +13,7 @@ from .._act import canonical_act
 from .._recompute import offer, offer_channel_slices
 from .._validate import memory_format_of
 from ..inference.depthwise import DepthwiseEval
+from ..ops._fused_op import plain_eager
 from ._common import NotScriptable, autocast_input, bn_arguments
 
 
@@ -57,7 +58,8 @@ class DWConvBNAct(NotScriptable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.batchnorm
-        if not (self.training or bn.training):
+        # The folded inference path is for plain eager calls; tracing (compile, export) sees the op.
+        if not (self.training or bn.training) and plain_eager(()):
             y = self._eval_forward(x, bn)
             if y is not None:
                 return y

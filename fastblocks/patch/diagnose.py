@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..inference.fold import unfolded
+from ..inference.modules import FoldedBatchNormMixin
 from ..nn import MemoryEfficientAct
 from .classify import act_name, describe_act, qualname
 from .patcher import _check_model
@@ -64,7 +66,8 @@ def find_unfused_bn_act(model: nn.Module, *args: Any, **kwargs: Any) -> list:
     try:
         for path, module in model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if not _is_fastblocks(module):  # fastblocks' BNs are fused already
+                # fastblocks' BNs are fused already, but for those only folded at eval
+                if not _is_fastblocks(module) or isinstance(module, FoldedBatchNormMixin):
                     handles.append(module.register_forward_hook(bn_hook(path)))
                 continue
             if module._modules or (_is_fastblocks(module) and not isinstance(module, MemoryEfficientAct)):
@@ -78,7 +81,7 @@ def find_unfused_bn_act(model: nn.Module, *args: Any, **kwargs: Any) -> list:
         training = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), unfolded():  # the BN and act modules must run to be seen
                 model(*args, **kwargs)
         finally:
             for m, mode in training:

@@ -222,7 +222,8 @@ def _restore_subtree(block: nn.Module) -> None:
 def _guard_reparam_blocks(patcher: Patcher) -> None:
     """Blocks with re-parameterisation methods and fused modules inside get :func:`reparam_class`,
     so ``timm.utils.reparameterize_model`` on a patched model folds the original weights."""
-    targets = {id(entry[4]) for entry in patcher.undo if entry[0] == "module"}
+    # fused modules and eval folds (a conv / BN given a folding class) alike
+    targets = {id(entry[4]) for entry in patcher.undo if entry[0] == "module" or entry[4] is not patcher.model}
     for module in patcher.model.modules():
         cls = type(module)
         if module is patcher.model or _ROOT_UNDO in module.__dict__ or \
