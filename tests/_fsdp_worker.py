@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from _dist_worker import free_port
+from tests._dist_worker import free_port, tiny_model as _tiny_model
 
 WORLD = 2
 
@@ -27,13 +27,8 @@ def run(out_dir: str) -> None:
 
 
 def tiny_model() -> nn.Module:
-    """conv+BN+ReLU6, depthwise conv+BN+SiLU, pointwise conv+BN, head: fused and plain modules."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.SiLU(),
-        nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).double()
+    """The distributed tests' tiny model (every fused kind), in float64."""
+    return _tiny_model().double()
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,6 @@ batch 2.
 from __future__ import annotations
 
 import copy
-import os
-import sys
 
 import pytest
 import torch
@@ -417,8 +415,7 @@ def _fsdp2_missing() -> str | None:
 
 @pytest.mark.skipif(_fsdp2_missing() is not None, reason=str(_fsdp2_missing()))
 def test_fsdp2_fully_shard_on_gloo(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    import _fsdp_worker
+    from tests import _fsdp_worker
 
     _fsdp_worker.run(str(tmp_path))
     for rank in range(_fsdp_worker.WORLD):
