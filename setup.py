@@ -3,7 +3,9 @@
 The extension is built when csrc/ has sources and torch's cpp_extension can compile them:
 - csrc/bindings.cpp (op schemas, module init): always, when the extension is built.
 - C++ CPU kernels (csrc/*_cpu.cpp, each ISA copy of their loops in csrc/*_cpu_<isa>.cpp): unless
-  FASTBLOCKS_BUILD_CPU=0.
+  FASTBLOCKS_BUILD_CPU=0. On x86-64 the AVX2 and AVX-512 copies, and the baseline (pre-AVX2) copy
+  only with FASTBLOCKS_CPU_BASELINE=1 (without it the cpu backend reports itself unavailable on a
+  CPU without AVX2 + FMA).
 - CUDA kernels (csrc/*.cu): FASTBLOCKS_BUILD_CUDA=1 builds them (a missing toolkit is then an
   error; no GPU is needed to compile them), =0 never; unset ("auto"), they are built when a CUDA
   toolkit is found and a GPU is visible, so a CPU-only install skips the minutes nvcc takes.
@@ -20,6 +22,7 @@ the reference / eager / triton backends still work.
 
 import glob
 import os
+import platform
 import shutil
 import site
 import sys
@@ -64,12 +67,24 @@ def _find_cuda_home():
     return None
 
 
+def _baseline_copy_wanted() -> bool:
+    """Whether to compile the baseline (pre-AVX2) copy of the CPU kernels. It is 40% of the
+    extension's compile time and runs only on x86-64 CPUs without AVX2 + FMA, so on x86-64 it is
+    built on request (FASTBLOCKS_CPU_BASELINE=1); elsewhere it is the only copy, always built."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    return os.environ.get("FASTBLOCKS_CPU_BASELINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def extensions():
     if not _flag("FASTBLOCKS_BUILD_EXT", "1"):
         return [], {}
     # Host code (csrc/<family>_cpu.cpp) and one translation unit per ISA copy of its kernels
     # (csrc/<family>_cpu_<isa>.cpp), so that ninja compiles the copies in parallel.
     cpu_kernels = sorted(glob.glob("csrc/*_cpu*.cpp")) if _flag("FASTBLOCKS_BUILD_CPU", "1") else []
+    baseline = _baseline_copy_wanted()
+    if not baseline:
+        cpu_kernels = [f for f in cpu_kernels if not f.endswith("_cpu_default.cpp")]
     cu = sorted(glob.glob("csrc/*.cu"))
     if not cpu_kernels and not cu:
         return [], {}
@@ -111,6 +126,8 @@ def extensions():
     # memory (and a .so ten times larger) for symbols nobody steps through.
     cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp"]
     macros = [("FASTBLOCKS_WITH_CPU", "1")] if cpu_kernels else []
+    if cpu_kernels and not baseline:
+        macros.append(("FB_NO_BASELINE_COPY", "1"))
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
                   include_dirs=[os.path.join(ROOT, "csrc")])
     if use_cuda:

@@ -22,7 +22,18 @@ PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "fastblocks C++/CUDA kernels (ops registered under torch.ops.fastblocks_kernels)",
       -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  // Whether the pre-AVX2 copy of the CPU kernels is in (fastblocks/backends/native.py reads it).
+#if defined(FB_NO_BASELINE_COPY)
+  const long baseline = 0;
+#else
+  const long baseline = 1;
+#endif
+  if (module != nullptr && PyModule_AddIntConstant(module, "has_baseline_copy", baseline) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

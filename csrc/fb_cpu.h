@@ -27,7 +27,13 @@
 
 // Calls isa_avx512::fn(...), isa_avx2::fn(...) or isa_default::fn(...) by the CPU's capability
 // (see isa_level); fn names a member of a class in fb_cpu_kernels.h, e.g. ActKernels<float>::act_forward_flat.
-#if FB_HAVE_AVX2_CLONE
+#if FB_HAVE_AVX2_CLONE && defined(FB_NO_BASELINE_COPY)
+// Built without the baseline copy (setup.py's default on x86-64): the AVX2 copy is the floor.
+#define FB_ISA_CALL(fn, ...)                                                                     \
+  (::fastblocks::cpu::require_vector_isa(),                                                      \
+   ::fastblocks::cpu::isa_level() >= 2 ? ::fastblocks::cpu::isa_avx512::fn(__VA_ARGS__)          \
+                                       : ::fastblocks::cpu::isa_avx2::fn(__VA_ARGS__))
+#elif FB_HAVE_AVX2_CLONE
 #define FB_ISA_CALL(fn, ...)                                                                     \
   (::fastblocks::cpu::isa_level() >= 2   ? ::fastblocks::cpu::isa_avx512::fn(__VA_ARGS__)        \
    : ::fastblocks::cpu::isa_level() == 1 ? ::fastblocks::cpu::isa_avx2::fn(__VA_ARGS__)          \
@@ -74,6 +80,15 @@ inline int isa_level() {
   return value;
 #else
   return 0;
+#endif
+}
+
+// Without the baseline copy a CPU below AVX2 + FMA (or FASTBLOCKS_CPU_ISA=default) has no kernels.
+inline void require_vector_isa() {
+#if defined(FB_NO_BASELINE_COPY)
+  TORCH_CHECK(isa_level() >= 1,
+              "fastblocks' cpu kernels were built without their baseline (pre-AVX2) copy, which this CPU or "
+              "FASTBLOCKS_CPU_ISA=default needs: rebuild with FASTBLOCKS_CPU_BASELINE=1, or use backend='eager'");
 #endif
 }
 

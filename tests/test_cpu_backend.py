@@ -381,6 +381,8 @@ def test_bfloat16_rounding_matches_torch_bit_exactly():
 def test_lower_isa_copies_match_reference(cap):
     # The kernels are compiled once per ISA (csrc/fb_cpu_isa_copy.h) and the best copy runs;
     # FASTBLOCKS_CPU_ISA (read once per process) caps it, so the lower copies run in a subprocess.
+    if cap == "default" and not native.has_baseline_copy():
+        pytest.skip("built without the baseline copy (FASTBLOCKS_CPU_BASELINE=1 builds it)")
     env = dict(os.environ, FASTBLOCKS_CPU_ISA=cap)
     select = ("dwconv_odd_shapes or dwconv_matches_reference or dwconv_random_geometry or low_precision or "
               "gradcheck_dwconv or bn_act_matches")

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -100,7 +102,26 @@ def unavailable_reason(backend: str) -> Optional[str]:
                 f"python setup.py build_ext --inplace)")
     if backend == "cuda" and not torch.cuda.is_available():
         return "the cuda backend needs a CUDA device (torch.cuda.is_available() is False)"
+    if backend == "cpu" and not has_baseline_copy() and _below_avx2():
+        return ("fastblocks._C was built without the baseline (pre-AVX2) copy of the CPU kernels, which this CPU "
+                "(or FASTBLOCKS_CPU_ISA=default) needs: rebuild with FASTBLOCKS_CPU_BASELINE=1")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def has_baseline_copy() -> bool:
+    """Whether fastblocks._C holds the baseline (pre-AVX2) copy of the CPU kernels."""
+    module = sys.modules.get("fastblocks._C")
+    return bool(getattr(module, "has_baseline_copy", 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _below_avx2() -> bool:
+    """The CPU kernels would pick their baseline copy here (no AVX2, or capped to it; both read
+    once per process, like the kernels' own choice)."""
+    if os.environ.get("FASTBLOCKS_CPU_ISA", "").strip() == "default":
+        return True
+    return torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX")
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:
