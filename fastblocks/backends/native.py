@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import sys
 from typing import Callable, Optional
 
 import torch
@@ -111,7 +110,10 @@ def unavailable_reason(backend: str) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def has_baseline_copy() -> bool:
     """Whether fastblocks._C holds the baseline (pre-AVX2) copy of the CPU kernels."""
-    module = sys.modules.get("fastblocks._C")
+    try:
+        module = importlib.import_module("fastblocks._C")
+    except ImportError:
+        return False
     return bool(getattr(module, "has_baseline_copy", 1))
 
 
