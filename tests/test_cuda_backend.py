@@ -229,15 +229,7 @@ def test_activation_large(cuda_backend, act, dtype):
 def test_activation_odd_numel_and_offset_view(cuda_backend):
     # numel not a multiple of the vector width, and a view whose data pointer is not 16-byte aligned.
     base = randn(4 * 1000 + 3, seed=3).float().cuda()
-    for x in (base, base[1:]):
-        x = x.detach().requires_grad_()
-        y = fb.ops.silu(x, backend="cuda")
-        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
-        x64 = x.detach().double().requires_grad_()
-        y64 = torch.nn.functional.silu(x64)
-        (g64,) = torch.autograd.grad(y64, x64, torch.ones_like(y64))
-        assert_close_to_reference("silu", y, y64, torch.float32)
-        assert_close_to_reference("silu grad", g, g64, torch.float32, "grad")
+    _check_silu_on_views("cuda", (base, base[1:]))
 
 
 @gpu
@@ -377,9 +369,14 @@ def test_emulated_dwconv_acts_k7_stride2(emulated, act, dtype, cl):
 def test_emulated_activation_odd_numel_and_offset_view(emulated):
     # numel not a multiple of the vector width, and a view whose data pointer is not 16-byte aligned.
     base = randn(4 * 100 + 3, seed=3).float()
-    for x in (base, base[1:], base[3:].view(4, 10, 10)):
+    _check_silu_on_views(emulated, (base, base[1:], base[3:].view(4, 10, 10)))
+
+
+def _check_silu_on_views(backend, views):
+    """SiLU forward and gradient of each float32 view against float64 PyTorch."""
+    for x in views:
         x = x.detach().requires_grad_()
-        y = fb.ops.silu(x, backend=emulated)
+        y = fb.ops.silu(x, backend=backend)
         (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
         x64 = x.detach().double().requires_grad_()
         y64 = torch.nn.functional.silu(x64)
