@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "eval_cpu_ops.h"
 #include "fb_cpu_ops.h"
 #include "fb_kernel_registration.h"
 
@@ -37,9 +38,26 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(fastblocks_kernels, m) { fastblocks::define_kernel_schemas(m); }
+TORCH_LIBRARY(fastblocks_kernels, m) {
+  fastblocks::define_kernel_schemas(m);
+  // Eval-mode kernels on folded float32 weights (CPU only: csrc/eval_cpu.cpp).
+  m.def("eval_epilogue_(Tensor(a!) y, Tensor bias, Tensor? residual, str act) -> Tensor(a!)");
+  m.def(
+      "dw_eval(Tensor x, Tensor taps, Tensor bias, int kernel_size, int stride, int[4] padding, str act, "
+      "bool pool) -> (Tensor, Tensor)");
+  m.def(
+      "mbconv_eval(Tensor x, Tensor? expand_wt, Tensor? expand_bias, str expand_act, Tensor dw_taps, "
+      "Tensor dw_bias, int kernel_size, int stride, int[4] padding, str dw_act, Tensor? se_w1, Tensor? se_b1, "
+      "Tensor? se_w2, Tensor? se_b2, str se_act, str se_gate, Tensor proj_wt, Tensor proj_bias, bool residual) "
+      "-> Tensor");
+}
 
 // FASTBLOCKS_WITH_CPU: defined by setup.py unless FASTBLOCKS_BUILD_CPU=0 leaves the CPU kernels out.
 #ifdef FASTBLOCKS_WITH_CPU
-TORCH_LIBRARY_IMPL(fastblocks_kernels, CPU, m) { FASTBLOCKS_IMPL_KERNEL_OPS(m, fastblocks::cpu); }
+TORCH_LIBRARY_IMPL(fastblocks_kernels, CPU, m) {
+  FASTBLOCKS_IMPL_KERNEL_OPS(m, fastblocks::cpu);
+  m.impl("eval_epilogue_", &fastblocks::cpu::eval_epilogue_);
+  m.impl("dw_eval", &fastblocks::cpu::dw_eval);
+  m.impl("mbconv_eval", &fastblocks::cpu::mbconv_eval);
+}
 #endif  // FASTBLOCKS_WITH_CPU

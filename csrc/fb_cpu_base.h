@@ -24,6 +24,7 @@
 // The AVX2 + FMA and AVX-512 copies exist on x86-64 GCC only (they use `#pragma GCC target`).
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define FB_HAVE_AVX2_CLONE 1
+#include <immintrin.h>  // reciprocal estimates in the AVX2 / AVX-512 copies (eval_kernels.h)
 #else
 #define FB_HAVE_AVX2_CLONE 0
 #endif

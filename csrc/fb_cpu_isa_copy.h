@@ -5,6 +5,7 @@
 //   FB_KERNELS_HEADER  the family's kernels header (definitions of the members declared in
 //                      fb_cpu_kernels.h);
 //   FB_KERNELS         the family's class template in fb_cpu_kernels.h,
+//   FB_KERNELS_FLOAT_ONLY  (optional) instantiate it for float only,
 // and this compiles the header in namespace fastblocks::cpu::isa_default / isa_avx2 / isa_avx512
 // under that target and instantiates the class for the four dtypes. fb_cpu.h's FB_ISA_CALL picks
 // the copy at run time. Levels 1 and 2 compile to nothing where FB_HAVE_AVX2_CLONE is 0.
@@ -36,9 +37,11 @@ namespace FB_ISA_NAMESPACE {
 #include FB_KERNELS_HEADER
 
 template struct FB_KERNELS<float>;
+#ifndef FB_KERNELS_FLOAT_ONLY  // a family whose loops are float32 only (eval_kernels.h)
 template struct FB_KERNELS<double>;
 template struct FB_KERNELS<c10::BFloat16>;
 template struct FB_KERNELS<c10::Half>;
+#endif
 }  // namespace FB_ISA_NAMESPACE
 }  // namespace cpu
 }  // namespace fastblocks

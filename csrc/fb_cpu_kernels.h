@@ -71,3 +71,15 @@ struct GateScaleKernels {
   static void scale_backward_plane(const scalar_t* dy, const scalar_t* x, int64_t planes, int64_t HW,
                                    const acc_t* g, scalar_t* dx, double* out);
 };
+
+// Eval-mode loops on folded float32 weights (eval_kernels.h); instantiated for float only.
+template <typename scalar_t>
+struct EvalKernels {
+  static void epilogue_cl(float* y, int64_t rows, int64_t C, const float* bias, const float* res, Act act);
+  static void epilogue_plane(float* y, int64_t planes, int64_t HW, int64_t C, const float* bias, const float* res,
+                             Act act);
+  static void dw_eval_cl(const float* x, const float* w, const float* bias, const ConvGeo& g, Act act, float* y,
+                         float* pool_rows, int64_t row0, int64_t row1);
+  static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,
+                     const float* w2, const float* b2, Act act, bool hard_gate, float* gate);
+};

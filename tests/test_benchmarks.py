@@ -404,8 +404,8 @@ def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interlea
     model_bench = tiny_models
     calls = []
     real = model_bench.time_repeats_interleaved
-    monkeypatch.setattr(model_bench, "time_repeats_interleaved", lambda fns, repeats: calls.append(len(fns)) or
-                        real(fns, repeats))
+    monkeypatch.setattr(model_bench, "time_repeats_interleaved", lambda fns, repeats, **kw: calls.append(len(fns)) or
+                        real(fns, repeats, **kw))
     rows = []
     model_bench.ModelBench("tiny", "cpu", 2, torch.contiguous_format, quick=True).run(("eager", "fastblocks"),
                                                                                      rows.append)
@@ -415,7 +415,7 @@ def test_model_bench_on_cpu_checks_every_variant_then_times_them_in_one_interlea
         ("fastblocks", "inference", "ok"), ("fastblocks", "train_step", "ok")]
     saved = {r["variant"]: r["saved_bytes"] for r in rows if r["mode"] == "train_step"}
     assert 0 < saved["fastblocks"] < saved["eager"]
-    assert all(r["samples"] == 5 and r["img_per_s"] > 0 for r in rows)
+    assert all(5 <= r["samples"] <= 5 * 5 and r["img_per_s"] > 0 for r in rows)  # turns of up to 5 calls
 
     # compiled variants: every graph is built (and checked) before the timing starts, and the timing
     # runs those graphs: exactly one compile per (variant, mode), none discarded and rebuilt
@@ -457,7 +457,7 @@ def test_peer_runtimes_are_timed_in_the_inference_rounds(tiny_models, tmp_path, 
     variants = ("eager", "fastblocks", "onnxruntime", "openvino")
     assert sorted((r["layout"], r["variant"]) for r in rows) == sorted(
         (lay, v) for lay in ("nchw", "channels_last") for v in variants)
-    assert all(r["mode"] == "inference" and r["status"] == "ok" and r["samples"] == 3 for r in rows)
+    assert all(r["mode"] == "inference" and r["status"] == "ok" and 3 <= r["samples"] <= 3 * 5 for r in rows)
     for r in (r for r in rows if r["variant"] in ("onnxruntime", "openvino")):
         assert r["runtime"].startswith(r["variant"] + " ") and r["input_layout"] == "nchw"
         assert r["max_abs_diff_vs_eager"] < 1e-4 and r["rel_err"] < 1e-5

@@ -216,6 +216,7 @@ TIMM_MODELS = {"efficientnet_b0": (33, 16), "mobilenetv2_100": (35, 17)}
 @pytest.mark.parametrize("name", list(TIMM_MODELS))
 def test_timm_model_eval(name):
     timm = pytest.importorskip("timm")
+    torch.manual_seed(0)  # relu6 kinks: an input whose pre-activation sits within rounding of 0 or 6 flips a gradient
     model = randomize_bn(timm.create_model(name, num_classes=10)).eval()
     model, ref, report = patched_pair(model)
     blocks = sum(BLOCK_ATTR in m.__dict__ for m in model.modules())

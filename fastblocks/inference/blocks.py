@@ -14,9 +14,10 @@ from torch.nn.modules import module as _module_globals
 
 from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite
 from ..patch.classify import qualname
-from .fold import fold_active
+from .conv_fusion import eval_kernels_available
+from .fold import eval_state_ok, fold_active, fold_sources
 from .modules import FOLD_ATTR
-from .se import se_eval
+from .se import se_gate
 
 BLOCK_ATTR = "_fastblocks_block_eval"
 _IDENTITY = "torch.nn.modules.linear.Identity"
@@ -37,6 +38,8 @@ class BlockEval:
         self.dw, self.se, self.residual = dw, se, residual
         self.project = project.__dict__[FOLD_ATTR]
         self.modules = list(block.modules())[1:]  # the block's own hooks ran in its __call__ already
+        self.batchnorms = [f.bn for f in (self.expand, self.project) if f is not None] + [dw.batchnorm]
+        self._key, self._args = None, None
 
     def active(self) -> bool:
         """Every part runs folded now and no forward hook would be skipped."""
@@ -47,12 +50,95 @@ class BlockEval:
         folds = (self.project,) if self.expand is None else (self.expand, self.project)
         return all(f.active() for f in folds) and fold_active(self.dw, self.dw.batchnorm)
 
+    def _sources(self) -> list:
+        """Every tensor the whole-block call reads besides x (folded or not)."""
+        out = []
+        for fold in (self.expand, self.project):
+            if fold is not None:
+                out += fold.sources()
+        out += fold_sources(self.dw, self.dw.batchnorm)
+        if self.se is not None:
+            for name in self.se.names:
+                conv = self.se._modules[name]
+                out += (conv._parameters["weight"], conv._parameters.get("bias"))
+        return out
+
+    def _whole_block_args(self) -> Optional[tuple]:
+        """The arguments of ``fastblocks_kernels::mbconv_eval`` after x, from the folded parts
+        (None where a part cannot take it)."""
+        plan = self.dw.eval_plan()
+        project = self.project.runner()
+        expand = None if self.expand is None else self.expand.runner()
+        if plan is None or not plan.eval_kernel_ok or not project.gemm or (expand is not None and not expand.gemm):
+            return None
+        dw = plan.fold.runner()
+        k = self.dw.weight.shape[-1]
+        p = k // 2 if plan.padding_mode == "same" else plan.padding
+        se_args = (None, None, None, None, "identity", "sigmoid")
+        if self.se is not None:
+            reduce, excite = (self.se._modules[name] for name in self.se.names)
+            r, c = reduce.weight.shape[0], reduce.weight.shape[1]
+            if reduce.weight.dtype != torch.float32 or excite.weight.dtype != torch.float32:
+                return None
+            with torch.no_grad():
+                se_args = (reduce.weight.reshape(r, c).contiguous(), reduce.bias, excite.weight.reshape(c, r).contiguous(),
+                           excite.bias, self.se.act, self.se.gate)
+        return (((None, None, "identity") if expand is None else (expand.matrix_t, expand.bias, expand.act))
+                + (dw.depthwise_taps(), dw.bias, k, self.dw.stride, [p, p, p, p], self.dw.act) + se_args
+                + (project.matrix_t, project.bias, self.residual))
+
+    def whole_block(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The block in one C++ call (``fastblocks_kernels::mbconv_eval``) where it serves: float32
+        channels_last CPU input, eval mode, plain eager, nothing needing a gradient, no hooks. The
+        arguments are cached and rebuilt when any source tensor changed (version, storage) or a
+        BatchNorm's eps did. None where it does not serve (the caller then checks the slow path)."""
+        if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last) and self._whole_block_ok()):
+            return None
+        sources = self._sources()
+        if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
+            return None
+        key = [None if t is None else (t._version, t.data_ptr()) for t in sources]
+        key.append(tuple(m.eps for m in self.batchnorms))
+        if key != self._key:
+            self._args = self._whole_block_args()
+            self._key = key
+        if self._args is None:
+            return None
+        return torch.ops.fastblocks_kernels.mbconv_eval(x, *self._args)
+
+    def __getstate__(self) -> dict:  # pickles and deep copies never carry the cached arguments
+        state = dict(self.__dict__)
+        state["_key"], state["_args"] = None, None
+        return state
+
+    def _whole_block_ok(self) -> bool:
+        if not eval_kernels_available() or _module_globals._global_forward_hooks or \
+                _module_globals._global_forward_pre_hooks:
+            return False
+        if any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules):
+            return False
+        return eval_state_ok(self.dw.weight.device.type)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.expand is None else self.expand(x)
-        y = self.dw.forward(y)
-        if self.se is not None:
-            y = se_eval(self.se, y, inplace=True)
-        return self.project(y, x if self.residual else None)
+        residual = x if self.residual else None
+        if self.se is None:
+            return self.project(self.dw.forward(y), residual)
+        plan = self.dw.eval_plan()
+        z, pooled = (None, None) if plan is None else plan.with_pool(y)
+        if z is None:
+            z = self.dw.forward(y)
+        gate = se_gate(self.se, z.mean((2, 3)) if pooled is None else pooled)
+        runner = self.project.runner()
+        # The gate scales the projection's weight rows where they are fewer numbers than z's.
+        if runner.gemm_ready(z, residual) and runner.weight.shape[0] <= z.shape[2] * z.shape[3]:
+            return runner(z, residual, in_scale=gate)
+        if z.requires_grad and torch.is_grad_enabled():
+            z = z * gate.view(gate.shape[0], gate.shape[1], 1, 1)
+        else:
+            z = z.mul_(gate.view(gate.shape[0], gate.shape[1], 1, 1))
+        return runner(z, residual)
 
 
 def block_eval_problem(block: nn.Module) -> Optional[str]:
@@ -92,8 +178,12 @@ class BlockEvalMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.__dict__.get(BLOCK_ATTR)
-        if plan is not None and plan.active():
-            return plan(x)
+        if plan is not None:
+            y = plan.whole_block(x)
+            if y is not None:
+                return y
+            if plan.active():
+                return plan(x)
         return super().forward(x)
 
 

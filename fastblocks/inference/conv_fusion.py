@@ -1,6 +1,14 @@
-"""Eval-mode conv + activation (+ residual add) on folded weights, by the fastest op PyTorch ships.
+"""Eval-mode conv + activation (+ residual add) on folded weights, by the fastest op at hand.
 
-CPU float32 / bfloat16 dense, pointwise and depthwise convs run oneDNN's fused convolution
+CPU float32 1x1 convs (stride 1, no padding, one group) are a matrix product: ``torch.mm`` on the
+activation viewed as (pixels, channels) in channels_last, or (channels, pixels) per image in NCHW,
+then fastblocks' one-pass epilogue kernel (bias, residual, activation, in place:
+``fastblocks_kernels::eval_epilogue_``). oneDNN's fused convolution costs 30-60 us per call on the
+host at batch 1, a GEMM call 3-5 us, and oneDNN's swish post-op runs slower than the conv itself.
+A squeeze-and-excitation gate can be applied to such a conv's input channels by scaling the weight
+rows instead of the activation (:meth:`ConvRunner.__call__`'s ``in_scale``).
+
+Other CPU float32 / bfloat16 dense, pointwise and depthwise convs run oneDNN's fused convolution
 (``torch.ops.mkldnn._convolution_pointwise``, the op Inductor's freezing pass emits) on weights
 prepacked for the input shape (``torch.ops.mkldnn._reorder_convolution_weight``), the activation as
 a unary post-op and a residual as the binary "add" post-op. Everything else (CUDA, float64, an
@@ -11,12 +19,14 @@ layer shapes (``python -m benchmarks.inference_layers``; results under benchmark
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .._act import LEAKY_RELU_SLOPE
+from ..backends import native
 
 Tensor = torch.Tensor
 
@@ -47,6 +57,15 @@ _INPLACE_ACT: dict[str, Callable[[Tensor], Tensor]] = {
 _MKLDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
+@functools.lru_cache(maxsize=None)
+def eval_kernels_available() -> bool:
+    """Whether fastblocks' compiled eval kernels (``eval_epilogue_``, ``dw_eval``) can run here."""
+    if native.unavailable_reason("cpu") is not None:
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_kernels::{name}", "CPU")
+               for name in ("eval_epilogue_", "dw_eval"))
+
+
 def mkldnn_unary(act: str) -> tuple:
     """(attr, scalars, algorithm) of oneDNN's unary post-op for the canonical ``act``."""
     try:
@@ -75,7 +94,7 @@ class ConvRunner:
     ATen elsewhere. Build one per folded conv; :meth:`reset` when the folded weights change."""
 
     __slots__ = ("stride", "padding", "dilation", "groups", "act", "attr", "use_mkldnn", "weight", "bias",
-                 "_packed", "_act_fn")
+                 "_packed", "_act_fn", "gemm", "matrix", "matrix_t", "_taps")
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups: int,
                  act: str) -> None:
@@ -87,6 +106,53 @@ class ConvRunner:
         self.use_mkldnn = self.attr is not None and mkldnn_usable(weight)
         self.weight, self.bias = weight, bias
         self._packed: dict = {}
+        # 1x1, stride 1, no padding, one group, float32 on CPU: a matrix product + our epilogue
+        self.gemm = (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 4
+                     and tuple(weight.shape[2:]) == (1, 1) and groups == 1 and self.stride == [1, 1]
+                     and self.padding == [0, 0] and act in _INPLACE_ACT and eval_kernels_available())
+        self.matrix = self.matrix_t = self._taps = None
+        if self.gemm:
+            self.matrix = weight.reshape(weight.shape[0], -1).contiguous()  # (C_out, C_in): NCHW images
+            self.matrix_t = self.matrix.t().contiguous()  # (C_in, C_out): channels_last pixels
+            if self.bias is None:
+                self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
+
+    def depthwise_taps(self) -> Tensor:
+        """The (depthwise) weight tap-major, (k * k, C) float32: what ``dw_eval`` reads."""
+        if self._taps is None:
+            c = self.weight.shape[0]
+            self._taps = self.weight.reshape(c, -1).t().contiguous()
+        return self._taps
+
+    def gemm_ready(self, x: Tensor, *others: Optional[Tensor]) -> bool:
+        """Whether x (and ``others``: residual, scale) can take the matrix-product path now."""
+        if not (self.gemm and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(o is not None and o.requires_grad for o in others)):
+            return False
+        return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+    def _gemm(self, x: Tensor, residual: Optional[Tensor], in_scale: Optional[Tensor]) -> Tensor:
+        n, c, h, w = x.shape
+        c_out = self.matrix.shape[0]
+        if x.is_contiguous(memory_format=torch.channels_last) and not (x.is_contiguous() and n * h * w > 1):
+            pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            if in_scale is None:
+                y = torch.mm(pixels.view(n * h * w, c), self.matrix_t)
+            else:  # rows of the weight scaled per image: (N, C_in, C_out)
+                y = torch.bmm(pixels, self.matrix_t * in_scale.reshape(n, c, 1))
+            y = y.view(n, h, w, c_out).permute(0, 3, 1, 2)
+        else:
+            y = torch.empty((n, c_out, h * w), dtype=x.dtype)
+            planes = x.view(n, c, h * w)
+            for i in range(n):
+                weight = self.matrix if in_scale is None else self.matrix * in_scale[i].reshape(1, c)
+                torch.mm(weight, planes[i], out=y[i])
+            y = y.view(n, c_out, h, w)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.contiguous_format if y.is_contiguous()
+                                           else torch.channels_last)
+        return torch.ops.fastblocks_kernels.eval_epilogue_(y, self.bias, residual, self.act)
 
     def _packed_weight(self, x: Tensor) -> Tensor:
         key = (x.shape, x.dtype)
@@ -97,9 +163,16 @@ class ConvRunner:
             self._packed[key] = packed
         return packed
 
-    def __call__(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        """act(conv(x)) or, with ``residual``, conv(x) + residual (then ``act``). Differentiable
-        in x and ``residual`` (the oneDNN ops are not: inputs that need a gradient take ATen)."""
+    def __call__(self, x: Tensor, residual: Optional[Tensor] = None, in_scale: Optional[Tensor] = None) -> Tensor:
+        """act(conv(x)) or, with ``residual``, act(conv(x) + residual). ``in_scale`` (N, C_in):
+        the conv of x scaled per image and input channel (a squeeze-and-excitation gate), applied
+        to the weights on the matrix-product path and to x elsewhere. Differentiable in x,
+        ``residual`` and ``in_scale`` (the oneDNN and fastblocks kernels are not: inputs that need
+        a gradient take ATen)."""
+        if self.gemm and self.gemm_ready(x, residual, in_scale):
+            return self._gemm(x, residual, in_scale)
+        if in_scale is not None:
+            x = x * in_scale.reshape(in_scale.shape[0], in_scale.shape[1], 1, 1)
         if self.use_mkldnn and x.dtype == self.weight.dtype and x.device.type == "cpu" and not (
                 torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad))):
             w = self._packed_weight(x)

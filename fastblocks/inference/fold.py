@@ -74,11 +74,17 @@ def fold_active(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> bool:
     autocast, and no gradient needed for any source tensor. With grad enabled and a parameter
     requiring grad the original modules run, so parameter gradients stay exact; otherwise input
     gradients flow through the folded conv (its weights are constants)."""
-    if conv.training or bn.training or getattr(_UNFOLDED, "depth", 0) or not plain_eager(()):
+    if conv.training or bn.training or not eval_state_ok(conv._parameters["weight"].device.type):
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_sources(conv, bn)):
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_sources(conv, bn)))
+
+
+def eval_state_ok(device_type: str) -> bool:
+    """The global side of :func:`fold_active`: not inside :func:`unfolded`, plain eager execution,
+    no autocast on ``device_type`` (meta tensors never fold: nothing to compute)."""
+    if device_type == "meta" or getattr(_UNFOLDED, "depth", 0) or not plain_eager(()):
         return False
-    return not torch.is_autocast_enabled(conv._parameters["weight"].device.type)
+    return not torch.is_autocast_enabled(device_type)
 
 
 def _tensor_key(t: Optional[Tensor]):

@@ -65,16 +65,21 @@ class DWConvBNAct(NotScriptable, nn.Module):
                 return y
         return self.run(x, bn_arguments(bn, bn.training))
 
-    def _eval_forward(self, x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Optional[torch.Tensor]:
-        """The inference path (:mod:`fastblocks.inference.depthwise`), or None where it does not
-        apply (no running statistics, gradients needed, traced, autocast, ...)."""
+    def eval_plan(self) -> Optional[DepthwiseEval]:
+        """The inference path (:mod:`fastblocks.inference.depthwise`) when it runs now, else None
+        (no running statistics, gradients needed, traced, autocast, ...)."""
+        bn = self.batchnorm
         plan = self.__dict__.get("_eval_plan")
         if plan is None:
             plan = DepthwiseEval(self) if bn.running_mean is not None and bn.running_var is not None else False
             self.__dict__["_eval_plan"] = plan
         if plan is False or plan.module.batchnorm is not bn or not plan.active():
             return None
-        return plan(x)
+        return plan
+
+    def _eval_forward(self, x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Optional[torch.Tensor]:
+        plan = self.eval_plan()
+        return None if plan is None else plan(x)
 
     def train(self, mode: bool = True):
         self.__dict__.pop("_eval_plan", None)  # folded weights are an eval-mode cache

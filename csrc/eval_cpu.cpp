@@ -1,0 +1,228 @@
+// fastblocks_kernels::eval_epilogue_ and ::dw_eval: the CPU float32 kernels of the eval path
+// (fastblocks/inference/), on weights with BatchNorm already folded in. No autograd: the Python
+// side calls them only where no gradient is needed. Loops in eval_kernels.h.
+#include "eval_cpu_ops.h"
+#include "fb_cpu.h"
+
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/mm.h>
+
+
+namespace fastblocks {
+namespace cpu {
+
+namespace {
+bool channels_last_dense(const at::Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor float_vector(const at::Tensor& t, int64_t c, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, op, ": ", name,
+              " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.numel() == c, op, ": ", name, " must have ", c, " elements, got ", t.numel());
+  return t.reshape({c}).contiguous();
+}
+}  // namespace
+
+// y (channels_last or contiguous, float32) = act(y + bias (+ res)) in place; res has y's layout.
+void epilogue_inplace(at::Tensor& y, const float* bias, const float* res, Act act) {
+  if (y.numel() == 0) return;
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3);
+  float* yp = y.mutable_data_ptr<float>();
+  if (!y.is_contiguous()) {
+    FB_ISA_CALL(EvalKernels<float>::epilogue_cl, yp, N * HW, C, bias, res, act);
+  } else {
+    FB_ISA_CALL(EvalKernels<float>::epilogue_plane, yp, N * C, HW, C, bias, res, act);
+  }
+}
+
+at::Tensor& eval_epilogue_(at::Tensor& y, const at::Tensor& bias_in, const std::optional<at::Tensor>& residual,
+                           c10::string_view act_name) {
+  const char* op = "fastblocks_kernels::eval_epilogue_";
+  TORCH_CHECK(y.device().is_cpu() && y.scalar_type() == at::kFloat, op, ": y must be a float32 CPU tensor, got ",
+              y.scalar_type(), " on ", y.device());
+  TORCH_CHECK(y.dim() == 4, op, ": y must be 4-D (N, C, H, W), got ", y.dim(), "-D");
+  const bool cl = channels_last_dense(y) && !y.is_contiguous();
+  TORCH_CHECK(cl || y.is_contiguous(), op, ": y must be contiguous or channels_last, got strides ", y.strides());
+  const Act act = parse_act(act_name);
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3);
+  const at::Tensor bias = float_vector(bias_in, C, op, "bias");
+  const float* res = nullptr;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->device().is_cpu(), op,
+                ": residual must be a float32 CPU tensor");
+    const bool same_layout = cl ? residual->is_contiguous(at::MemoryFormat::ChannelsLast) : residual->is_contiguous();
+    TORCH_CHECK(residual->sizes() == y.sizes() && same_layout, op, ": residual must have y's shape ", y.sizes(),
+                " and memory layout (", cl ? "channels_last" : "contiguous", "), got sizes ", residual->sizes(),
+                " strides ", residual->strides());
+    res = residual->const_data_ptr<float>();
+  }
+  (void)N;
+  (void)HW;
+  epilogue_inplace(y, bias.const_data_ptr<float>(), res, act);
+  return y;
+}
+
+namespace {
+// One depthwise eval call: checks and allocations, the output rows, then the pool.
+struct DwRun {
+  at::Tensor w, bias, y, rows, pooled;
+  ConvGeo g;
+  Act act;
+  bool pool;
+
+  DwRun(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in, int64_t kernel_size, int64_t stride,
+        at::IntArrayRef padding, c10::string_view act_name, bool pool_)
+      : act(parse_act(act_name)), pool(pool_) {
+    const char* op = "fastblocks_kernels::dw_eval";
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, op, ": x must be a float32 CPU tensor, got ",
+                x.scalar_type(), " on ", x.device());
+    TORCH_CHECK(channels_last_dense(x), op, ": x must be a 4-D channels_last tensor, got sizes ", x.sizes(),
+                " strides ", x.strides());
+    TORCH_CHECK(kernel_size >= 1 && kernel_size * kernel_size <= kMaxTaps, op,
+                ": kernel_size must be in [1, 7], got ", kernel_size);
+    TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
+    TORCH_CHECK(padding.size() == 4, op, ": padding must be (top, bottom, left, right), got ", padding.size(),
+                " values");
+    for (auto p : padding)
+      TORCH_CHECK(p >= 0 && p < kernel_size, op, ": padding must be in [0, kernel_size), got ", p);
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = kernel_size;
+    TORCH_CHECK(H + padding[0] + padding[1] >= K && W + padding[2] + padding[3] >= K, op,
+                ": the padded input is smaller than the kernel");
+    const int64_t Ho = (H + padding[0] + padding[1] - K) / stride + 1;
+    const int64_t Wo = (W + padding[2] + padding[3] - K) / stride + 1;
+    TORCH_CHECK(taps.device().is_cpu() && taps.scalar_type() == at::kFloat && taps.dim() == 2 &&
+                    taps.size(0) == K * K && taps.size(1) == C,
+                op, ": taps must be a float32 CPU tensor of shape (", K * K, ", ", C, "), got ", taps.sizes());
+    w = taps.contiguous();
+    bias = float_vector(bias_in, C, op, "bias");
+    y = at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    pooled = at::empty({pool ? N : 0, C}, x.options());
+    if (pool) rows = at::zeros({N * Ho, C}, x.options());
+    g = ConvGeo{N, C, H, W, K, stride, Ho, Wo, padding[0], padding[2]};
+  }
+
+  // Output rows [row0, row1) of the N * Ho rows, reading x (x's shape as given to the constructor).
+  void run(const at::Tensor& x, int64_t row0, int64_t row1) {
+    if (row1 <= row0 || y.numel() == 0) return;
+    FB_ISA_CALL(EvalKernels<float>::dw_eval_cl, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                bias.const_data_ptr<float>(), g, act, y.mutable_data_ptr<float>(),
+                pool ? rows.mutable_data_ptr<float>() : nullptr, row0, row1);
+  }
+
+  // The per-channel means from the row sums, in row order: deterministic whatever the thread count.
+  void finish() {
+    if (!pool) return;
+    if (y.numel() == 0) {
+      pooled.zero_();
+      return;
+    }
+    const int64_t N = g.N, C = g.C, Ho = g.Ho;
+    const float* rp = rows.const_data_ptr<float>();
+    float* out = pooled.mutable_data_ptr<float>();
+    const float inv = 1.0f / static_cast<float>(Ho * g.Wo);
+    at::parallel_for(0, N * C, std::max<int64_t>(256, (1 << 16) / std::max<int64_t>(Ho, 1)), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t n = j / C, c = j % C;
+        float acc = 0;
+        for (int64_t r = 0; r < Ho; ++r) acc += rp[(n * Ho + r) * C + c];
+        out[j] = acc * inv;
+      }
+    });
+  }
+};
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> dw_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in,
+                                           int64_t kernel_size, int64_t stride, at::IntArrayRef padding,
+                                           c10::string_view act_name, bool pool) {
+  DwRun dw(x, taps, bias_in, kernel_size, stride, padding, act_name, pool);
+  dw.run(x, 0, dw.g.N * dw.g.Ho);
+  dw.finish();
+  return {dw.y, dw.pooled};
+}
+
+namespace {
+// A channels_last 1x1 conv as a matrix product (+ the fused epilogue): x (N, C_in, H, W), wt
+// (C_in, C_out); `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels).
+at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res, Act act,
+                        const at::Tensor* scale) {
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
+  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({N, H * W, Cin});
+  at::Tensor y = scale == nullptr ? at::mm(rows.view({N * H * W, Cin}), wt)
+                                  : at::bmm(rows, wt.unsqueeze(0) * scale->view({N, Cin, 1}));
+  y = y.view({N, H, W, Cout}).permute({0, 3, 1, 2});
+  epilogue_inplace(y, bias.const_data_ptr<float>(), res, act);
+  return y;
+}
+
+void check_block_tensor(const at::Tensor& t, const char* name, int64_t dim0, int64_t dim1) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "fastblocks_kernels::",
+              "mbconv_eval: ", name, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.dim() == (dim1 < 0 ? 1 : 2) && t.size(0) == dim0 && (dim1 < 0 || t.size(1) == dim1),
+              "fastblocks_kernels::mbconv_eval: ", name, " has shape ", t.sizes(), ", expected (", dim0,
+              dim1 < 0 ? "" : ", ", dim1 < 0 ? "" : std::to_string(dim1), ")");
+}
+}  // namespace
+
+at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
+                       const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,
+                       const at::Tensor& dw_taps, const at::Tensor& dw_bias, int64_t kernel_size, int64_t stride,
+                       at::IntArrayRef padding, c10::string_view dw_act, const std::optional<at::Tensor>& se_w1,
+                       const std::optional<at::Tensor>& se_b1, const std::optional<at::Tensor>& se_w2,
+                       const std::optional<at::Tensor>& se_b2, c10::string_view se_act, c10::string_view se_gate,
+                       const at::Tensor& proj_wt, const at::Tensor& proj_bias, bool residual) {
+  const char* op = "fastblocks_kernels::mbconv_eval";
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && channels_last_dense(x), op,
+              ": x must be a 4-D channels_last float32 CPU tensor, got ", x.scalar_type(), " sizes ", x.sizes(),
+              " strides ", x.strides());
+  const int64_t N = x.size(0), Cin = x.size(1);
+  const bool expand = expand_wt.has_value() && expand_wt->defined();
+  const bool se = se_w1.has_value() && se_w1->defined();
+  at::Tensor z, pooled;
+  if (expand) {
+    TORCH_CHECK(expand_bias.has_value() && expand_bias->defined(), op, ": expand_bias is required with expand_wt");
+    check_block_tensor(*expand_wt, "expand_wt", Cin, expand_wt->dim() == 2 ? expand_wt->size(1) : -2);
+    check_block_tensor(*expand_bias, "expand_bias", expand_wt->size(1), -1);
+    const at::Tensor h = pointwise_cl(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr);
+    std::tie(z, pooled) = dw_eval(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se);
+  } else {
+    std::tie(z, pooled) = dw_eval(x, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se);
+  }
+  const int64_t C = z.size(1);
+  const int64_t P = z.size(2) * z.size(3);
+  TORCH_CHECK(proj_wt.dim() == 2, op, ": proj_wt must be (C, C_out), got ", proj_wt.sizes());
+  check_block_tensor(proj_wt, "proj_wt", C, proj_wt.size(1));
+  const int64_t Cout = proj_wt.size(1);
+  check_block_tensor(proj_bias, "proj_bias", Cout, -1);
+  const float* res = nullptr;
+  if (residual) {
+    TORCH_CHECK(Cout == Cin && z.size(2) == x.size(2) && z.size(3) == x.size(3), op,
+                ": residual needs the output shape to equal x's, got ", Cout, " channels ", z.sizes(), " vs ",
+                x.sizes());
+    res = x.const_data_ptr<float>();
+  }
+  if (!se) return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+  TORCH_CHECK(se_w2.has_value() && se_w2->defined(), op, ": se_w2 is required with se_w1");
+  TORCH_CHECK(se_w1->dim() == 2, op, ": se_w1 must be (R, C), got ", se_w1->sizes());
+  const int64_t R = se_w1->size(0);
+  check_block_tensor(*se_w1, "se_w1", R, C);
+  check_block_tensor(*se_w2, "se_w2", C, R);
+  const bool has_b1 = se_b1.has_value() && se_b1->defined(), has_b2 = se_b2.has_value() && se_b2->defined();
+  if (has_b1) check_block_tensor(*se_b1, "se_b1", R, -1);
+  if (has_b2) check_block_tensor(*se_b2, "se_b2", C, -1);
+  TORCH_CHECK(se_gate == "sigmoid" || se_gate == "hard_sigmoid", op,
+              ": se_gate must be 'sigmoid' or 'hard_sigmoid', got ", std::string(se_gate));
+  at::Tensor gate = at::empty({N, C}, x.options());
+  FB_ISA_CALL(EvalKernels<float>::se_mlp, pooled.const_data_ptr<float>(), N, C, R, se_w1->const_data_ptr<float>(),
+              has_b1 ? se_b1->const_data_ptr<float>() : nullptr, se_w2->const_data_ptr<float>(),
+              has_b2 ? se_b2->const_data_ptr<float>() : nullptr, parse_act(se_act), se_gate == "hard_sigmoid",
+              gate.mutable_data_ptr<float>());
+  // The gate scales the projection's weight rows where they are fewer numbers than z's.
+  if (Cout <= P) return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, &gate);
+  z.mul_(gate.view({N, C, 1, 1}));
+  return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+}
+
+}  // namespace cpu
+}  // namespace fastblocks

@@ -1,0 +1,6 @@
+// Eval-mode kernels: the AVX2 copy (see fb_cpu_isa_copy.h).
+#define FB_ISA_LEVEL 1
+#define FB_KERNELS_HEADER "eval_kernels.h"
+#define FB_KERNELS EvalKernels
+#define FB_KERNELS_FLOAT_ONLY
+#include "fb_cpu_isa_copy.h"

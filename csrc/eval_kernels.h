@@ -1,0 +1,270 @@
+// Inference (eval-mode) kernel loops on float32: EvalKernels (fb_cpu_kernels.h). NO include guard:
+// included once per ISA namespace, after fb_cpu_math.h, by eval_cpu_<isa>.cpp (fb_cpu_isa_copy.h).
+//
+// The weights here are already folded (BatchNorm scale in the weights, the shift in `bias`), so
+// each kernel is one pass: a conv epilogue (bias + residual + act in place over a GEMM's output)
+// and a channels-last depthwise conv with bias + act and, optionally, the per-channel sums of its
+// output that a squeeze-and-excitation pool needs. Activations use eval_act below: silu's
+// sigmoid takes a hardware reciprocal estimate refined by one Newton step instead of a division
+// (relative error ~1e-7, the division's throughput was the kernel's bound).
+
+// 1 / d for positive finite d: rcp14 (AVX-512) / rcp (AVX2) + one Newton step; a division elsewhere.
+inline fb_vf fb_recip(fb_vf d) {
+#if FB_ISA_LEVEL == 2
+  const fb_vf r = (fb_vf)_mm512_rcp14_ps((__m512)d);
+  return r * (bc<fb_vf>(2.0f) - d * r);
+#elif FB_ISA_LEVEL == 1
+  const fb_vf r = (fb_vf)_mm256_rcp_ps((__m256)d);
+  return r * (bc<fb_vf>(2.0f) - d * r);
+#else
+  return bc<fb_vf>(1.0f) / d;
+#endif
+}
+inline float fb_recip(float d) { return 1.0f / d; }
+
+// exp as fb_exp (same range reduction and polynomial); the AVX-512 copy rounds with vrndscaleps
+// and applies 2^n with vscalefps instead of emulating floor and building the exponent bits.
+inline fb_vf fb_exp_eval(fb_vf x) {
+#if FB_ISA_LEVEL == 2
+  x = vmin(vmax(x, bc<fb_vf>(-87.0f)), bc<fb_vf>(88.0f));
+  const fb_vf n = (fb_vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+  fb_vf r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  const fb_vf r2 = r * r;
+  fb_vf p = bc<fb_vf>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  return (fb_vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
+  return fb_exp(x);
+#endif
+}
+inline float fb_exp_eval(float x) { return fb_exp(x); }
+
+// The eval activation of a float vector or scalar (same functions as act_fwd).
+template <Act A, typename T>
+inline T eval_act(T u) {
+  if constexpr (A == Act::Silu) {
+    return u * fb_recip(bc<T>(1.0f) + fb_exp_eval(-u));
+  } else if constexpr (A == Act::Hardswish) {
+    return u * vmin(vmax(u + bc<T>(3.0f), bc<T>(0.0f)), bc<T>(6.0f)) * bc<T>(1.0f / 6.0f);
+  } else {
+    return act_fwd<A>(u);
+  }
+}
+
+constexpr int64_t kEpilogueGrain = 16384;  // elements per parallel task at least
+
+// y[r, c] = act(y[r, c] + bias[c] (+ res[r, c])) over rows x C (channels-last rows).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::epilogue_cl(float* y, int64_t rows, int64_t C, const float* bias, const float* res,
+                                        Act act) {
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(C, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* yr = y + r * C;
+        const float* rr = res ? res + r * C : nullptr;
+        int64_t c = 0;
+        for (; c + kVL <= C; c += kVL) {
+          fb_vf v = vload<float>(yr + c) + vload<float>(bias + c);
+          if (rr) v += vload<float>(rr + c);
+          vstore(yr + c, eval_act<A>(v));
+        }
+        for (; c < C; ++c) {
+          float v = yr[c] + bias[c] + (rr ? rr[c] : 0.0f);
+          yr[c] = eval_act<A>(v);
+        }
+      }
+    });
+  });
+}
+
+// y[p, i] = act(y[p, i] + bias[p % C] (+ res[p, i])) over planes x HW (NCHW planes).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::epilogue_plane(float* y, int64_t planes, int64_t HW, int64_t C, const float* bias,
+                                           const float* res, Act act) {
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(HW, 1));
+    at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        float* yp = y + p * HW;
+        const float* rp = res ? res + p * HW : nullptr;
+        const float b = bias[p % C];
+        const fb_vf bv = bc<fb_vf>(b);
+        int64_t i = 0;
+        for (; i + kVL <= HW; i += kVL) {
+          fb_vf v = vload<float>(yp + i) + bv;
+          if (rp) v += vload<float>(rp + i);
+          vstore(yp + i, eval_act<A>(v));
+        }
+        for (; i < HW; ++i) yp[i] = eval_act<A>(yp[i] + b + (rp ? rp[i] : 0.0f));
+      }
+    });
+  });
+}
+
+// One tile of a channels-last depthwise conv: PT consecutive output pixels of row `oh` starting at
+// `ow0`, NV channel vectors from c0, accumulated over the kernel rows [kh0, kh1). BORDER: some tap
+// of some pixel falls outside the row (checked per tap), else every tap is inside.
+template <Act A, int PT, int NV, bool BORDER>
+inline void dw_eval_tile(const float* x, const float* w, const float* bias, const ConvGeo& g, int64_t n, int64_t oh,
+                         int64_t ow0, int64_t c0, int64_t kh0, int64_t kh1, float* y, fb_vf* pool) {
+  constexpr int L = kVL;
+  const int64_t C = g.C;
+  fb_vf acc[PT][NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const fb_vf b = vload<float>(bias + c0 + v * L);
+#pragma GCC unroll 8
+    for (int p = 0; p < PT; ++p) acc[p][v] = b;
+  }
+  const int64_t iw0 = ow0 * g.S - g.left;
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const int64_t ih = oh * g.S - g.top + kh;
+    const float* xrow = x + ((n * g.H + ih) * g.W) * C + c0;
+    const float* wrow = w + kh * g.K * C + c0;
+    for (int64_t kw = 0; kw < g.K; ++kw) {
+      fb_vf wv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) wv[v] = vload<float>(wrow + kw * C + v * L);
+#pragma GCC unroll 8
+      for (int p = 0; p < PT; ++p) {
+        const int64_t iw = iw0 + p * g.S + kw;
+        if (BORDER && (iw < 0 || iw >= g.W)) continue;
+        const float* xp = xrow + iw * C;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[p][v] += vload<float>(xp + v * L) * wv[v];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < PT; ++p) {
+    float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * C + c0;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const fb_vf r = eval_act<A>(acc[p][v]);
+      vstore(yp + v * L, r);
+      if (pool) pool[v] += r;
+    }
+  }
+}
+
+// Channels [c0, c1) (fewer than one vector) of output row `oh`, scalar.
+template <Act A>
+inline void dw_eval_scalar(const float* x, const float* w, const float* bias, const ConvGeo& g, int64_t n, int64_t oh,
+                           int64_t c0, int64_t c1, int64_t kh0, int64_t kh1, float* y, float* pool) {
+  const int64_t C = g.C;
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float a = bias[c];
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = oh * g.S - g.top + kh;
+        for (int64_t kw = 0; kw < g.K; ++kw) {
+          const int64_t iw = ow * g.S - g.left + kw;
+          if (iw < 0 || iw >= g.W) continue;
+          a += x[((n * g.H + ih) * g.W + iw) * C + c] * w[(kh * g.K + kw) * C + c];
+        }
+      }
+      const float r = eval_act<A>(a);
+      y[((n * g.Ho + oh) * g.Wo + ow) * C + c] = r;
+      if (pool) pool[c] += r;
+    }
+  }
+}
+
+// Output row `oh` of image n, channels [c0, c0 + NV * lanes): interior pixels in tiles of 4,
+// pixels whose taps cross the left / right edge one at a time.
+template <Act A, int NV>
+inline void dw_eval_row_block(const float* x, const float* w, const float* bias, const ConvGeo& g, int64_t n,
+                              int64_t oh, int64_t c0, int64_t kh0, int64_t kh1, float* y, float* pool) {
+  fb_vf acc[NV];
+  fb_vf* pv = pool ? acc : nullptr;
+  for (int v = 0; v < NV; ++v) acc[v] = bc<fb_vf>(0.0f);
+  // interior: iw = ow * S - left + kw in [0, W) for every kw in [0, K)
+  const int64_t lo = std::min<int64_t>(g.Wo, (g.left + g.S - 1) / g.S);
+  int64_t hi = g.W - g.K + g.left >= 0 ? (g.W - g.K + g.left) / g.S + 1 : 0;
+  hi = std::max<int64_t>(lo, std::min<int64_t>(hi, g.Wo));
+  int64_t ow = 0;
+  for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true>(x, w, bias, g, n, oh, ow, c0, kh0, kh1, y, pv);
+  for (; ow + 4 <= hi; ow += 4) dw_eval_tile<A, 4, NV, false>(x, w, bias, g, n, oh, ow, c0, kh0, kh1, y, pv);
+  for (; ow < hi; ++ow) dw_eval_tile<A, 1, NV, false>(x, w, bias, g, n, oh, ow, c0, kh0, kh1, y, pv);
+  for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true>(x, w, bias, g, n, oh, ow, c0, kh0, kh1, y, pv);
+  if (pool)
+    for (int v = 0; v < NV; ++v) vstore(pool + c0 + v * kVL, vload<float>(pool + c0 + v * kVL) + acc[v]);
+}
+
+// Channels-last depthwise conv on folded weights: y = act(conv(x, w) + bias), w tap-major
+// [K * K][C], for the output rows [row0, row1) of the N * Ho rows. Work items are (image, output row, chunk of 4 channel vectors), so batch-1 layers
+// with few rows still spread over the threads. pool_rows (optional, [N * Ho][C], zeroed by the
+// caller): each output row's per-channel sums of y, combined by the host in row order
+// (deterministic for any thread count).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const float* bias, const ConvGeo& g, Act act,
+                                       float* y, float* pool_rows, int64_t row0, int64_t row1) {
+  constexpr int64_t kChunk = 4 * kVL;
+  const int64_t chunks = (g.C + kChunk - 1) / kChunk;
+  const int64_t items = (row1 - row0) * chunks;
+  // small layers stay on one thread: a parallel region costs microseconds to open
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, g.Wo * g.K * g.K * kChunk));
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t chunk = item % chunks;
+        const int64_t row = row0 + item / chunks;  // n * Ho + oh
+        const int64_t n = row / g.Ho, oh = row % g.Ho;
+        const int64_t kh0 = std::max<int64_t>(0, g.top - oh * g.S);
+        const int64_t kh1 = std::min<int64_t>(g.K, g.H + g.top - oh * g.S);
+        float* pool = pool_rows ? pool_rows + row * g.C : nullptr;
+        int64_t c0 = chunk * kChunk;
+        const int64_t c1 = std::min(g.C, c0 + kChunk);
+        if (c1 - c0 == kChunk) {
+          dw_eval_row_block<A, 4>(x, w, bias, g, n, oh, c0, kh0, kh1, y, pool);
+          continue;
+        }
+        for (; c0 + kVL <= c1; c0 += kVL) dw_eval_row_block<A, 1>(x, w, bias, g, n, oh, c0, kh0, kh1, y, pool);
+        if (c0 < c1) dw_eval_scalar<A>(x, w, bias, g, n, oh, c0, c1, kh0, kh1, y, pool);
+      }
+    });
+  });
+}
+
+
+// The squeeze-and-excitation MLP on pooled channel means: hidden = act(w1 @ p + b1),
+// gate = gate_fn(w2 @ hidden + b2), per image. p: [N][C], w1: [R][C], w2: [C][R], out: [N][C].
+// One thread: at most a few hundred thousand multiply-adds.
+inline float dot_row(const float* a, const float* b, int64_t n) {
+  fb_vf acc = bc<fb_vf>(0.0f);
+  int64_t i = 0;
+  for (; i + kVL <= n; i += kVL) acc += vload<float>(a + i) * vload<float>(b + i);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename scalar_t>
+void EvalKernels<scalar_t>::se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1,
+                                   const float* b1, const float* w2, const float* b2, Act act, bool hard_gate,
+                                   float* gate) {
+  std::vector<float> hidden(R);
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* p = pooled + n * C;
+      for (int64_t r = 0; r < R; ++r) hidden[r] = eval_act<A>(dot_row(w1 + r * C, p, C) + (b1 ? b1[r] : 0.0f));
+      float* g = gate + n * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float u = dot_row(w2 + c * R, hidden.data(), R) + (b2 ? b2[c] : 0.0f);
+        // F.hardsigmoid: min(max(u + 3, 0), 6) / 6; torch.sigmoid: 1 / (1 + exp(-u))
+        g[c] = hard_gate ? std::min(std::max(u + 3.0f, 0.0f), 6.0f) / 6.0f : 1.0f / (1.0f + fb_exp(-u));
+      }
+    }
+  });
+}
