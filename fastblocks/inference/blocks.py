@@ -1,7 +1,8 @@
-"""Whole-block eval forwards of timm's MBConv blocks (``InvertedResidual``,
-``DepthwiseSeparableConv``) once patched: one Python function runs the folded 1x1 conv, the fused
-depthwise conv, the SE and the folded projection conv with the residual add as its oneDNN "add"
-post-op, instead of ~10 module calls and a separate add. Installed by ``patch`` where every part
+"""Whole-block eval forwards of MBConv blocks once patched (timm ``InvertedResidual`` /
+``DepthwiseSeparableConv``, torchvision ``MBConv``): float32 channels_last CPU input runs the block
+in one C++ call (``fastblocks_kernels::mbconv_eval``); otherwise one Python function runs the
+folded 1x1 conv, the fused depthwise conv, the SE and the folded projection conv with the residual
+add fused, instead of ~10 module calls and a separate add. Installed by ``patch`` where every part
 is folded; otherwise (training, gradients needed, hooks) the block's own forward runs."""
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from .se import se_gate
 BLOCK_ATTR = "_fastblocks_block_eval"
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _DROP_PATH = ("torch.nn.modules.linear.Identity", "timm.layers.drop.DropPath")  # identities at eval
-# qualname -> (1x1 expansion conv or None, depthwise conv, its absorbed BN, projection conv)
-_LAYOUTS = {
+_TORCHVISION_MBCONV = "torchvision.models.efficientnet.MBConv"
+_STOCHASTIC_DEPTH = "torchvision.ops.stochastic_depth.StochasticDepth"  # the identity at eval
+# timm qualname -> (1x1 expansion conv or None, depthwise conv, its absorbed BN, projection conv)
+_TIMM_LAYOUTS = {
     "timm.models._efficientnet_blocks.InvertedResidual": ("conv_pw", "conv_dw", "bn2", "conv_pwl"),
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (None, "conv_dw", "bn1", "conv_pw"),
 }
+_LAYOUTS = set(_TIMM_LAYOUTS) | {_TORCHVISION_MBCONV}
 
 
 class BlockEval:
@@ -141,36 +145,64 @@ class BlockEval:
         return runner(z, residual)
 
 
-def block_eval_problem(block: nn.Module) -> Optional[str]:
-    """None when ``block`` (a layout of :data:`_LAYOUTS`) can run :class:`BlockEval`."""
-    expand_name, dw_name, dw_bn_name, project_name = _LAYOUTS[qualname(block)]
+def _timm_parts(block: nn.Module):
+    expand_name, dw_name, dw_bn_name, project_name = _TIMM_LAYOUTS[qualname(block)]
     parts = block._modules
     if parts.get("conv_s2d") is not None:
         return "space-to-depth stem"
     if qualname(parts.get("aa")) != _IDENTITY:
         return "anti-aliasing"
-    if not isinstance(parts.get(dw_name), DWConvBNAct) or not isinstance(parts.get(dw_bn_name), AbsorbedBatchNorm2d):
-        return "depthwise conv not fused"
+    if getattr(block, "has_skip", False) and qualname(parts.get("drop_path")) not in _DROP_PATH:
+        return "unknown drop path"
     se = parts.get("se")
     if qualname(se) != _IDENTITY and type(se) is not SqueezeExcite:
         return "SE not fused"
-    for name in filter(None, (expand_name, project_name)):
-        fold = parts[name].__dict__.get(FOLD_ATTR)
-        if fold is None:
-            return f"{name} not folded"
-    if parts[project_name].__dict__[FOLD_ATTR].act != "identity":
-        return "projection with an activation"
-    if getattr(block, "has_skip", False) and qualname(parts.get("drop_path")) not in _DROP_PATH:
+    return (parts.get(expand_name) if expand_name else None, parts.get(dw_name), parts.get(dw_bn_name),
+            se if type(se) is SqueezeExcite else None, parts.get(project_name), bool(getattr(block, "has_skip", False)))
+
+
+def _torchvision_parts(block: nn.Module):
+    """torchvision MBConv: block = [expand Conv2dNormActivation], depthwise Conv2dNormActivation,
+    SqueezeExcitation, projection Conv2dNormActivation; the residual through StochasticDepth."""
+    layers = list(block.block)
+    if len(layers) not in (3, 4) or type(layers[-2]) is not SqueezeExcite:
+        return "SE not fused" if len(layers) in (3, 4) else "unknown layout"
+    if qualname(block.stochastic_depth) != _STOCHASTIC_DEPTH:
         return "unknown drop path"
-    return None
+    first = [m for m in layers[:-2] for m in m]  # (expand conv, bn, act)? (dw, absorbed bn, act)
+    expand = first[0] if len(layers) == 4 else None
+    dw, dw_bn = first[-3], first[-2]
+    if any(qualname(m) != _IDENTITY for m in (first[-1],) + ((first[2],) if expand is not None else ())):
+        return "activation not fused"
+    return expand, dw, dw_bn, layers[-2], layers[-1][0], bool(block.use_res_connect)
+
+
+def _parts(block: nn.Module):
+    """(expand conv or None, depthwise conv, its BN, SqueezeExcite or None, projection conv,
+    residual) of a known MBConv block, or why it cannot run :class:`BlockEval`."""
+    parts = _torchvision_parts(block) if qualname(block) == _TORCHVISION_MBCONV else _timm_parts(block)
+    if isinstance(parts, str):
+        return parts
+    expand, dw, dw_bn, _, project, _ = parts
+    if not isinstance(dw, DWConvBNAct) or not isinstance(dw_bn, AbsorbedBatchNorm2d):
+        return "depthwise conv not fused"
+    for role, conv in (("expansion", expand), ("projection", project)):
+        if conv is not None and conv.__dict__.get(FOLD_ATTR) is None:
+            return f"{role} conv not folded"
+    if project.__dict__[FOLD_ATTR].act != "identity":
+        return "projection with an activation"
+    return parts
+
+
+def block_eval_problem(block: nn.Module) -> Optional[str]:
+    """None when ``block`` (a layout of :data:`_LAYOUTS`) can run :class:`BlockEval`."""
+    parts = _parts(block)
+    return parts if isinstance(parts, str) else None
 
 
 def build_block_eval(block: nn.Module) -> BlockEval:
-    expand_name, dw_name, _, project_name = _LAYOUTS[qualname(block)]
-    parts = block._modules
-    se = parts.get("se") if type(parts.get("se")) is SqueezeExcite else None
-    return BlockEval(block, parts[expand_name] if expand_name else None, parts[dw_name], se, parts[project_name],
-                     bool(getattr(block, "has_skip", False)))
+    expand, dw, _, se, project, residual = _parts(block)
+    return BlockEval(block, expand, dw, se, project, residual)
 
 
 class BlockEvalMixin:

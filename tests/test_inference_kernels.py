@@ -1,0 +1,241 @@
+"""The CPU eval kernels on folded weights (``fastblocks_kernels::eval_epilogue_``, ``dw_eval``,
+``mbconv_eval``) against float64 PyTorch compositions, and the whole-block eval path of patched
+timm MBConv models (channels_last float32 input): accuracy, cache invalidation, fallbacks."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastblocks as fb
+from fastblocks._act import ACTIVATIONS, GATES
+from fastblocks.inference.blocks import BLOCK_ATTR
+from fastblocks.inference.conv_fusion import eval_kernels_available
+from tests.helpers import rel_err
+from tests.test_inference_fold import assert_accurate, eval_out, randomize_bn
+
+pytestmark = pytest.mark.skipif(not eval_kernels_available(), reason="fastblocks._C eval kernels are not built")
+K = torch.ops.fastblocks_kernels if eval_kernels_available() else None
+ACTS = sorted(ACTIVATIONS)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_epilogue_matches_act_of_y_plus_bias_plus_residual(fmt, act, with_residual):
+    g = _gen(0)
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    y = torch.randn(2, 37, 5, 7, generator=g).contiguous(memory_format=mf)  # 37: a vector tail in both layouts
+    bias = torch.randn(37, generator=g)
+    res = torch.randn(2, 37, 5, 7, generator=g).contiguous(memory_format=mf) if with_residual else None
+    u = y.double() + bias.double().view(1, -1, 1, 1) + (res.double() if with_residual else 0)
+    ref = ACTIVATIONS[act][0](u)
+    out = K.eval_epilogue_(y, bias, res, act)
+    assert out.data_ptr() == y.data_ptr()  # in place
+    assert (out.double() - ref).abs().max().item() <= 2e-6 * max(1.0, ref.abs().max().item())
+
+
+def test_epilogue_rejects_bad_inputs():
+    y = torch.randn(1, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="y must be a float32"):
+        K.eval_epilogue_(y.double(), torch.zeros(4), None, "relu")
+    with pytest.raises(RuntimeError, match="bias must have 4 elements"):
+        K.eval_epilogue_(y, torch.zeros(5), None, "relu")
+    with pytest.raises(RuntimeError, match="residual must have y's shape"):
+        K.eval_epilogue_(y, torch.zeros(4), torch.randn(1, 4, 3, 2), "relu")
+    with pytest.raises(RuntimeError, match="contiguous or channels_last"):
+        K.eval_epilogue_(torch.randn(1, 4, 6, 3)[:, :, ::2], torch.zeros(4), None, "relu")
+
+
+# (C, H, W, k, stride, padding (top, bottom, left, right)): C covers the 4-vector chunks, single
+# vectors and the scalar channel tail; W covers rows narrower than the interior tile and the kernel.
+DW_CASES = [
+    (8, 6, 9, 3, 1, (1, 1, 1, 1)),
+    (37, 7, 7, 5, 2, (2, 2, 2, 2)),
+    (70, 5, 11, 3, 2, (0, 1, 0, 1)),  # TF "same" for an even input
+    (136, 4, 4, 7, 1, (3, 3, 3, 3)),
+    (16, 3, 2, 5, 1, (2, 2, 2, 2)),  # narrower than the kernel
+    (24, 9, 9, 1, 1, (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=lambda c: f"C{c[0]}_{c[1]}x{c[2]}_k{c[3]}s{c[4]}")
+@pytest.mark.parametrize("act", ["silu", "relu6", "hardswish", "identity"])
+def test_dw_eval_matches_depthwise_conv_bias_act_and_pools(case, act):
+    c, h, w, k, s, pad = case
+    g = _gen(1)
+    x = torch.randn(2, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, k, k, generator=g) / k
+    bias = torch.randn(c, generator=g)
+    taps = weight.reshape(c, k * k).t().contiguous()
+    y, pooled = K.dw_eval(x, taps, bias, k, s, list(pad), act, True)
+    xp = F.pad(x.double(), (pad[2], pad[3], pad[0], pad[1]))
+    ref = ACTIVATIONS[act][0](F.conv2d(xp, weight.double(), bias.double(), s, 0, 1, c))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 1e-6
+    assert rel_err(pooled, ref.mean((2, 3))) <= 1e-6
+    y2, empty = K.dw_eval(x, taps, bias, k, s, list(pad), act, False)
+    assert torch.equal(y, y2) and empty.numel() == 0
+
+
+def test_dw_eval_is_independent_of_the_thread_count():
+    g = _gen(2)
+    x = torch.randn(1, 200, 20, 20, generator=g).contiguous(memory_format=torch.channels_last)
+    taps, bias = torch.randn(9, 200, generator=g), torch.randn(200, generator=g)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(K.dw_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "silu", True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_dw_eval_rejects_bad_inputs():
+    x = torch.randn(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    taps, bias = torch.randn(9, 8), torch.randn(8)
+    with pytest.raises(RuntimeError, match="x must be a 4-D channels_last"):
+        K.dw_eval(x.contiguous(), taps, bias, 3, 1, [1, 1, 1, 1], "relu", False)
+    with pytest.raises(RuntimeError, match="taps must be a float32 CPU tensor of shape"):
+        K.dw_eval(x, torch.randn(8, 9), bias, 3, 1, [1, 1, 1, 1], "relu", False)
+    with pytest.raises(RuntimeError, match="kernel_size must be in"):
+        K.dw_eval(x, torch.randn(81, 8), bias, 9, 1, [4, 4, 4, 4], "relu", False)
+    with pytest.raises(RuntimeError, match="padding must be"):
+        K.dw_eval(x, taps, bias, 3, 1, [1, 1, 1], "relu", False)
+    with pytest.raises(RuntimeError, match="unknown|act"):
+        K.dw_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "softplus", False)
+
+
+def _mbconv_reference(x, expand, dw, se, project, residual):
+    """The block in float64 PyTorch ops from the kernel's arguments."""
+    x64 = x.double()
+    h = x64
+    if expand is not None:
+        wt, b, act = expand
+        h = ACTIVATIONS[act][0](torch.einsum("nchw,cd->ndhw", x64, wt.double()) + b.double().view(1, -1, 1, 1))
+    taps, b, k, s, pad, act = dw
+    c = taps.shape[1]
+    weight = taps.double().t().reshape(c, 1, k, k)
+    z = ACTIVATIONS[act][0](F.conv2d(F.pad(h, (pad[2], pad[3], pad[0], pad[1])), weight, b.double(), s, 0, 1, c))
+    if se is not None:
+        w1, b1, w2, b2, act, gate = se
+        hidden = ACTIVATIONS[act][0](z.mean((2, 3)) @ w1.double().t() + b1.double())
+        z = z * GATES[gate][0](hidden @ w2.double().t() + b2.double()).view(z.shape[0], c, 1, 1)
+    wt, b = project
+    out = torch.einsum("nchw,cd->ndhw", z, wt.double()) + b.double().view(1, -1, 1, 1)
+    return out + x64 if residual else out
+
+
+@pytest.mark.parametrize("expand", [True, False])
+@pytest.mark.parametrize("se_gate", [None, "sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("spatial", [3, 12], ids=["gate_on_z", "gate_on_weights"])
+def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial):
+    g = _gen(3)
+    n, cin, c, cout, r = 2, 16, 48 if expand else 16, 16, 6
+    x = torch.randn(n, cin, spatial, spatial, generator=g).contiguous(memory_format=torch.channels_last)
+    exp = (torch.randn(cin, c, generator=g) / 4, torch.randn(c, generator=g), "silu") if expand else None
+    dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], "relu6")
+    se = None if se_gate is None else (torch.randn(r, c, generator=g) / 6, torch.randn(r, generator=g),
+                                       torch.randn(c, r, generator=g) / 2, torch.randn(c, generator=g), "relu", se_gate)
+    proj = (torch.randn(c, cout, generator=g) / 6, torch.randn(cout, generator=g))
+    args = (x,) + (exp if expand else (None, None, "identity")) + dw + (
+        se if se else (None, None, None, None, "identity", "sigmoid")) + proj + (True,)
+    out = K.mbconv_eval(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, _mbconv_reference(x, exp, dw, se, proj, True)) <= 2e-6
+
+
+def test_mbconv_eval_rejects_bad_inputs():
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    dw = (torch.randn(9, 8), torch.randn(8), 3, 1, [1, 1, 1, 1], "relu")
+    none_se = (None, None, None, None, "identity", "sigmoid")
+    with pytest.raises(RuntimeError, match="x must be a 4-D channels_last float32"):
+        K.mbconv_eval(x.contiguous(), None, None, "identity", *dw, *none_se, torch.randn(8, 8), torch.randn(8), False)
+    with pytest.raises(RuntimeError, match="proj_wt"):
+        K.mbconv_eval(x, None, None, "identity", *dw, *none_se, torch.randn(7, 8), torch.randn(8), False)
+    with pytest.raises(RuntimeError, match="residual needs"):
+        K.mbconv_eval(x, None, None, "identity", *dw, *none_se, torch.randn(8, 4), torch.randn(4), True)
+    se = (torch.randn(2, 8), None, torch.randn(8, 2), None, "relu", "tanh")
+    with pytest.raises(RuntimeError, match="se_gate must be"):
+        K.mbconv_eval(x, None, None, "identity", *dw, *se, torch.randn(8, 8), torch.randn(8), False)
+
+
+def _whole_block_calls(model) -> int:
+    """How many block forwards of the model hold whole-block arguments (ran the C++ block op)."""
+    return sum(m.__dict__[BLOCK_ATTR]._args is not None for m in model.modules() if BLOCK_ATTR in m.__dict__)
+
+
+def _timm_cl(name: str):
+    torch.manual_seed(0)
+    if name.startswith("torchvision:"):
+        models = pytest.importorskip("torchvision.models")
+        model = getattr(models, name.split(":")[1])(num_classes=10)
+    else:
+        model = pytest.importorskip("timm").create_model(name, num_classes=10)
+    model = randomize_bn(model).eval().to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(model)
+    fb.patch(model)
+    return model, ref
+
+
+# model -> blocks that take the whole-block path
+TIMM_BLOCKS = {"efficientnet_b0": 16, "mobilenetv2_100": 17, "mobilenetv3_large_100": 15,
+               "torchvision:efficientnet_b0": 16}
+
+
+@pytest.mark.parametrize("name", list(TIMM_BLOCKS))
+def test_whole_block_path_of_timm_models_is_accurate(name):
+    model, ref = _timm_cl(name)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    assert_accurate(model, ref, x)
+    assert _whole_block_calls(model) == TIMM_BLOCKS[name]
+
+
+def test_whole_block_arguments_follow_parameter_updates_and_are_never_copied():
+    model, ref = _timm_cl("efficientnet_b0")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    eval_out(model, x)
+    with torch.no_grad():  # an optimizer-like in-place step on SE, depthwise, BN and projection tensors
+        for m in (model, ref):
+            block = m.blocks[2][1]
+            block.se.conv_reduce.weight.mul_(1.5)
+            block.conv_dw.weight.add_(0.1)
+            block.bn3.running_var.mul_(2.0)
+            block.conv_pwl.weight.mul_(-1.0)
+    assert_accurate(model, ref, x)
+    for m in (model, ref):  # load_state_dict copies in place
+        m.blocks[3][0].bn1.eps = 1e-2
+    model.load_state_dict({k: v * 0.9 if v.is_floating_point() else v for k, v in ref.state_dict().items()})
+    ref.load_state_dict(model.state_dict())
+    assert_accurate(model, ref, x)
+    clone = pickle.loads(pickle.dumps(model))
+    assert _whole_block_calls(clone) == 0 and _whole_block_calls(copy.deepcopy(model)) == 0
+    assert rel_err(eval_out(clone, x), eval_out(model, x)) == 0.0
+
+
+def test_whole_block_path_steps_aside_for_hooks_gradients_and_nchw():
+    model, ref = _timm_cl("mobilenetv3_large_100")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    block = model.blocks[3][0]
+    seen = []
+    handle = block.conv_dw.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert_accurate(model, ref, x)
+    assert seen and block.__dict__[BLOCK_ATTR]._args is None  # the hooked block ran its modules
+    handle.remove()
+    # an input gradient: the folded per-module path, differentiable in x
+    grads = []
+    for m in (model, ref):
+        m.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        m(xg).square().sum().backward()
+        grads.append(xg.grad)
+    assert rel_err(*grads) <= 1e-5
+    assert_accurate(model, ref, x.contiguous())  # NCHW input: the per-module eval path
