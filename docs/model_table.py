@@ -142,14 +142,15 @@ def render(table: list, missing: list) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table_md: str, path: str) -> None:
+def write_readme(table_md: str, path: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the ``start`` and ``end`` markers of ``path`` by ``table_md``."""
     text = open(path).read()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(head + START + "\n" + table_md + "\n" + END + tail)
+        f.write(head + start + "\n" + table_md + "\n" + end + tail)
 
 
 def main(argv=None) -> int:
