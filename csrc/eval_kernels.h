@@ -33,17 +33,7 @@ inline fb_vf fb_exp_eval(fb_vf x) {
 #if FB_ISA_LEVEL == 2
   x = vmin(vmax(x, bc<fb_vf>(-87.0f)), bc<fb_vf>(kEvalExpCap));
   const fb_vf n = (fb_vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
-  fb_vf r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  const fb_vf r2 = r * r;
-  fb_vf p = bc<fb_vf>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  return (fb_vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+  return (fb_vf)_mm512_scalef_ps((__m512)fb_exp_reduced(x, n), (__m512)n);
 #else
   return fb_exp(vmin(x, bc<fb_vf>(kEvalExpCap)));
 #endif

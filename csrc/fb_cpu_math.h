@@ -175,6 +175,22 @@ inline void vloop(int64_t n, F&& body) {
   for (; i < n; ++i) body(i, acc_t{});
 }
 
+// e^(x - n ln 2) for |x - n ln 2| <= ln 2 / 2: Cephes' two-part ln 2 and degree-6 polynomial
+// (T: float or fb_vf; exp(x) = 2^n times this).
+template <typename T>
+inline T fb_exp_reduced(T x, T n) {
+  T r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  const T r2 = r * r;
+  T p = bc<T>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r2 + r + 1.0f;
+}
+
 // exp for float: Cephes-style range reduction + degree-6 polynomial (about 2 ulp), inputs clamped
 // to the normal range. The vector version is the same arithmetic, branch-free.
 inline fb_vf fb_exp(fb_vf x) {
@@ -182,16 +198,7 @@ inline fb_vf fb_exp(fb_vf x) {
   const fb_vf t = x * 1.44269504088896341f + 0.5f;
   fb_vf fx = __builtin_convertvector(__builtin_convertvector(t, fb_vi), fb_vf);
   fx = fx > t ? fx - 1.0f : fx;  // floor
-  fb_vf r = x - fx * 0.693359375f;
-  r = r + fx * 2.12194440e-4f;
-  const fb_vf r2 = r * r;
-  fb_vf p = bc<fb_vf>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  const fb_vf p = fb_exp_reduced(x, fx);
   const fb_vi bits = (__builtin_convertvector(fx, fb_vi) + 127) << 23;
   fb_vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -200,16 +207,7 @@ inline fb_vf fb_exp(fb_vf x) {
 inline float fb_exp(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float fx = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - fx * 0.693359375f;
-  r = r + fx * 2.12194440e-4f;
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  const float p = fb_exp_reduced(x, fx);
   const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));

@@ -68,6 +68,17 @@ def assert_accurate(patched: nn.Module, ref: nn.Module, x: torch.Tensor) -> None
     assert err <= max(4 * own, 1e-7) and err <= 1e-5, f"patched {err:.2e} vs unpatched float32 {own:.2e}"
 
 
+def input_grads(models, x: torch.Tensor) -> list:
+    """d sum(model(x)^2) / dx for each model, its parameters frozen."""
+    grads = []
+    for m in models:
+        m.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        m(xg).square().sum().backward()
+        grads.append(xg.grad)
+    return grads
+
+
 def _is_folded(model: nn.Module) -> bool:
     """Whether the last eval forward ran folded (a fold cache or a depthwise eval plan is built)."""
     folds = [m.__dict__[FOLD_ATTR] for m in model.modules() if FOLD_ATTR in m.__dict__]
@@ -227,10 +238,4 @@ def test_timm_model_eval(name):
     x64 = x.double()
     assert rel_err(eval_out(copy.deepcopy(model).double(), x64), eval_out(copy.deepcopy(ref).double(), x64)) <= 1e-10
     # frozen parameters, input gradient: the block forwards run folded and stay differentiable in x
-    grads = []
-    for m in (model, ref):
-        m.requires_grad_(False)
-        xg = x.clone().requires_grad_(True)
-        m(xg).square().sum().backward()
-        grads.append(xg.grad)
-    assert rel_err(*grads) <= 1e-5
+    assert rel_err(*input_grads((model, ref), x)) <= 1e-5

@@ -14,7 +14,7 @@ from fastblocks._act import ACTIVATIONS, GATES
 from fastblocks.inference.blocks import BLOCK_ATTR
 from fastblocks.inference.conv_fusion import eval_kernels_available
 from tests.helpers import rel_err
-from tests.test_inference_fold import assert_accurate, eval_out, randomize_bn
+from tests.test_inference_fold import assert_accurate, eval_out, input_grads, randomize_bn
 
 pytestmark = pytest.mark.skipif(not eval_kernels_available(), reason="fastblocks._C eval kernels are not built")
 K = torch.ops.fastblocks_kernels if eval_kernels_available() else None
@@ -231,11 +231,5 @@ def test_whole_block_path_steps_aside_for_hooks_gradients_and_nchw():
     assert seen and block.__dict__[BLOCK_ATTR]._args is None  # the hooked block ran its modules
     handle.remove()
     # an input gradient: the folded per-module path, differentiable in x
-    grads = []
-    for m in (model, ref):
-        m.requires_grad_(False)
-        xg = x.clone().requires_grad_(True)
-        m(xg).square().sum().backward()
-        grads.append(xg.grad)
-    assert rel_err(*grads) <= 1e-5
+    assert rel_err(*input_grads((model, ref), x)) <= 1e-5
     assert_accurate(model, ref, x.contiguous())  # NCHW input: the per-module eval path
