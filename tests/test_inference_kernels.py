@@ -54,7 +54,7 @@ def test_epilogue_rejects_bad_inputs():
 
 
 # (C, H, W, k, stride, padding (top, bottom, left, right)): C covers the 4-vector chunks, single
-# vectors and the scalar channel tail; W covers rows narrower than the interior tile and the kernel.
+# vectors and a partial last vector; W covers rows narrower than the interior tile and the kernel.
 DW_CASES = [
     (8, 6, 9, 3, 1, (1, 1, 1, 1)),
     (37, 7, 7, 5, 2, (2, 2, 2, 2)),
