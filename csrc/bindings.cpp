@@ -46,6 +46,9 @@ TORCH_LIBRARY(fastblocks_kernels, m) {
       "dw_eval(Tensor x, Tensor taps, Tensor bias, int kernel_size, int stride, int[4] padding, str act, "
       "bool pool) -> (Tensor, Tensor)");
   m.def(
+      "direct_conv_eval(Tensor x, Tensor taps, Tensor bias, int kernel_size, int stride, int[4] padding, str act) "
+      "-> Tensor");
+  m.def(
       "mbconv_eval(Tensor x, Tensor? expand_wt, Tensor? expand_bias, str expand_act, Tensor dw_taps, "
       "Tensor dw_bias, int kernel_size, int stride, int[4] padding, str dw_act, Tensor? se_w1, Tensor? se_b1, "
       "Tensor? se_w2, Tensor? se_b2, str se_act, str se_gate, Tensor proj_wt, Tensor proj_bias, bool residual) "
@@ -58,6 +61,7 @@ TORCH_LIBRARY_IMPL(fastblocks_kernels, CPU, m) {
   FASTBLOCKS_IMPL_KERNEL_OPS(m, fastblocks::cpu);
   m.impl("eval_epilogue_", &fastblocks::cpu::eval_epilogue_);
   m.impl("dw_eval", &fastblocks::cpu::dw_eval);
+  m.impl("direct_conv_eval", &fastblocks::cpu::direct_conv_eval);
   m.impl("mbconv_eval", &fastblocks::cpu::mbconv_eval);
 }
 #endif  // FASTBLOCKS_WITH_CPU

@@ -142,6 +142,37 @@ std::tuple<at::Tensor, at::Tensor> dw_eval(const at::Tensor& x, const at::Tensor
   return {dw.y, dw.pooled};
 }
 
+at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in,
+                            int64_t kernel_size, int64_t stride, at::IntArrayRef padding, c10::string_view act_name) {
+  const char* op = "fastblocks_kernels::direct_conv_eval";
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4, op,
+              ": x must be a 4-D float32 CPU tensor, got ", x.dim(), "-D ", x.scalar_type(), " on ", x.device());
+  TORCH_CHECK(kernel_size >= 1 && kernel_size <= 7, op, ": kernel_size must be in [1, 7], got ", kernel_size);
+  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK(padding.size() == 4, op, ": padding must be (top, bottom, left, right), got ", padding.size(),
+              " values");
+  for (auto p : padding) TORCH_CHECK(p >= 0 && p < kernel_size, op, ": padding must be in [0, kernel_size), got ", p);
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), K = kernel_size;
+  TORCH_CHECK(taps.device().is_cpu() && taps.scalar_type() == at::kFloat && taps.dim() == 2 &&
+                  taps.size(0) == K * K * Cin,
+              op, ": taps must be a float32 CPU tensor of shape (", K * K * Cin, ", C_out), got ", taps.sizes());
+  const int64_t Cout = taps.size(1);
+  TORCH_CHECK(H + padding[0] + padding[1] >= K && W + padding[2] + padding[3] >= K, op,
+              ": the padded input is smaller than the kernel");
+  const at::Tensor w = taps.contiguous();
+  const at::Tensor bias = float_vector(bias_in, Cout, op, "bias");
+  const Act act = parse_act(act_name);
+  const int64_t Ho = (H + padding[0] + padding[1] - K) / stride + 1;
+  const int64_t Wo = (W + padding[2] + padding[3] - K) / stride + 1;
+  at::Tensor y = at::empty({N, Cout, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const DirectGeo g{N, Cin, H, W, K, stride, Ho, Wo, padding[0], padding[2], Cout,
+                    x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
+  FB_ISA_CALL(EvalKernels<float>::direct_conv_cl, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+              bias.const_data_ptr<float>(), g, act, y.mutable_data_ptr<float>());
+  return y;
+}
+
 namespace {
 // A channels_last 1x1 conv as a matrix product (+ the fused epilogue): x (N, C_in, H, W), wt
 // (C_in, C_out); `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels).

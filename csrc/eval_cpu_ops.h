@@ -17,6 +17,10 @@ at::Tensor& eval_epilogue_(at::Tensor& y, const at::Tensor& bias, const std::opt
 std::tuple<at::Tensor, at::Tensor> dw_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias,
                                            int64_t kernel_size, int64_t stride, at::IntArrayRef padding,
                                            c10::string_view act, bool pool);
+// A dense conv over few input channels (a stem) on folded weights, taps (K * K * C_in, C_out)
+// ordered (kh, kw, c_in); x in any layout, the output channels_last.
+at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias, int64_t kernel_size,
+                            int64_t stride, at::IntArrayRef padding, c10::string_view act);
 
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
                        const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,

@@ -264,6 +264,110 @@ void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const flo
 }
 
 
+// One tile of the direct conv: PT consecutive output pixels of row `oh` from `ow0`, NV vectors of
+// output channels from c0 (PART: one vector of `lanes` channels), over kernel rows [kh0, kh1).
+// Each input value is broadcast once per tile row and multiplies NV weight vectors.
+template <Act A, int PT, int NV, bool BORDER, bool PART>
+inline void direct_tile(const float* x, const float* w, const float* bias, const DirectGeo& g, int64_t n, int64_t oh,
+                        int64_t ow0, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y) {
+  constexpr int L = kVL;
+  fb_vf acc[PT][NV];
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const fb_vf b = dw_load<PART>(bias + c0 + v * L, lanes);
+#pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p) acc[p][v] = b;
+  }
+  const int64_t iw0 = ow0 * g.S - g.left;
+  const int64_t step = g.S * g.sw;  // between the tile's pixels; pointers advance, no index products
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const float* xrow = x + n * g.sn + (oh * g.S - g.top + kh) * g.sh + iw0 * g.sw;
+    const float* wk = w + kh * g.K * g.Cin * g.Cout + c0;
+    for (int64_t kw = 0; kw < g.K; ++kw) {
+      for (int64_t ci = 0; ci < g.Cin; ++ci, wk += g.Cout) {
+        fb_vf wv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) wv[v] = dw_load<PART>(wk + v * L, lanes);
+        const float* xp = xrow + kw * g.sw + ci * g.sc;
+#pragma GCC unroll 16
+        for (int p = 0; p < PT; ++p, xp += step) {
+          if (BORDER) {
+            const int64_t iw = iw0 + p * g.S + kw;
+            if (iw < 0 || iw >= g.W) continue;
+          }
+          const fb_vf xv = bc<fb_vf>(*xp);
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+    float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * g.Cout + c0;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      const fb_vf r = eval_act<A>(acc[p][v]);
+      if constexpr (PART) {
+        vstore_part(yp, r, lanes);
+      } else {
+        vstore(yp + v * L, r);
+      }
+    }
+  }
+}
+
+// Output row `oh` of image n, channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)).
+template <Act A, int NV, bool PART>
+inline void direct_row_block(const float* x, const float* w, const float* bias, const DirectGeo& g, int64_t n,
+                             int64_t oh, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y) {
+  // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
+  constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
+  constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
+  const int64_t lo = std::min<int64_t>(g.Wo, (g.left + g.S - 1) / g.S);
+  int64_t hi = g.W - g.K + g.left >= 0 ? (g.W - g.K + g.left) / g.S + 1 : 0;
+  hi = std::max<int64_t>(lo, std::min<int64_t>(hi, g.Wo));
+  int64_t ow = 0;
+  for (; ow < lo; ++ow) direct_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+  for (; ow + PT <= hi; ow += PT)
+    direct_tile<A, PT, NV, false, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+  for (; ow < hi; ++ow) direct_tile<A, 1, NV, false, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+  for (; ow < g.Wo; ++ow) direct_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+}
+
+// Dense k x k conv over few input channels on folded weights, channels-last output:
+// y[n, oh, ow, :] = act(bias + sum over (kh, kw, ci) of x[n, ci, ih, iw] * w[(kh * K + kw) * Cin + ci][:]).
+// A network's stem (3 input channels): a GEMM would first have to gather 27-value patches, and
+// oneDNN's kernel for it ran at a third of the FMA rate here. Work items: (image, output row).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::direct_conv_cl(const float* x, const float* w, const float* bias, const DirectGeo& g,
+                                           Act act, float* y) {
+  const int64_t rows = g.N * g.Ho;
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, g.Wo * g.K * g.K * g.Cin * g.Cout));
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const int64_t n = row / g.Ho, oh = row % g.Ho;
+        const int64_t kh0 = std::max<int64_t>(0, g.top - oh * g.S);
+        const int64_t kh1 = std::min<int64_t>(g.K, g.H + g.top - oh * g.S);
+        int64_t c0 = 0;
+        for (; c0 + 4 * kVL <= g.Cout; c0 += 4 * kVL)
+          direct_row_block<A, 4, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y);
+        switch ((g.Cout - c0) / kVL) {  // the remaining whole vectors in one pass over x
+          case 3: direct_row_block<A, 3, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y); break;
+          case 2: direct_row_block<A, 2, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y); break;
+          case 1: direct_row_block<A, 1, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y); break;
+          default: break;
+        }
+        c0 += (g.Cout - c0) / kVL * kVL;
+        if (c0 < g.Cout)
+          direct_row_block<A, 1, true>(x, w, bias, g, n, oh, c0, static_cast<int>(g.Cout - c0), kh0, kh1, y);
+      }
+    });
+  });
+}
+
 // The squeeze-and-excitation MLP on pooled channel means: hidden = act(w1 @ p + b1),
 // gate = gate_fn(w2 @ hidden + b2), per image. p: [N][C], w1: [R][C], w2: [C][R], out: [N][C].
 // One thread: at most a few hundred thousand multiply-adds.

@@ -37,6 +37,12 @@ constexpr int kMaxTaps = 49;  // k <= 7
 struct ConvGeo {
   int64_t N, C, H, W, K, S, Ho, Wo, top, left;
 };
+// Geometry of a dense k x k conv over few input channels (a network's stem): x read through its
+// element strides (any layout), y channels-last with Cout channels.
+struct DirectGeo {
+  int64_t N, Cin, H, W, K, S, Ho, Wo, top, left, Cout;
+  int64_t sn, sc, sh, sw;
+};
 
 }  // namespace cpu
 }  // namespace fastblocks

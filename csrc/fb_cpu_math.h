@@ -145,10 +145,22 @@ inline void st(out_t* p, T v) {
   }
 }
 
-// Broadcast a scalar (use float literals: exact in float and double).
+// Broadcast a scalar (use float literals: exact in float and double). The AVX copies use set1,
+// not T{} + s: adding zero is not an identity for -0.0, so the compiler has to emit the add, and
+// the broadcast then cannot fold into an FMA's memory operand.
 template <typename T>
 inline T bc(float s) {
-  return T{} + static_cast<std::conditional_t<IsVec<T>::value, float, T>>(s);
+  if constexpr (IsVec<T>::value) {
+#if FB_ISA_LEVEL == 2
+    return (T)_mm512_set1_ps(s);
+#elif FB_ISA_LEVEL == 1
+    return (T)_mm256_set1_ps(s);
+#else
+    return T{} + s;
+#endif
+  } else {
+    return static_cast<T>(s);
+  }
 }
 template <typename T>
 inline T vmin(T a, T b) {

@@ -134,6 +134,76 @@ def _mbconv_reference(x, expand, dw, se, project, residual):
     return out + x64 if residual else out
 
 
+# (C_in, C_out, H, W, k, stride, padding (top, bottom, left, right)): C_out covers 4 / 3 / 2 / 1
+# whole vectors and a partial one; W covers rows narrower than a tile and the kernel.
+DIRECT_CASES = [
+    (3, 32, 9, 13, 3, 2, (1, 1, 1, 1)),
+    (3, 16, 8, 8, 3, 2, (0, 1, 0, 1)),  # TF "same" for an even input
+    (1, 70, 6, 5, 5, 1, (2, 2, 2, 2)),
+    (4, 136, 7, 7, 7, 2, (3, 3, 3, 3)),
+    (2, 8, 3, 2, 3, 1, (1, 1, 1, 1)),
+    (3, 48, 5, 6, 1, 1, (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: f"{c[0]}to{c[1]}_{c[2]}x{c[3]}_k{c[4]}s{c[5]}")
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+@pytest.mark.parametrize("act", ["silu", "hardswish", "relu6", "identity"])
+def test_direct_conv_eval_matches_conv_bias_act(case, fmt, act):
+    cin, cout, h, w, k, s, pad = case
+    g = _gen(4)
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, cin, h, w, generator=g).contiguous(memory_format=mf)
+    weight = torch.randn(cout, cin, k, k, generator=g) / k
+    bias = torch.randn(cout, generator=g)
+    taps = weight.permute(2, 3, 1, 0).reshape(k * k * cin, cout).contiguous()
+    y = K.direct_conv_eval(x, taps, bias, k, s, list(pad), act)
+    xp = F.pad(x.double(), (pad[2], pad[3], pad[0], pad[1]))
+    ref = ACTIVATIONS[act][0](F.conv2d(xp, weight.double(), bias.double(), s))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 1e-6
+
+
+def test_direct_conv_eval_reads_any_strides():
+    g = _gen(5)
+    x = torch.randn(1, 3, 10, 20, generator=g)[:, :, :, ::2]  # no dense layout at all
+    weight, bias = torch.randn(16, 3, 3, 3, generator=g), torch.randn(16, generator=g)
+    taps = weight.permute(2, 3, 1, 0).reshape(27, 16).contiguous()
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
+    assert rel_err(K.direct_conv_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "identity"), ref) <= 1e-6
+
+
+def test_direct_conv_eval_rejects_bad_inputs():
+    x = torch.randn(1, 3, 8, 8)
+    taps, bias = torch.randn(27, 8), torch.randn(8)
+    with pytest.raises(RuntimeError, match="x must be a 4-D float32"):
+        K.direct_conv_eval(x.double(), taps, bias, 3, 1, [1, 1, 1, 1], "relu")
+    with pytest.raises(RuntimeError, match=r"taps must be a float32 CPU tensor of shape \(27, C_out\)"):
+        K.direct_conv_eval(x, torch.randn(26, 8), bias, 3, 1, [1, 1, 1, 1], "relu")
+    with pytest.raises(RuntimeError, match="bias must have 8 elements"):
+        K.direct_conv_eval(x, taps, torch.randn(9), 3, 1, [1, 1, 1, 1], "relu")
+    with pytest.raises(RuntimeError, match="padding must be in"):
+        K.direct_conv_eval(x, taps, bias, 3, 1, [3, 1, 1, 1], "relu")
+    with pytest.raises(RuntimeError, match="kernel_size must be in"):
+        K.direct_conv_eval(x, torch.randn(243, 8), bias, 9, 1, [1, 1, 1, 1], "relu")
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        K.direct_conv_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "tanh")
+
+
+def test_stem_conv_of_a_patched_model_takes_the_direct_kernel_on_channels_last_input():
+    from fastblocks.inference.modules import FOLD_ATTR
+
+    model, ref = _timm_cl("mobilenetv3_large_100")
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert_accurate(model, ref, x)
+    runner = model.conv_stem.__dict__[FOLD_ATTR].runner()
+    assert runner.direct and runner._direct_ready(x)
+    assert not runner._direct_ready(x.contiguous())  # NCHW keeps its layout: oneDNN
+    with torch.no_grad():
+        out = model.bn1(model.conv_stem(x))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, ref.bn1(ref.conv_stem(x))) <= 1e-5
+
 @pytest.mark.parametrize("expand", [True, False])
 @pytest.mark.parametrize("se_gate", [None, "sigmoid", "hard_sigmoid"])
 @pytest.mark.parametrize("spatial", [3, 12], ids=["gate_on_z", "gate_on_weights"])

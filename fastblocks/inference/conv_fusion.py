@@ -5,6 +5,9 @@ activation viewed as (pixels, channels) in channels_last, or (channels, pixels) 
 then fastblocks' one-pass epilogue kernel (bias, residual, activation, in place:
 ``fastblocks_kernels::eval_epilogue_``). oneDNN's fused convolution costs 30-60 us per call on the
 host at batch 1, a GEMM call 3-5 us, and oneDNN's swish post-op runs slower than the conv itself.
+Dense convs over at most 4 input channels (a network's stem) on channels_last float32 input run
+``fastblocks_kernels::direct_conv_eval`` (direct loops, bias and activation fused): there is no
+1x1 GEMM to use, and oneDNN's kernel for 3 input channels plus its swish post-op took 1.4x as long.
 A squeeze-and-excitation gate can be applied to such a conv's input channels by scaling the weight
 rows instead of the activation (:meth:`ConvRunner.__call__`'s ``in_scale``).
 
@@ -66,6 +69,12 @@ def eval_kernels_available() -> bool:
                for name in ("eval_epilogue_", "dw_eval"))
 
 
+@functools.lru_cache(maxsize=None)
+def _direct_kernel_available() -> bool:
+    return eval_kernels_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fastblocks_kernels::direct_conv_eval", "CPU")
+
+
 def mkldnn_unary(act: str) -> tuple:
     """(attr, scalars, algorithm) of oneDNN's unary post-op for the canonical ``act``."""
     try:
@@ -94,7 +103,7 @@ class ConvRunner:
     ATen elsewhere. Build one per folded conv; :meth:`reset` when the folded weights change."""
 
     __slots__ = ("stride", "padding", "dilation", "groups", "act", "attr", "use_mkldnn", "weight", "bias",
-                 "_packed", "_act_fn", "gemm", "matrix", "matrix_t", "_taps")
+                 "_packed", "_act_fn", "gemm", "matrix", "matrix_t", "_taps", "direct", "_direct_taps")
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups: int,
                  act: str) -> None:
@@ -111,6 +120,19 @@ class ConvRunner:
                      and tuple(weight.shape[2:]) == (1, 1) and groups == 1 and self.stride == [1, 1]
                      and self.padding == [0, 0] and act in _INPLACE_ACT and eval_kernels_available())
         self.matrix = self.matrix_t = self._taps = None
+        # few input channels, one group, k <= 7, no dilation, padding below k: the direct kernel
+        k = weight.shape[-1] if weight.dim() == 4 else 0
+        self.direct = (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 4
+                       and groups == 1 and weight.shape[1] <= 4 and 1 <= k <= 7 and weight.shape[2] == k
+                       and self.dilation == [1, 1] and self.stride[0] == self.stride[1]
+                       and len(self.padding) == 2 and all(isinstance(p, int) and 0 <= p < k for p in self.padding)
+                       and act in _INPLACE_ACT
+                       and _direct_kernel_available())
+        self._direct_taps = None
+        if self.direct:  # (kh, kw, c_in) x c_out, what direct_conv_eval reads
+            self._direct_taps = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+            if self.bias is None:
+                self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
         if self.gemm:
             self.matrix = weight.reshape(weight.shape[0], -1).contiguous()  # (C_out, C_in): NCHW images
             self.matrix_t = self.matrix.t().contiguous()  # (C_in, C_out): channels_last pixels
@@ -131,6 +153,13 @@ class ConvRunner:
         if torch.is_grad_enabled() and (x.requires_grad or any(o is not None and o.requires_grad for o in others)):
             return False
         return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+    def _direct_ready(self, x: Tensor) -> bool:
+        """Whether x can take the direct kernel: float32 channels_last CPU, no gradient needed (its
+        output is channels_last, so NCHW input keeps oneDNN and its own layout)."""
+        return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                and not (torch.is_grad_enabled() and x.requires_grad))
 
     def _gemm(self, x: Tensor, residual: Optional[Tensor], in_scale: Optional[Tensor]) -> Tensor:
         n, c, h, w = x.shape
@@ -171,6 +200,10 @@ class ConvRunner:
         a gradient take ATen)."""
         if self.gemm and self.gemm_ready(x, residual, in_scale):
             return self._gemm(x, residual, in_scale)
+        if self.direct and residual is None and in_scale is None and self._direct_ready(x):
+            p0, p1 = self.padding
+            return torch.ops.fastblocks_kernels.direct_conv_eval(x, self._direct_taps, self.bias, self.weight.shape[-1],
+                                                                 self.stride[0], [p0, p0, p1, p1], self.act)
         if in_scale is not None:
             x = x * in_scale.reshape(in_scale.shape[0], in_scale.shape[1], 1, 1)
         if self.use_mkldnn and x.dtype == self.weight.dtype and x.device.type == "cpu" and not (
