@@ -7,6 +7,7 @@ is folded; otherwise (training, gradients needed, hooks) the block's own forward
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -31,6 +32,15 @@ _TIMM_LAYOUTS = {
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (None, "conv_dw", "bn1", "conv_pw"),
 }
 _LAYOUTS = set(_TIMM_LAYOUTS) | {_TORCHVISION_MBCONV}
+# C-level attribute reads over the block's modules: the whole-block forward checks them every call
+_TRAINING = operator.attrgetter("training")
+_FORWARD_HOOKS = operator.attrgetter("_forward_hooks")
+_FORWARD_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
+_CHANNELS_LAST = torch.channels_last
+
+
+def _source_key(t: Optional[torch.Tensor]):
+    return None if t is None else (t._version, t.data_ptr())
 
 
 class BlockEval:
@@ -44,6 +54,7 @@ class BlockEval:
         self.modules = list(block.modules())[1:]  # the block's own hooks ran in its __call__ already
         self.batchnorms = [f.bn for f in (self.expand, self.project) if f is not None] + [dw.batchnorm]
         self._key, self._args = None, None
+        self._slots = self._source_slots()
 
     def active(self) -> bool:
         """Every part runs folded now and no forward hook would be skipped."""
@@ -53,6 +64,22 @@ class BlockEval:
             return False
         folds = (self.project,) if self.expand is None else (self.expand, self.project)
         return all(f.active() for f in folds) and fold_active(self.dw, self.dw.batchnorm)
+
+    def _source_slots(self) -> tuple:
+        """(dicts, names): where :meth:`_sources` lives, the modules' own ``_parameters`` /
+        ``_buffers`` dicts (assigning a new parameter or buffer replaces the entry, never the dict)."""
+        dicts, names = [], []
+        convs_bns = [(f.conv, f.bn) for f in (self.expand, self.project) if f is not None]
+        convs_bns.append((self.dw, self.dw.batchnorm))
+        for conv, bn in convs_bns:
+            dicts += [conv._parameters, conv._parameters, bn._parameters, bn._parameters, bn._buffers, bn._buffers]
+            names += ["weight", "bias", "weight", "bias", "running_mean", "running_var"]
+        if self.se is not None:
+            for name in self.se.names:
+                conv = self.se._modules[name]
+                dicts += [conv._parameters, conv._parameters]
+                names += ["weight", "bias"]
+        return tuple(dicts), tuple(names)
 
     def _sources(self) -> list:
         """Every tensor the whole-block call reads besides x (folded or not)."""
@@ -97,12 +124,12 @@ class BlockEval:
         arguments are cached and rebuilt when any source tensor changed (version, storage) or a
         BatchNorm's eps did. None where it does not serve (the caller then checks the slow path)."""
         if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
-                and x.is_contiguous(memory_format=torch.channels_last) and self._whole_block_ok()):
+                and x.is_contiguous(memory_format=_CHANNELS_LAST) and self._whole_block_ok()):
             return None
-        sources = self._sources()
+        sources = list(map(dict.get, *self._slots))
         if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
             return None
-        key = [None if t is None else (t._version, t.data_ptr()) for t in sources]
+        key = list(map(_source_key, sources))
         key.append(tuple(m.eps for m in self.batchnorms))
         if key != self._key:
             self._args = self._whole_block_args()
@@ -120,7 +147,9 @@ class BlockEval:
         if not eval_kernels_available() or _module_globals._global_forward_hooks or \
                 _module_globals._global_forward_pre_hooks:
             return False
-        if any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules):
+        modules = self.modules
+        if any(map(_TRAINING, modules)) or any(map(_FORWARD_HOOKS, modules)) or \
+                any(map(_FORWARD_PRE_HOOKS, modules)):
             return False
         return eval_state_ok(self.dw.weight.device.type)
 
