@@ -223,6 +223,27 @@ def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial):
     assert rel_err(out, _mbconv_reference(x, exp, dw, se, proj, True)) <= 2e-6
 
 
+
+def test_mbconv_eval_outputs_never_share_its_scratch_memory():
+    # The expanded and depthwise activations live in per-thread scratch reused by the next call:
+    # a result must stay intact after later calls of other sizes.
+    g = _gen(6)
+
+    def block(cin, c, spatial):
+        x = torch.randn(2, cin, spatial, spatial, generator=g).contiguous(memory_format=torch.channels_last)
+        exp = (torch.randn(cin, c, generator=g) / 4, torch.randn(c, generator=g), "silu")
+        dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], "relu6")
+        se = (None, None, None, None, "identity", "sigmoid")
+        proj = (torch.randn(c, cin, generator=g) / 6, torch.randn(cin, generator=g))
+        return (x,) + exp + dw + se + proj + (True,)
+
+    small, large = block(8, 24, 5), block(16, 72, 11)
+    first = K.mbconv_eval(*small)
+    kept = first.clone()
+    second = K.mbconv_eval(*large)
+    assert torch.equal(first, kept)
+    assert torch.equal(K.mbconv_eval(*small), kept) and torch.equal(K.mbconv_eval(*large), second)
+
 def test_mbconv_eval_rejects_bad_inputs():
     x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     dw = (torch.randn(9, 8), torch.randn(8), 3, 1, [1, 1, 1, 1], "relu")
