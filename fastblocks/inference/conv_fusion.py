@@ -5,7 +5,7 @@ activation viewed as (pixels, channels) in channels_last, or (channels, pixels) 
 then fastblocks' one-pass epilogue kernel (bias, residual, activation, in place:
 ``fastblocks_kernels::eval_epilogue_``). oneDNN's fused convolution costs 30-60 us per call on the
 host at batch 1, a GEMM call 3-5 us, and oneDNN's swish post-op runs slower than the conv itself.
-Dense convs over at most 4 input channels (a network's stem) on channels_last float32 input run
+Dense convs over at most 4 input channels (a network's stem) on float32 input run
 ``fastblocks_kernels::direct_conv_eval`` (direct loops, bias and activation fused): there is no
 1x1 GEMM to use, and oneDNN's kernel for 3 input channels plus its swish post-op took 1.4x as long.
 A squeeze-and-excitation gate can be applied to such a conv's input channels by scaling the weight
@@ -155,10 +155,9 @@ class ConvRunner:
         return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
     def _direct_ready(self, x: Tensor) -> bool:
-        """Whether x can take the direct kernel: float32 channels_last CPU, no gradient needed (its
-        output is channels_last, so NCHW input keeps oneDNN and its own layout)."""
+        """Whether x can take the direct kernel: float32 CPU, no gradient needed. Its output is
+        channels_last whatever x's layout, as oneDNN's convolution returns for NCHW input too."""
         return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
-                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
                 and not (torch.is_grad_enabled() and x.requires_grad))
 
     def _gemm(self, x: Tensor, residual: Optional[Tensor], in_scale: Optional[Tensor]) -> Tensor:
