@@ -145,6 +145,36 @@ inline fb_vf dw_load(const float* p, int lanes) {
   return vload<float>(p);
 }
 
+// acc[p][v] = bias vector v for every pixel p of a register tile.
+template <int PT, int NV, bool PART>
+inline void tile_from_bias(fb_vf (&acc)[PT][NV], const float* bias, int lanes) {
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) {
+    const fb_vf b = dw_load<PART>(bias + v * kVL, lanes);
+#pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p) acc[p][v] = b;
+  }
+}
+
+// act(u) stored to p (all lanes, or the first `lanes`), returned.
+template <Act A, bool PART>
+inline fb_vf store_act(float* p, fb_vf u, int lanes) {
+  const fb_vf r = eval_act<A>(u);
+  if constexpr (PART) {
+    vstore_part(p, r, lanes);
+  } else {
+    vstore(p, r);
+  }
+  return r;
+}
+
+// [lo, hi): the output columns whose k taps all fall inside a row of W (stride S, `left` padding).
+inline std::pair<int64_t, int64_t> interior_columns(int64_t W, int64_t K, int64_t S, int64_t left, int64_t Wo) {
+  const int64_t lo = std::min<int64_t>(Wo, (left + S - 1) / S);
+  const int64_t hi = W - K + left >= 0 ? (W - K + left) / S + 1 : 0;
+  return {lo, std::max<int64_t>(lo, std::min<int64_t>(hi, Wo))};
+}
+
 // One tile of a channels-last depthwise conv: PT consecutive output pixels of row `oh` starting at
 // `ow0`, NV channel vectors from c0 (PART: one vector of `lanes` channels, the row's tail),
 // accumulated over the kernel rows [kh0, kh1). BORDER: some tap of some pixel falls outside the
@@ -156,12 +186,7 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
   constexpr int L = kVL;
   const int64_t C = g.C;
   fb_vf acc[PT][NV];
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    const fb_vf b = dw_load<PART>(bias + c0 + v * L, lanes);
-#pragma GCC unroll 8
-    for (int p = 0; p < PT; ++p) acc[p][v] = b;
-  }
+  tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
   const int64_t iw0 = ow0 * g.S - g.left;
   for (int64_t kh = kh0; kh < kh1; ++kh) {
     const int64_t ih = oh * g.S - g.top + kh;
@@ -186,12 +211,7 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
     float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * C + c0;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      const fb_vf r = eval_act<A>(acc[p][v]);
-      if constexpr (PART) {
-        vstore_part(yp, r, lanes);
-      } else {
-        vstore(yp + v * L, r);
-      }
+      const fb_vf r = store_act<A, PART>(yp + v * L, acc[p][v], lanes);
       if (pool) pool[v] += r;  // lanes past `lanes` hold act(0) = 0 for every eval activation
     }
   }
@@ -205,10 +225,7 @@ inline void dw_eval_row_block(const float* x, const float* w, const float* bias,
   fb_vf acc[NV];
   fb_vf* pv = pool ? acc : nullptr;
   for (int v = 0; v < NV; ++v) acc[v] = bc<fb_vf>(0.0f);
-  // interior: iw = ow * S - left + kw in [0, W) for every kw in [0, K)
-  const int64_t lo = std::min<int64_t>(g.Wo, (g.left + g.S - 1) / g.S);
-  int64_t hi = g.W - g.K + g.left >= 0 ? (g.W - g.K + g.left) / g.S + 1 : 0;
-  hi = std::max<int64_t>(lo, std::min<int64_t>(hi, g.Wo));
+  const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
   int64_t ow = 0;
   for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
   for (; ow + 4 <= hi; ow += 4)
@@ -272,12 +289,7 @@ inline void direct_tile(const float* x, const float* w, const float* bias, const
                         int64_t ow0, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y) {
   constexpr int L = kVL;
   fb_vf acc[PT][NV];
-#pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) {
-    const fb_vf b = dw_load<PART>(bias + c0 + v * L, lanes);
-#pragma GCC unroll 16
-    for (int p = 0; p < PT; ++p) acc[p][v] = b;
-  }
+  tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
   const int64_t iw0 = ow0 * g.S - g.left;
   const int64_t step = g.S * g.sw;  // between the tile's pixels; pointers advance, no index products
   for (int64_t kh = kh0; kh < kh1; ++kh) {
@@ -306,14 +318,7 @@ inline void direct_tile(const float* x, const float* w, const float* bias, const
   for (int p = 0; p < PT; ++p) {
     float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * g.Cout + c0;
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      const fb_vf r = eval_act<A>(acc[p][v]);
-      if constexpr (PART) {
-        vstore_part(yp, r, lanes);
-      } else {
-        vstore(yp + v * L, r);
-      }
-    }
+    for (int v = 0; v < NV; ++v) store_act<A, PART>(yp + v * L, acc[p][v], lanes);
   }
 }
 
@@ -324,9 +329,7 @@ inline void direct_row_block(const float* x, const float* w, const float* bias, 
   // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
   constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
   constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
-  const int64_t lo = std::min<int64_t>(g.Wo, (g.left + g.S - 1) / g.S);
-  int64_t hi = g.W - g.K + g.left >= 0 ? (g.W - g.K + g.left) / g.S + 1 : 0;
-  hi = std::max<int64_t>(lo, std::min<int64_t>(hi, g.Wo));
+  const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
   int64_t ow = 0;
   for (; ow < lo; ++ow) direct_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
   for (; ow + PT <= hi; ow += PT)
