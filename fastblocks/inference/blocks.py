@@ -17,7 +17,7 @@ from torch.nn.modules import module as _module_globals
 from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite
 from ..patch.classify import qualname
 from .conv_fusion import eval_kernels_available
-from .fold import eval_state_ok, fold_active, fold_sources
+from .fold import eval_state_ok, fold_active
 from .modules import FOLD_ATTR
 from .se import se_gate
 
@@ -66,8 +66,9 @@ class BlockEval:
         return all(f.active() for f in folds) and fold_active(self.dw, self.dw.batchnorm)
 
     def _source_slots(self) -> tuple:
-        """(dicts, names): where :meth:`_sources` lives, the modules' own ``_parameters`` /
-        ``_buffers`` dicts (assigning a new parameter or buffer replaces the entry, never the dict)."""
+        """(dicts, names) of every tensor the whole-block call reads besides x (folded or not): the
+        modules' own ``_parameters`` / ``_buffers`` dicts, which assigning a new parameter or buffer
+        updates in place, so ``map(dict.get, *slots)`` always reads the current tensors."""
         dicts, names = [], []
         convs_bns = [(f.conv, f.bn) for f in (self.expand, self.project) if f is not None]
         convs_bns.append((self.dw, self.dw.batchnorm))
@@ -80,19 +81,6 @@ class BlockEval:
                 dicts += [conv._parameters, conv._parameters]
                 names += ["weight", "bias"]
         return tuple(dicts), tuple(names)
-
-    def _sources(self) -> list:
-        """Every tensor the whole-block call reads besides x (folded or not)."""
-        out = []
-        for fold in (self.expand, self.project):
-            if fold is not None:
-                out += fold.sources()
-        out += fold_sources(self.dw, self.dw.batchnorm)
-        if self.se is not None:
-            for name in self.se.names:
-                conv = self.se._modules[name]
-                out += (conv._parameters["weight"], conv._parameters.get("bias"))
-        return out
 
     def _whole_block_args(self) -> Optional[tuple]:
         """The arguments of ``fastblocks_kernels::mbconv_eval`` after x, from the folded parts
