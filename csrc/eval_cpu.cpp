@@ -67,6 +67,30 @@ at::Tensor& eval_epilogue_(at::Tensor& y, const at::Tensor& bias_in, const std::
 }
 
 namespace {
+// Per-thread scratch memory of mbconv_eval: the expanded activation and the depthwise output live
+// only inside one call. At batch 8 they pass 32 MB, where glibc serves every allocation by a fresh
+// mmap, and touching its pages cost ~12 ms of a 16->96 channel 112x112 layer that computes in
+// ~2 ms (2 threads). Kept until the thread exits: the largest block's two tensors per thread.
+class Scratch {
+ public:
+  ~Scratch() { std::free(p_); }
+  float* get(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    if (bytes > bytes_) {
+      std::free(p_);
+      p_ = std::aligned_alloc(64, bytes);
+      bytes_ = p_ ? bytes : 0;
+      TORCH_CHECK(p_ != nullptr, "fastblocks_kernels::mbconv_eval: out of memory for ", bytes, " bytes of scratch");
+    }
+    return static_cast<float*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+thread_local Scratch expand_scratch, depthwise_scratch;
+
 // One depthwise eval call: checks and allocations, the output rows, then the pool.
 struct DwRun {
   at::Tensor w, bias, y, rows, pooled;
@@ -74,9 +98,9 @@ struct DwRun {
   Act act;
   bool pool;
 
-  // y_out (optional): memory for the output, N * Ho * Wo * C floats; else a fresh tensor.
+  // y_mem (optional): scratch for the output; else a fresh tensor.
   DwRun(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in, int64_t kernel_size, int64_t stride,
-        at::IntArrayRef padding, c10::string_view act_name, bool pool_, float* (*y_out)(int64_t) = nullptr)
+        at::IntArrayRef padding, c10::string_view act_name, bool pool_, Scratch* y_mem = nullptr)
       : act(parse_act(act_name)), pool(pool_) {
     const char* op = "fastblocks_kernels::dw_eval";
     TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, op, ": x must be a float32 CPU tensor, got ",
@@ -100,8 +124,8 @@ struct DwRun {
                 op, ": taps must be a float32 CPU tensor of shape (", K * K, ", ", C, "), got ", taps.sizes());
     w = taps.contiguous();
     bias = float_vector(bias_in, C, op, "bias");
-    y = y_out == nullptr ? at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
-                         : at::from_blob(y_out(N * Ho * Wo * C), {N, Ho, Wo, C}, x.options()).permute({0, 3, 1, 2});
+    y = y_mem == nullptr ? at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
+                         : at::from_blob(y_mem->get(N * Ho * Wo * C), {N, Ho, Wo, C}, x.options()).permute({0, 3, 1, 2});
     pooled = at::empty({pool ? N : 0, C}, x.options());
     if (pool) rows = at::zeros({N * Ho, C}, x.options());
     g = ConvGeo{N, C, H, W, K, stride, Ho, Wo, padding[0], padding[2]};
@@ -136,39 +160,11 @@ struct DwRun {
     });
   }
 };
-}  // namespace
-
-namespace {
-// Per-thread scratch memory of mbconv_eval: the expanded activation and the depthwise output live
-// only inside one call. At batch 8 they pass 32 MB, where glibc serves every allocation by a fresh
-// mmap, and touching its pages cost ~12 ms of a 16->96 channel 112x112 layer that computes in
-// ~2 ms (2 threads). Kept until the thread exits: the largest block's two tensors per thread.
-class Scratch {
- public:
-  ~Scratch() { std::free(p_); }
-  float* get(int64_t n) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
-    if (bytes > bytes_) {
-      std::free(p_);
-      p_ = std::aligned_alloc(64, bytes);
-      bytes_ = p_ ? bytes : 0;
-      TORCH_CHECK(p_ != nullptr, "fastblocks_kernels::mbconv_eval: out of memory for ", bytes, " bytes of scratch");
-    }
-    return static_cast<float*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
-thread_local Scratch expand_scratch, depthwise_scratch;
-float* expand_memory(int64_t n) { return expand_scratch.get(n); }
-float* depthwise_memory(int64_t n) { return depthwise_scratch.get(n); }
 
 std::tuple<at::Tensor, at::Tensor> dw_eval_into(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias,
                                                 int64_t kernel_size, int64_t stride, at::IntArrayRef padding,
-                                                c10::string_view act, bool pool, float* (*y_out)(int64_t)) {
-  DwRun dw(x, taps, bias, kernel_size, stride, padding, act, pool, y_out);
+                                                c10::string_view act, bool pool, Scratch* y_mem) {
+  DwRun dw(x, taps, bias, kernel_size, stride, padding, act, pool, y_mem);
   dw.run(x, 0, dw.g.N * dw.g.Ho);
   dw.finish();
   return {dw.y, dw.pooled};
@@ -215,16 +211,16 @@ at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const a
 namespace {
 // A channels_last 1x1 conv as a matrix product (+ the fused epilogue): x (N, C_in, H, W), wt
 // (C_in, C_out); `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels).
-// `out` (optional, without `scale`): memory for the N * H * W * C_out results.
+// `out` (optional, without `scale`): scratch for the results; else a fresh tensor.
 at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res, Act act,
-                        const at::Tensor* scale, float* (*out)(int64_t) = nullptr) {
+                        const at::Tensor* scale, Scratch* out = nullptr) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
   const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({N, H * W, Cin});
   at::Tensor y;
   if (scale != nullptr) {
     y = at::bmm(rows, wt.unsqueeze(0) * scale->view({N, Cin, 1}));
   } else if (out != nullptr) {
-    y = at::from_blob(out(N * H * W * Cout), {N * H * W, Cout}, x.options());
+    y = at::from_blob(out->get(N * H * W * Cout), {N * H * W, Cout}, x.options());
     at::mm_out(y, rows.view({N * H * W, Cin}), wt);
   } else {
     y = at::mm(rows.view({N * H * W, Cin}), wt);
@@ -263,12 +259,12 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
     check_block_tensor(*expand_wt, "expand_wt", Cin, expand_wt->dim() == 2 ? expand_wt->size(1) : -2);
     check_block_tensor(*expand_bias, "expand_bias", expand_wt->size(1), -1);
     const at::Tensor h =
-        pointwise_cl(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr, expand_memory);
+        pointwise_cl(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr, &expand_scratch);
     std::tie(z, pooled) =
-        dw_eval_into(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, depthwise_memory);
+        dw_eval_into(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
   } else {
     std::tie(z, pooled) =
-        dw_eval_into(x, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, depthwise_memory);
+        dw_eval_into(x, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
   }
   const int64_t C = z.size(1);
   const int64_t P = z.size(2) * z.size(3);

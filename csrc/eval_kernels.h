@@ -138,11 +138,19 @@ void EvalKernels<scalar_t>::epilogue_plane(float* y, int64_t planes, int64_t HW,
   });
 }
 
-// A vector of p: all lanes, or (PART) the first `lanes` of them.
+// A vector of p: all lanes, or (PART) the first `lanes` of them; and the matching store.
 template <bool PART>
-inline fb_vf dw_load(const float* p, int lanes) {
+inline fb_vf vload_lanes(const float* p, int lanes) {
   if constexpr (PART) return vload_part(p, lanes);
   return vload<float>(p);
+}
+template <bool PART>
+inline void vstore_lanes(float* p, fb_vf v, int lanes) {
+  if constexpr (PART) {
+    vstore_part(p, v, lanes);
+  } else {
+    vstore(p, v);
+  }
 }
 
 // acc[p][v] = bias vector v for every pixel p of a register tile.
@@ -150,7 +158,7 @@ template <int PT, int NV, bool PART>
 inline void tile_from_bias(fb_vf (&acc)[PT][NV], const float* bias, int lanes) {
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
-    const fb_vf b = dw_load<PART>(bias + v * kVL, lanes);
+    const fb_vf b = vload_lanes<PART>(bias + v * kVL, lanes);
 #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) acc[p][v] = b;
   }
@@ -160,11 +168,7 @@ inline void tile_from_bias(fb_vf (&acc)[PT][NV], const float* bias, int lanes) {
 template <Act A, bool PART>
 inline fb_vf store_act(float* p, fb_vf u, int lanes) {
   const fb_vf r = eval_act<A>(u);
-  if constexpr (PART) {
-    vstore_part(p, r, lanes);
-  } else {
-    vstore(p, r);
-  }
+  vstore_lanes<PART>(p, r, lanes);
   return r;
 }
 
@@ -195,14 +199,14 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
     for (int64_t kw = 0; kw < g.K; ++kw) {
       fb_vf wv[NV];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) wv[v] = dw_load<PART>(wrow + kw * C + v * L, lanes);
+      for (int v = 0; v < NV; ++v) wv[v] = vload_lanes<PART>(wrow + kw * C + v * L, lanes);
 #pragma GCC unroll 8
       for (int p = 0; p < PT; ++p) {
         const int64_t iw = iw0 + p * g.S + kw;
         if (BORDER && (iw < 0 || iw >= g.W)) continue;
         const float* xp = xrow + iw * C;
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[p][v] += dw_load<PART>(xp + v * L, lanes) * wv[v];
+        for (int v = 0; v < NV; ++v) acc[p][v] += vload_lanes<PART>(xp + v * L, lanes) * wv[v];
       }
     }
   }
@@ -234,11 +238,8 @@ inline void dw_eval_row_block(const float* x, const float* w, const float* bias,
   for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
   if (!pool) return;
   for (int v = 0; v < NV; ++v) {
-    if constexpr (PART) {
-      vstore_part(pool + c0, vload_part(pool + c0, lanes) + acc[v], lanes);
-    } else {
-      vstore(pool + c0 + v * kVL, vload<float>(pool + c0 + v * kVL) + acc[v]);
-    }
+    float* pc = pool + c0 + v * kVL;
+    vstore_lanes<PART>(pc, vload_lanes<PART>(pc, lanes) + acc[v], lanes);
   }
 }
 
@@ -299,7 +300,7 @@ inline void direct_tile(const float* x, const float* w, const float* bias, const
       for (int64_t ci = 0; ci < g.Cin; ++ci, wk += g.Cout) {
         fb_vf wv[NV];
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) wv[v] = dw_load<PART>(wk + v * L, lanes);
+        for (int v = 0; v < NV; ++v) wv[v] = vload_lanes<PART>(wk + v * L, lanes);
         const float* xp = xrow + kw * g.sw + ci * g.sc;
 #pragma GCC unroll 16
         for (int p = 0; p < PT; ++p, xp += step) {

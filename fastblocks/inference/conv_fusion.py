@@ -62,17 +62,12 @@ _MKLDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 @functools.lru_cache(maxsize=None)
 def eval_kernels_available() -> bool:
-    """Whether fastblocks' compiled eval kernels (``eval_epilogue_``, ``dw_eval``) can run here."""
+    """Whether fastblocks' compiled eval kernels (``eval_epilogue_``, ``dw_eval``,
+    ``direct_conv_eval``) can run here."""
     if native.unavailable_reason("cpu") is not None:
         return False
     return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_kernels::{name}", "CPU")
-               for name in ("eval_epilogue_", "dw_eval"))
-
-
-@functools.lru_cache(maxsize=None)
-def _direct_kernel_available() -> bool:
-    return eval_kernels_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fastblocks_kernels::direct_conv_eval", "CPU")
+               for name in ("eval_epilogue_", "dw_eval", "direct_conv_eval"))
 
 
 def mkldnn_unary(act: str) -> tuple:
@@ -115,29 +110,25 @@ class ConvRunner:
         self.use_mkldnn = self.attr is not None and mkldnn_usable(weight)
         self.weight, self.bias = weight, bias
         self._packed: dict = {}
-        # 1x1, stride 1, no padding, one group, float32 on CPU: a matrix product + our epilogue
-        self.gemm = (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 4
-                     and tuple(weight.shape[2:]) == (1, 1) and groups == 1 and self.stride == [1, 1]
-                     and self.padding == [0, 0] and act in _INPLACE_ACT and eval_kernels_available())
-        self.matrix = self.matrix_t = self._taps = None
-        # few input channels, one group, k <= 7, no dilation, padding below k: the direct kernel
-        k = weight.shape[-1] if weight.dim() == 4 else 0
-        self.direct = (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 4
-                       and groups == 1 and weight.shape[1] <= 4 and 1 <= k <= 7 and weight.shape[2] == k
+        # a float32 CPU conv of one group that fastblocks' eval kernels can finish (bias + act)
+        ours = (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 4
+                and groups == 1 and act in _INPLACE_ACT and eval_kernels_available())
+        # 1x1, stride 1, no padding: a matrix product + our epilogue
+        self.gemm = (ours and tuple(weight.shape[2:]) == (1, 1) and self.stride == [1, 1]
+                     and self.padding == [0, 0])
+        # few input channels, square k <= 7, no dilation, padding below k: the direct kernel
+        k = weight.shape[-1] if ours else 0
+        self.direct = (ours and weight.shape[1] <= 4 and 1 <= k <= 7 and weight.shape[2] == k
                        and self.dilation == [1, 1] and self.stride[0] == self.stride[1]
-                       and len(self.padding) == 2 and all(isinstance(p, int) and 0 <= p < k for p in self.padding)
-                       and act in _INPLACE_ACT
-                       and _direct_kernel_available())
-        self._direct_taps = None
+                       and len(self.padding) == 2 and all(isinstance(p, int) and 0 <= p < k for p in self.padding))
+        self.matrix = self.matrix_t = self._taps = self._direct_taps = None
+        if (self.gemm or self.direct) and self.bias is None:
+            self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
         if self.direct:  # (kh, kw, c_in) x c_out, what direct_conv_eval reads
             self._direct_taps = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
-            if self.bias is None:
-                self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
         if self.gemm:
             self.matrix = weight.reshape(weight.shape[0], -1).contiguous()  # (C_out, C_in): NCHW images
             self.matrix_t = self.matrix.t().contiguous()  # (C_in, C_out): channels_last pixels
-            if self.bias is None:
-                self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
 
     def depthwise_taps(self) -> Tensor:
         """The (depthwise) weight tap-major, (k * k, C) float32: what ``dw_eval`` reads."""
@@ -146,19 +137,25 @@ class ConvRunner:
             self._taps = self.weight.reshape(c, -1).t().contiguous()
         return self._taps
 
+    @staticmethod
+    def _kernel_input(x: Tensor, *others: Optional[Tensor]) -> bool:
+        """x is a 4-D float32 CPU tensor and no gradient is needed for it or ``others``: what
+        fastblocks' eval kernels (no autograd) take."""
+        if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4):
+            return False
+        return not (torch.is_grad_enabled()
+                    and (x.requires_grad or any(o is not None and o.requires_grad for o in others)))
+
     def gemm_ready(self, x: Tensor, *others: Optional[Tensor]) -> bool:
         """Whether x (and ``others``: residual, scale) can take the matrix-product path now."""
-        if not (self.gemm and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4):
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or any(o is not None and o.requires_grad for o in others)):
+        if not (self.gemm and self._kernel_input(x, *others)):
             return False
         return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
     def _direct_ready(self, x: Tensor) -> bool:
-        """Whether x can take the direct kernel: float32 CPU, no gradient needed. Its output is
-        channels_last whatever x's layout, as oneDNN's convolution returns for NCHW input too."""
-        return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
-                and not (torch.is_grad_enabled() and x.requires_grad))
+        """Whether x can take the direct kernel now (any layout: its output is channels_last, as
+        oneDNN's convolution returns for NCHW input too)."""
+        return self.direct and self._kernel_input(x)
 
     def _gemm(self, x: Tensor, residual: Optional[Tensor], in_scale: Optional[Tensor]) -> Tensor:
         n, c, h, w = x.shape
@@ -199,7 +196,7 @@ class ConvRunner:
         a gradient take ATen)."""
         if self.gemm and self.gemm_ready(x, residual, in_scale):
             return self._gemm(x, residual, in_scale)
-        if self.direct and residual is None and in_scale is None and self._direct_ready(x):
+        if residual is None and in_scale is None and self._direct_ready(x):
             p0, p1 = self.padding
             return torch.ops.fastblocks_kernels.direct_conv_eval(x, self._direct_taps, self.bias, self.weight.shape[-1],
                                                                  self.stride[0], [p0, p0, p1, p1], self.act)
