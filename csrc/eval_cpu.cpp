@@ -4,9 +4,7 @@
 #include "eval_cpu_ops.h"
 #include "fb_cpu.h"
 
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 
 #include <cstdlib>
 
@@ -209,24 +207,24 @@ at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const a
 }
 
 namespace {
-// A channels_last 1x1 conv as a matrix product (+ the fused epilogue): x (N, C_in, H, W), wt
-// (C_in, C_out); `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels).
-// `out` (optional, without `scale`): scratch for the results; else a fresh tensor.
-at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res, Act act,
-                        const at::Tensor* scale, Scratch* out = nullptr) {
+// A channels_last 1x1 conv with its epilogue fused (pointwise_cl): x (N, C_in, H, W), wt (C_in, C_out);
+// `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels); `res` has the
+// output's shape and layout. `out` (optional): scratch for the result; else a fresh tensor.
+at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res, Act act,
+                          const at::Tensor* scale, Scratch* out = nullptr) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
-  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({N, H * W, Cin});
-  at::Tensor y;
-  if (scale != nullptr) {
-    y = at::bmm(rows, wt.unsqueeze(0) * scale->view({N, Cin, 1}));
-  } else if (out != nullptr) {
-    y = at::from_blob(out->get(N * H * W * Cout), {N * H * W, Cout}, x.options());
-    at::mm_out(y, rows.view({N * H * W, Cin}), wt);
-  } else {
-    y = at::mm(rows.view({N * H * W, Cin}), wt);
+  at::Tensor y = out == nullptr
+                     ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
+                     : at::from_blob(out->get(N * H * W * Cout), {N, H, W, Cout}, x.options()).permute({0, 3, 1, 2});
+  if (y.numel() == 0) return y;
+  at::Tensor w = wt;
+  int64_t w_stride = 0;
+  if (scale != nullptr) {  // rows of the weight scaled per image: (N, C_in, C_out)
+    w = (wt.unsqueeze(0) * scale->view({N, Cin, 1})).contiguous();
+    w_stride = Cin * Cout;
   }
-  y = y.view({N, H, W, Cout}).permute({0, 3, 1, 2});
-  epilogue_inplace(y, bias.const_data_ptr<float>(), res, act);
+  FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), N, H * W, Cin, w.const_data_ptr<float>(),
+              w_stride, Cout, bias.const_data_ptr<float>(), res, act, y.mutable_data_ptr<float>());
   return y;
 }
 
@@ -238,6 +236,37 @@ void check_block_tensor(const at::Tensor& t, const char* name, int64_t dim0, int
               dim1 < 0 ? "" : ", ", dim1 < 0 ? "" : std::to_string(dim1), ")");
 }
 }  // namespace
+
+at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias_in,
+                          const std::optional<at::Tensor>& residual, c10::string_view act_name,
+                          const std::optional<at::Tensor>& scale_in) {
+  const char* op = "fastblocks_kernels::pointwise_eval";
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && channels_last_dense(x), op,
+              ": x must be a 4-D channels_last float32 CPU tensor, got ", x.scalar_type(), " sizes ", x.sizes(),
+              " strides ", x.strides());
+  TORCH_CHECK(wt.device().is_cpu() && wt.scalar_type() == at::kFloat && wt.dim() == 2 && wt.size(0) == x.size(1), op,
+              ": wt must be a float32 CPU tensor of shape (", x.size(1), ", C_out), got ", wt.scalar_type(), " ",
+              wt.sizes());
+  const at::Tensor w = wt.contiguous();
+  const at::Tensor bias = float_vector(bias_in, w.size(1), op, "bias");
+  const Act act = parse_act(act_name);
+  const float* res = nullptr;
+  if (residual.has_value() && residual->defined()) {
+    const std::vector<int64_t> shape{x.size(0), w.size(1), x.size(2), x.size(3)};
+    TORCH_CHECK(residual->device().is_cpu() && residual->scalar_type() == at::kFloat &&
+                    residual->sizes() == at::IntArrayRef(shape) && channels_last_dense(*residual),
+                op, ": residual must be a channels_last float32 CPU tensor of shape ", at::IntArrayRef(shape),
+                ", got ", residual->scalar_type(), " sizes ", residual->sizes(), " strides ", residual->strides());
+    res = residual->const_data_ptr<float>();
+  }
+  if (!(scale_in.has_value() && scale_in->defined())) return pointwise_into(x, w, bias, res, act, nullptr);
+  TORCH_CHECK(scale_in->device().is_cpu() && scale_in->scalar_type() == at::kFloat &&
+                  scale_in->numel() == x.size(0) * x.size(1),
+              op, ": scale must be a float32 CPU tensor of (N, C_in) = (", x.size(0), ", ", x.size(1), ") values, got ",
+              scale_in->scalar_type(), " ", scale_in->sizes());
+  const at::Tensor scale = scale_in->reshape({x.size(0), x.size(1)}).contiguous();
+  return pointwise_into(x, w, bias, res, act, &scale);
+}
 
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
                        const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,
@@ -259,7 +288,7 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
     check_block_tensor(*expand_wt, "expand_wt", Cin, expand_wt->dim() == 2 ? expand_wt->size(1) : -2);
     check_block_tensor(*expand_bias, "expand_bias", expand_wt->size(1), -1);
     const at::Tensor h =
-        pointwise_cl(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr, &expand_scratch);
+        pointwise_into(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr, &expand_scratch);
     std::tie(z, pooled) =
         dw_eval_into(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
   } else {
@@ -279,7 +308,7 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
                 x.sizes());
     res = x.const_data_ptr<float>();
   }
-  if (!se) return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+  if (!se) return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
   TORCH_CHECK(se_w2.has_value() && se_w2->defined(), op, ": se_w2 is required with se_w1");
   TORCH_CHECK(se_w1->dim() == 2, op, ": se_w1 must be (R, C), got ", se_w1->sizes());
   const int64_t R = se_w1->size(0);
@@ -296,9 +325,9 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
               has_b2 ? se_b2->const_data_ptr<float>() : nullptr, parse_act(se_act), se_gate == "hard_sigmoid",
               gate.mutable_data_ptr<float>());
   // The gate scales the projection's weight rows where they are fewer numbers than z's.
-  if (Cout <= P) return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, &gate);
+  if (Cout <= P) return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, &gate);
   z.mul_(gate.view({N, C, 1, 1}));
-  return pointwise_cl(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+  return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
 }
 
 }  // namespace cpu

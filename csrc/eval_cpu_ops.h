@@ -22,6 +22,13 @@ std::tuple<at::Tensor, at::Tensor> dw_eval(const at::Tensor& x, const at::Tensor
 at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias, int64_t kernel_size,
                             int64_t stride, at::IntArrayRef padding, c10::string_view act);
 
+// A channels_last 1x1 conv on folded weights, wt (C_in, C_out), with bias, residual (the output's
+// shape, channels_last) and activation fused; scale (N, C_in, optional) multiplies x's channels
+// per image (applied to the weight rows). The output channels_last.
+at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias,
+                          const std::optional<at::Tensor>& residual, c10::string_view act,
+                          const std::optional<at::Tensor>& scale);
+
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
                        const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,
                        const at::Tensor& dw_taps, const at::Tensor& dw_bias, int64_t kernel_size, int64_t stride,

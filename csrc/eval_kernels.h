@@ -153,12 +153,13 @@ inline void vstore_lanes(float* p, fb_vf v, int lanes) {
   }
 }
 
-// acc[p][v] = bias vector v for every pixel p of a register tile.
+// acc[p][v] = bias vector v for every pixel p of a register tile (PART: the last vector has only
+// `lanes` lanes, the others zero).
 template <int PT, int NV, bool PART>
 inline void tile_from_bias(fb_vf (&acc)[PT][NV], const float* bias, int lanes) {
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
-    const fb_vf b = vload_lanes<PART>(bias + v * kVL, lanes);
+    const fb_vf b = PART && v == NV - 1 ? vload_part(bias + v * kVL, lanes) : vload<float>(bias + v * kVL);
 #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) acc[p][v] = b;
   }
@@ -367,6 +368,103 @@ void EvalKernels<scalar_t>::direct_conv_cl(const float* x, const float* w, const
         c0 += (g.Cout - c0) / kVL * kVL;
         if (c0 < g.Cout)
           direct_row_block<A, 1, true>(x, w, bias, g, n, oh, c0, static_cast<int>(g.Cout - c0), kh0, kh1, y);
+      }
+    });
+  });
+}
+
+// One register tile of a channels-last 1x1 conv: pixels [p0, p0 + PT) of x (rows of Cin floats),
+// NV output vectors from c0 (PART: the last of them has only `lanes` channels, the row's tail),
+// the bias, the residual rows (optional) and the activation applied before the only store.
+// w: (Cin, Cout) row-major.
+template <Act A, int PT, int NV, bool PART>
+inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
+                           const float* res, float* y, int64_t p0, int64_t c0, int lanes) {
+  constexpr int L = kVL;
+  fb_vf acc[PT][NV];
+  tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
+  const float* xp = x + p0 * Cin;
+  const float* wk = w + c0;
+  for (int64_t ci = 0; ci < Cin; ++ci, wk += Cout, ++xp) {
+    fb_vf wv[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) wv[v] = PART && v == NV - 1 ? vload_part(wk + v * L, lanes) : vload<float>(wk + v * L);
+#pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p) {
+      const fb_vf xv = bc<fb_vf>(xp[p * Cin]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+    const int64_t o = (p0 + p) * Cout + c0;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      if (PART && v == NV - 1) {
+        fb_vf u = acc[p][v];
+        if (res) u += vload_part(res + o + v * L, lanes);
+        store_act<A, true>(y + o + v * L, u, lanes);
+      } else {
+        fb_vf u = acc[p][v];
+        if (res) u += vload<float>(res + o + v * L);
+        store_act<A, false>(y + o + v * L, u, lanes);
+      }
+    }
+  }
+}
+
+// Pixels [p0, p1) x channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)) in register tiles.
+template <Act A, int NV, bool PART>
+inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
+                            const float* res, float* y, int64_t p0, int64_t p1, int64_t c0, int lanes) {
+  // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
+  constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
+  constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
+  int64_t p = p0;
+  for (; p + PT <= p1; p += PT) pointwise_tile<A, PT, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+  if constexpr (PT >= 4) {
+    for (; p + 4 <= p1; p += 4) pointwise_tile<A, 4, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+  }
+  for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+}
+
+// A channels-last 1x1 conv on folded weights with its epilogue in registers:
+// y[n, p, :] = act(x[n, p, :] @ w_n + bias (+ res[n, p, :])) for N images of P pixels, w_n =
+// w + n * w_image_stride ((Cin, Cout) row-major; a stride of 0 shares one matrix, a stride of
+// Cin * Cout takes per-image matrices, e.g. weights scaled by a squeeze-and-excitation gate).
+// Work items: (image, block of pixels, block of 4 output vectors), the output written once.
+template <typename scalar_t>
+void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w,
+                                         int64_t w_image_stride, int64_t Cout, const float* bias, const float* res,
+                                         Act act, float* y) {
+  constexpr int64_t kChunk = 4 * kVL;
+  const int64_t chunks = (Cout + kChunk - 1) / kChunk;
+  // pixel blocks of about 48 pixels (4 tiles of 12), equal in size within an image
+  const int64_t blocks = std::max<int64_t>(1, (P + 47) / 48);
+  const int64_t block = (P + blocks - 1) / blocks;
+  const int64_t items = N * blocks * chunks;
+  const int64_t grain = std::max<int64_t>(1, (1 << 17) / std::max<int64_t>(1, block * Cin * kChunk));
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t chunk = item % chunks, b = item / chunks % blocks, n = item / chunks / blocks;
+        const int64_t p0 = n * P + b * block, p1 = n * P + std::min(P, (b + 1) * block);
+        if (p1 <= p0) continue;
+        const float* wn = w + n * w_image_stride;
+        const int64_t c0 = chunk * kChunk, width = std::min(kChunk, Cout - c0);
+        const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
+        switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
+          case 8: pointwise_block<A, 4, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
+          case 9: pointwise_block<A, 4, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
+          case 6: pointwise_block<A, 3, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
+          case 7: pointwise_block<A, 3, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
+          case 4: pointwise_block<A, 2, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
+          case 5: pointwise_block<A, 2, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
+          case 2: pointwise_block<A, 1, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
+          default: pointwise_block<A, 1, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
+        }
       }
     });
   });

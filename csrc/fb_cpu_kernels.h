@@ -82,6 +82,8 @@ struct EvalKernels {
                          float* pool_rows, int64_t row0, int64_t row1);
   static void direct_conv_cl(const float* x, const float* w, const float* bias, const DirectGeo& g, Act act,
                              float* y);
+  static void pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w, int64_t w_image_stride,
+                           int64_t Cout, const float* bias, const float* res, Act act, float* y);
   static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,
                      const float* w2, const float* b2, Act act, bool hard_gate, float* gate);
 };

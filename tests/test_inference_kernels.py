@@ -1,5 +1,5 @@
 """The CPU eval kernels on folded weights (``fastblocks_kernels::eval_epilogue_``, ``dw_eval``,
-``mbconv_eval``) against float64 PyTorch compositions, and the whole-block eval path of patched
+``direct_conv_eval``, ``pointwise_eval``, ``mbconv_eval``) against float64 PyTorch compositions, and the whole-block eval path of patched
 timm MBConv models (channels_last float32 input): accuracy, cache invalidation, fallbacks."""
 
 import copy
@@ -188,6 +188,74 @@ def test_direct_conv_eval_rejects_bad_inputs():
         K.direct_conv_eval(x, torch.randn(243, 8), bias, 9, 1, [1, 1, 1, 1], "relu")
     with pytest.raises(RuntimeError, match="act must be one of"):
         K.direct_conv_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "tanh")
+
+
+# (C_in, C_out, H, W): every register-tile width (1-4 vectors, with and without a partial last
+# vector, several 64-channel chunks), pixel counts with 12-, 4- and 1-pixel tiles, one pixel
+POINTWISE_CASES = [
+    (16, 64, 7, 9),
+    (24, 40, 5, 5),
+    (5, 8, 3, 4),
+    (40, 24, 11, 6),
+    (120, 72, 4, 4),
+    (33, 136, 2, 3),
+    (7, 200, 1, 1),
+    (64, 16, 13, 1),
+]
+
+
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: f"{c[0]}to{c[1]}_{c[2]}x{c[3]}")
+@pytest.mark.parametrize("act", ["silu", "hardswish", "relu", "identity"])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_pointwise_eval_matches_conv1x1_bias_residual_act(case, act, with_residual, with_scale):
+    cin, cout, h, w = case
+    g = _gen(6)
+    cl = torch.channels_last
+    x = torch.randn(3, cin, h, w, generator=g).contiguous(memory_format=cl)
+    wt = torch.randn(cin, cout, generator=g) / cin ** 0.5
+    bias = torch.randn(cout, generator=g)
+    res = torch.randn(3, cout, h, w, generator=g).contiguous(memory_format=cl) if with_residual else None
+    scale = torch.rand(3, cin, generator=g) if with_scale else None
+    y = K.pointwise_eval(x, wt, bias, res, act, scale)
+    xs = x.double() * (scale.double().view(3, cin, 1, 1) if with_scale else 1)
+    u = F.conv2d(xs, wt.double().t().reshape(cout, cin, 1, 1), bias.double())
+    ref = ACTIVATIONS[act][0](u + (res.double() if with_residual else 0))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=cl)
+    assert rel_err(y, ref) <= 1e-6
+
+
+def test_pointwise_eval_is_independent_of_the_thread_count():
+    g = _gen(7)
+    x = torch.randn(2, 96, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
+    wt, bias = torch.randn(96, 136, generator=g), torch.randn(136, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = K.pointwise_eval(x, wt, bias, None, "silu", None)
+        torch.set_num_threads(2)
+        two = K.pointwise_eval(x, wt, bias, None, "silu", None)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_pointwise_eval_rejects_bad_inputs():
+    cl = torch.channels_last
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=cl)
+    wt, bias = torch.randn(8, 16), torch.randn(16)
+    with pytest.raises(RuntimeError, match="x must be a 4-D channels_last float32"):
+        K.pointwise_eval(torch.randn(2, 8, 4, 4), wt, bias, None, "relu", None)
+    with pytest.raises(RuntimeError, match=r"wt must be a float32 CPU tensor of shape \(8, C_out\)"):
+        K.pointwise_eval(x, torch.randn(9, 16), bias, None, "relu", None)
+    with pytest.raises(RuntimeError, match="bias must have 16 elements"):
+        K.pointwise_eval(x, wt, torch.randn(15), None, "relu", None)
+    with pytest.raises(RuntimeError, match="residual must be a channels_last float32"):
+        K.pointwise_eval(x, wt, bias, torch.randn(2, 16, 4, 4), "relu", None)
+    with pytest.raises(RuntimeError, match="scale must be a float32 CPU tensor of"):
+        K.pointwise_eval(x, wt, bias, None, "relu", torch.rand(2, 7))
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        K.pointwise_eval(x, wt, bias, None, "tanh", None)
 
 
 def test_stem_conv_of_a_patched_model_takes_the_direct_kernel():
