@@ -52,7 +52,8 @@ TORCH_LIBRARY(fastblocks_kernels, m) {
   m.def(
       "mbconv_eval(Tensor x, Tensor? expand_wt, Tensor? expand_bias, str expand_act, Tensor dw_taps, "
       "Tensor dw_bias, int kernel_size, int stride, int[4] padding, str dw_act, Tensor? se_w1, Tensor? se_b1, "
-      "Tensor? se_w2, Tensor? se_b2, str se_act, str se_gate, Tensor proj_wt, Tensor proj_bias, bool residual) "
+      "Tensor? se_w2, Tensor? se_b2, str se_act, str se_gate, str gate_act, Tensor proj_wt, Tensor proj_bias, "
+      "bool residual) "
       "-> Tensor");
 }
 

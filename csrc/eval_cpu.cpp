@@ -208,10 +208,11 @@ at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const a
 
 namespace {
 // A channels_last 1x1 conv with its epilogue fused (pointwise_cl): x (N, C_in, H, W), wt (C_in, C_out);
-// `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels); `res` has the
-// output's shape and layout. `out` (optional): scratch for the result; else a fresh tensor.
-at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res, Act act,
-                          const at::Tensor* scale, Scratch* out = nullptr) {
+// `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels); `res`
+// (channels_last, res_channels <= C_out channels) is added to the first res_channels output
+// channels. `out` (optional): scratch for the result; else a fresh tensor.
+at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res,
+                          int64_t res_channels, Act act, const at::Tensor* scale, Scratch* out = nullptr) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
   at::Tensor y = out == nullptr
                      ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
@@ -224,7 +225,8 @@ at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::T
     w_stride = Cin * Cout;
   }
   FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), N, H * W, Cin, w.const_data_ptr<float>(),
-              w_stride, Cout, bias.const_data_ptr<float>(), res, act, y.mutable_data_ptr<float>());
+              w_stride, Cout, bias.const_data_ptr<float>(), res, res_channels, res_channels, act,
+              y.mutable_data_ptr<float>());
   return y;
 }
 
@@ -259,13 +261,14 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
                 ", got ", residual->scalar_type(), " sizes ", residual->sizes(), " strides ", residual->strides());
     res = residual->const_data_ptr<float>();
   }
-  if (!(scale_in.has_value() && scale_in->defined())) return pointwise_into(x, w, bias, res, act, nullptr);
+  const int64_t Cout = w.size(1);
+  if (!(scale_in.has_value() && scale_in->defined())) return pointwise_into(x, w, bias, res, Cout, act, nullptr);
   TORCH_CHECK(scale_in->device().is_cpu() && scale_in->scalar_type() == at::kFloat &&
                   scale_in->numel() == x.size(0) * x.size(1),
               op, ": scale must be a float32 CPU tensor of (N, C_in) = (", x.size(0), ", ", x.size(1), ") values, got ",
               scale_in->scalar_type(), " ", scale_in->sizes());
   const at::Tensor scale = scale_in->reshape({x.size(0), x.size(1)}).contiguous();
-  return pointwise_into(x, w, bias, res, act, &scale);
+  return pointwise_into(x, w, bias, res, Cout, act, &scale);
 }
 
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
@@ -274,7 +277,8 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
                        at::IntArrayRef padding, c10::string_view dw_act, const std::optional<at::Tensor>& se_w1,
                        const std::optional<at::Tensor>& se_b1, const std::optional<at::Tensor>& se_w2,
                        const std::optional<at::Tensor>& se_b2, c10::string_view se_act, c10::string_view se_gate,
-                       const at::Tensor& proj_wt, const at::Tensor& proj_bias, bool residual) {
+                       c10::string_view gate_act, const at::Tensor& proj_wt, const at::Tensor& proj_bias,
+                       bool residual) {
   const char* op = "fastblocks_kernels::mbconv_eval";
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && channels_last_dense(x), op,
               ": x must be a 4-D channels_last float32 CPU tensor, got ", x.scalar_type(), " sizes ", x.sizes(),
@@ -288,7 +292,7 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
     check_block_tensor(*expand_wt, "expand_wt", Cin, expand_wt->dim() == 2 ? expand_wt->size(1) : -2);
     check_block_tensor(*expand_bias, "expand_bias", expand_wt->size(1), -1);
     const at::Tensor h =
-        pointwise_into(x, *expand_wt, *expand_bias, nullptr, parse_act(expand_act), nullptr, &expand_scratch);
+        pointwise_into(x, *expand_wt, *expand_bias, nullptr, 0, parse_act(expand_act), nullptr, &expand_scratch);
     std::tie(z, pooled) =
         dw_eval_into(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
   } else {
@@ -303,12 +307,14 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
   check_block_tensor(proj_bias, "proj_bias", Cout, -1);
   const float* res = nullptr;
   if (residual) {
-    TORCH_CHECK(Cout == Cin && z.size(2) == x.size(2) && z.size(3) == x.size(3), op,
-                ": residual needs the output shape to equal x's, got ", Cout, " channels ", z.sizes(), " vs ",
-                x.sizes());
+    TORCH_CHECK(Cout >= Cin && z.size(2) == x.size(2) && z.size(3) == x.size(3), op,
+                ": residual needs an output as large as x (C_out >= C_in, same H, W), got ", Cout, " channels ",
+                z.sizes(), " vs ", x.sizes());
     res = x.const_data_ptr<float>();
   }
-  if (!se) return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+  const Act after_gate = parse_act(gate_act);
+  TORCH_CHECK(se || after_gate == Act::Identity, op, ": gate_act needs the SE (se_w1), got ", std::string(gate_act));
+  if (!se) return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
   TORCH_CHECK(se_w2.has_value() && se_w2->defined(), op, ": se_w2 is required with se_w1");
   TORCH_CHECK(se_w1->dim() == 2, op, ": se_w1 must be (R, C), got ", se_w1->sizes());
   const int64_t R = se_w1->size(0);
@@ -324,10 +330,15 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
               has_b1 ? se_b1->const_data_ptr<float>() : nullptr, se_w2->const_data_ptr<float>(),
               has_b2 ? se_b2->const_data_ptr<float>() : nullptr, parse_act(se_act), se_gate == "hard_sigmoid",
               gate.mutable_data_ptr<float>());
+  if (after_gate != Act::Identity) {  // act(z * gate): the gate cannot move into the weights
+    FB_ISA_CALL(EvalKernels<float>::scale_act_cl, z.mutable_data_ptr<float>(), N, P, C, gate.const_data_ptr<float>(),
+                after_gate);
+    return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
+  }
   // The gate scales the projection's weight rows where they are fewer numbers than z's.
-  if (Cout <= P) return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, &gate);
+  if (Cout <= P) return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, &gate);
   z.mul_(gate.view({N, C, 1, 1}));
-  return pointwise_into(z, proj_wt, proj_bias, res, Act::Identity, nullptr);
+  return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
 }
 
 }  // namespace cpu

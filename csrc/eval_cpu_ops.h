@@ -29,13 +29,17 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
                           const std::optional<at::Tensor>& residual, c10::string_view act,
                           const std::optional<at::Tensor>& scale);
 
+// A whole inverted-residual block on folded weights, channels_last: [1x1 expansion + act] ->
+// depthwise conv + dw_act -> [SE: pool, MLP, gate; gate_act applied after the gate multiply
+// (ReXNet: dw_act identity, gate_act relu6)] -> 1x1 projection [+ x on its first C_in channels].
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
                        const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,
                        const at::Tensor& dw_taps, const at::Tensor& dw_bias, int64_t kernel_size, int64_t stride,
                        at::IntArrayRef padding, c10::string_view dw_act, const std::optional<at::Tensor>& se_w1,
                        const std::optional<at::Tensor>& se_b1, const std::optional<at::Tensor>& se_w2,
                        const std::optional<at::Tensor>& se_b2, c10::string_view se_act, c10::string_view se_gate,
-                       const at::Tensor& proj_wt, const at::Tensor& proj_bias, bool residual);
+                       c10::string_view gate_act, const at::Tensor& proj_wt, const at::Tensor& proj_bias,
+                       bool residual);
 
 }  // namespace cpu
 }  // namespace fastblocks

@@ -373,13 +373,28 @@ void EvalKernels<scalar_t>::direct_conv_cl(const float* x, const float* w, const
   });
 }
 
+// A residual added to the first `channels` output channels (all of them, or fewer: ReXNet adds
+// its input to the leading channels of a wider output); rows of `stride` floats.
+struct Residual {
+  const float* p;
+  int64_t stride, channels;
+};
+
+// u + the residual's channels [c, c + n) of pixel `pixel` (n <= kVL lanes of u).
+inline fb_vf add_residual(fb_vf u, const Residual& r, int64_t pixel, int64_t c, int n) {
+  const int64_t have = std::min<int64_t>(n, r.channels - c);
+  if (have <= 0) return u;
+  const float* p = r.p + pixel * r.stride + c;
+  return u + (have == kVL ? vload<float>(p) : vload_part(p, static_cast<int>(have)));
+}
+
 // One register tile of a channels-last 1x1 conv: pixels [p0, p0 + PT) of x (rows of Cin floats),
 // NV output vectors from c0 (PART: the last of them has only `lanes` channels, the row's tail),
-// the bias, the residual rows (optional) and the activation applied before the only store.
+// the bias, the residual (res.p optional) and the activation applied before the only store.
 // w: (Cin, Cout) row-major.
 template <Act A, int PT, int NV, bool PART>
 inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
-                           const float* res, float* y, int64_t p0, int64_t c0, int lanes) {
+                           const Residual& res, float* y, int64_t p0, int64_t c0, int lanes) {
   constexpr int L = kVL;
   fb_vf acc[PT][NV];
   tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
@@ -398,17 +413,16 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
   }
 #pragma GCC unroll 16
   for (int p = 0; p < PT; ++p) {
-    const int64_t o = (p0 + p) * Cout + c0;
+    float* yp = y + (p0 + p) * Cout + c0;
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
-      if (PART && v == NV - 1) {
-        fb_vf u = acc[p][v];
-        if (res) u += vload_part(res + o + v * L, lanes);
-        store_act<A, true>(y + o + v * L, u, lanes);
+      const bool part = PART && v == NV - 1;
+      fb_vf u = acc[p][v];
+      if (res.p) u = add_residual(u, res, p0 + p, c0 + v * L, part ? lanes : L);
+      if (part) {
+        store_act<A, true>(yp + v * L, u, lanes);
       } else {
-        fb_vf u = acc[p][v];
-        if (res) u += vload<float>(res + o + v * L);
-        store_act<A, false>(y + o + v * L, u, lanes);
+        store_act<A, false>(yp + v * L, u, lanes);
       }
     }
   }
@@ -417,7 +431,7 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
 // Pixels [p0, p1) x channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)) in register tiles.
 template <Act A, int NV, bool PART>
 inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
-                            const float* res, float* y, int64_t p0, int64_t p1, int64_t c0, int lanes) {
+                            const Residual& res, float* y, int64_t p0, int64_t p1, int64_t c0, int lanes) {
   // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
   constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
   constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
@@ -430,15 +444,17 @@ inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t
 }
 
 // A channels-last 1x1 conv on folded weights with its epilogue in registers:
-// y[n, p, :] = act(x[n, p, :] @ w_n + bias (+ res[n, p, :])) for N images of P pixels, w_n =
+// y[n, p, :] = act(x[n, p, :] @ w_n + bias (+ res[n, p, :res_channels])) for N images of P pixels
+// (res rows of res_stride floats), w_n =
 // w + n * w_image_stride ((Cin, Cout) row-major; a stride of 0 shares one matrix, a stride of
 // Cin * Cout takes per-image matrices, e.g. weights scaled by a squeeze-and-excitation gate).
 // Work items: (image, block of pixels, block of 4 output vectors), the output written once.
 template <typename scalar_t>
 void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w,
                                          int64_t w_image_stride, int64_t Cout, const float* bias, const float* res,
-                                         Act act, float* y) {
+                                         int64_t res_stride, int64_t res_channels, Act act, float* y) {
   constexpr int64_t kChunk = 4 * kVL;
+  const Residual r{res, res_stride, res_channels};
   const int64_t chunks = (Cout + kChunk - 1) / kChunk;
   // pixel blocks of about 48 pixels (4 tiles of 12), equal in size within an image
   const int64_t blocks = std::max<int64_t>(1, (P + 47) / 48);
@@ -456,14 +472,36 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
         const int64_t c0 = chunk * kChunk, width = std::min(kChunk, Cout - c0);
         const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
         switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
-          case 8: pointwise_block<A, 4, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
-          case 9: pointwise_block<A, 4, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
-          case 6: pointwise_block<A, 3, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
-          case 7: pointwise_block<A, 3, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
-          case 4: pointwise_block<A, 2, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
-          case 5: pointwise_block<A, 2, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
-          case 2: pointwise_block<A, 1, false>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, kVL); break;
-          default: pointwise_block<A, 1, true>(x, Cin, wn, Cout, bias, res, y, p0, p1, c0, tail); break;
+          case 8: pointwise_block<A, 4, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
+          case 9: pointwise_block<A, 4, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
+          case 6: pointwise_block<A, 3, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
+          case 7: pointwise_block<A, 3, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
+          case 4: pointwise_block<A, 2, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
+          case 5: pointwise_block<A, 2, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
+          case 2: pointwise_block<A, 1, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
+          default: pointwise_block<A, 1, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
+        }
+      }
+    });
+  });
+}
+
+// z[n, p, c] = act(z[n, p, c] * gate[n, c]) in place over N images of P channels-last pixels: an
+// SE gate applied before the activation (ReXNet gates the depthwise output, then applies ReLU6).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::scale_act_cl(float* z, int64_t N, int64_t P, int64_t C, const float* gate, Act act) {
+  dispatch_act(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(C, 1));
+    at::parallel_for(0, N * P, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* zr = z + r * C;
+        const float* g = gate + r / P * C;
+        int64_t c = 0;
+        for (; c + kVL <= C; c += kVL) vstore(zr + c, eval_act<A>(vload<float>(zr + c) * vload<float>(g + c)));
+        if (c < C) {
+          const int n = static_cast<int>(C - c);
+          vstore_part(zr + c, eval_act<A>(vload_part(zr + c, n) * vload_part(g + c, n)), n);
         }
       }
     });
@@ -472,7 +510,6 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
 
 // The squeeze-and-excitation MLP on pooled channel means: hidden = act(w1 @ p + b1),
 // gate = gate_fn(w2 @ hidden + b2), per image. p: [N][C], w1: [R][C], w2: [C][R], out: [N][C].
-// One thread: at most a few hundred thousand multiply-adds.
 inline float dot_row(const float* a, const float* b, int64_t n) {
   fb_vf acc = bc<fb_vf>(0.0f);
   int64_t i = 0;
@@ -486,18 +523,24 @@ template <typename scalar_t>
 void EvalKernels<scalar_t>::se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1,
                                    const float* b1, const float* w2, const float* b2, Act act, bool hard_gate,
                                    float* gate) {
-  std::vector<float> hidden(R);
+  // At batch 1 the two weight matrices (up to ~2 MB in mobilenetv3) are most of the bytes the
+  // block reads: both layers split their output rows over the threads (about 32k multiply-adds a task).
+  std::vector<float> hidden(N * R);
   dispatch_act(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* p = pooled + n * C;
-      for (int64_t r = 0; r < R; ++r) hidden[r] = eval_act<A>(dot_row(w1 + r * C, p, C) + (b1 ? b1[r] : 0.0f));
-      float* g = gate + n * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const float u = dot_row(w2 + c * R, hidden.data(), R) + (b2 ? b2[c] : 0.0f);
-        // F.hardsigmoid: min(max(u + 3, 0), 6) / 6; torch.sigmoid: 1 / (1 + exp(-u))
-        g[c] = hard_gate ? std::min(std::max(u + 3.0f, 0.0f), 6.0f) / 6.0f : 1.0f / (1.0f + fb_exp_eval(-u));
+    at::parallel_for(0, N * R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t n = j / R, r = j % R;
+        hidden[j] = eval_act<A>(dot_row(w1 + r * C, pooled + n * C, C) + (b1 ? b1[r] : 0.0f));
       }
+    });
+  });
+  at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / std::max<int64_t>(R, 1)), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t n = j / C, c = j % C;
+      const float u = dot_row(w2 + c * R, hidden.data() + n * R, R) + (b2 ? b2[c] : 0.0f);
+      // F.hardsigmoid: min(max(u + 3, 0), 6) / 6; torch.sigmoid: 1 / (1 + exp(-u))
+      gate[j] = hard_gate ? std::min(std::max(u + 3.0f, 0.0f), 6.0f) / 6.0f : 1.0f / (1.0f + fb_exp_eval(-u));
     }
   });
 }

@@ -83,7 +83,9 @@ struct EvalKernels {
   static void direct_conv_cl(const float* x, const float* w, const float* bias, const DirectGeo& g, Act act,
                              float* y);
   static void pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w, int64_t w_image_stride,
-                           int64_t Cout, const float* bias, const float* res, Act act, float* y);
+                           int64_t Cout, const float* bias, const float* res, int64_t res_stride,
+                           int64_t res_channels, Act act, float* y);
+  static void scale_act_cl(float* z, int64_t N, int64_t P, int64_t C, const float* gate, Act act);
   static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,
                      const float* w2, const float* b2, Act act, bool hard_gate, float* gate);
 };

@@ -114,8 +114,9 @@ def test_dw_eval_rejects_bad_inputs():
         K.dw_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "softplus", False)
 
 
-def _mbconv_reference(x, expand, dw, se, project, residual):
-    """The block in float64 PyTorch ops from the kernel's arguments."""
+def _mbconv_reference(x, expand, dw, se, project, residual, gate_act="identity"):
+    """The block in float64 PyTorch ops from the kernel's arguments (a residual adds x to the first
+    C_in output channels)."""
     x64 = x.double()
     h = x64
     if expand is not None:
@@ -129,9 +130,12 @@ def _mbconv_reference(x, expand, dw, se, project, residual):
         w1, b1, w2, b2, act, gate = se
         hidden = ACTIVATIONS[act][0](z.mean((2, 3)) @ w1.double().t() + b1.double())
         z = z * GATES[gate][0](hidden @ w2.double().t() + b2.double()).view(z.shape[0], c, 1, 1)
+        z = ACTIVATIONS[gate_act][0](z)
     wt, b = project
     out = torch.einsum("nchw,cd->ndhw", z, wt.double()) + b.double().view(1, -1, 1, 1)
-    return out + x64 if residual else out
+    if residual:
+        out[:, :x.shape[1]] += x64
+    return out
 
 
 # (C_in, C_out, H, W, k, stride, padding (top, bottom, left, right)): C_out covers 4 / 3 / 2 / 1
@@ -275,21 +279,25 @@ def test_stem_conv_of_a_patched_model_takes_the_direct_kernel():
 @pytest.mark.parametrize("expand", [True, False])
 @pytest.mark.parametrize("se_gate", [None, "sigmoid", "hard_sigmoid"])
 @pytest.mark.parametrize("spatial", [3, 12], ids=["gate_on_z", "gate_on_weights"])
-def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial):
+@pytest.mark.parametrize("rexnet", [False, True], ids=["mbconv", "rexnet"])
+def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial, rexnet):
+    # rexnet: the gate multiplies the depthwise output before its activation (relu6 after the gate,
+    # or fused into the depthwise conv without SE), and x adds to the first C_in of 24 outputs
     g = _gen(3)
-    n, cin, c, cout, r = 2, 16, 48 if expand else 16, 16, 6
+    n, cin, c, cout, r = 2, 16, 48 if expand else 16, 24 if rexnet else 16, 6
     x = torch.randn(n, cin, spatial, spatial, generator=g).contiguous(memory_format=torch.channels_last)
     exp = (torch.randn(cin, c, generator=g) / 4, torch.randn(c, generator=g), "silu") if expand else None
-    dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], "relu6")
+    dw_act = "identity" if rexnet and se_gate else "relu6"
+    gate_act = "relu6" if rexnet and se_gate else "identity"
+    dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], dw_act)
     se = None if se_gate is None else (torch.randn(r, c, generator=g) / 6, torch.randn(r, generator=g),
                                        torch.randn(c, r, generator=g) / 2, torch.randn(c, generator=g), "relu", se_gate)
     proj = (torch.randn(c, cout, generator=g) / 6, torch.randn(cout, generator=g))
     args = (x,) + (exp if expand else (None, None, "identity")) + dw + (
-        se if se else (None, None, None, None, "identity", "sigmoid")) + proj + (True,)
+        se if se else (None, None, None, None, "identity", "sigmoid")) + (gate_act,) + proj + (True,)
     out = K.mbconv_eval(*args)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert rel_err(out, _mbconv_reference(x, exp, dw, se, proj, True)) <= 2e-6
-
+    assert rel_err(out, _mbconv_reference(x, exp, dw, se, proj, True, gate_act)) <= 2e-6
 
 
 def test_mbconv_eval_outputs_never_share_its_scratch_memory():
@@ -301,7 +309,7 @@ def test_mbconv_eval_outputs_never_share_its_scratch_memory():
         x = torch.randn(2, cin, spatial, spatial, generator=g).contiguous(memory_format=torch.channels_last)
         exp = (torch.randn(cin, c, generator=g) / 4, torch.randn(c, generator=g), "silu")
         dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], "relu6")
-        se = (None, None, None, None, "identity", "sigmoid")
+        se = (None, None, None, None, "identity", "sigmoid", "identity")
         proj = (torch.randn(c, cin, generator=g) / 6, torch.randn(cin, generator=g))
         return (x,) + exp + dw + se + proj + (True,)
 
@@ -315,14 +323,16 @@ def test_mbconv_eval_outputs_never_share_its_scratch_memory():
 def test_mbconv_eval_rejects_bad_inputs():
     x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     dw = (torch.randn(9, 8), torch.randn(8), 3, 1, [1, 1, 1, 1], "relu")
-    none_se = (None, None, None, None, "identity", "sigmoid")
+    none_se = (None, None, None, None, "identity", "sigmoid", "identity")
     with pytest.raises(RuntimeError, match="x must be a 4-D channels_last float32"):
         K.mbconv_eval(x.contiguous(), None, None, "identity", *dw, *none_se, torch.randn(8, 8), torch.randn(8), False)
     with pytest.raises(RuntimeError, match="proj_wt"):
         K.mbconv_eval(x, None, None, "identity", *dw, *none_se, torch.randn(7, 8), torch.randn(8), False)
     with pytest.raises(RuntimeError, match="residual needs"):
         K.mbconv_eval(x, None, None, "identity", *dw, *none_se, torch.randn(8, 4), torch.randn(4), True)
-    se = (torch.randn(2, 8), None, torch.randn(8, 2), None, "relu", "tanh")
+    with pytest.raises(RuntimeError, match="gate_act needs the SE"):
+        K.mbconv_eval(x, None, None, "identity", *dw, *none_se[:-1], "relu6", torch.randn(8, 8), torch.randn(8), False)
+    se = (torch.randn(2, 8), None, torch.randn(8, 2), None, "relu", "tanh", "identity")
     with pytest.raises(RuntimeError, match="se_gate must be"):
         K.mbconv_eval(x, None, None, "identity", *dw, *se, torch.randn(8, 8), torch.randn(8), False)
 
@@ -347,7 +357,7 @@ def _timm_cl(name: str):
 
 # model -> blocks that take the whole-block path
 TIMM_BLOCKS = {"efficientnet_b0": 16, "mobilenetv2_100": 17, "mobilenetv3_large_100": 15,
-               "torchvision:efficientnet_b0": 16}
+               "torchvision:efficientnet_b0": 16, "rexnet_100": 16}
 
 
 @pytest.mark.parametrize("name", list(TIMM_BLOCKS))
@@ -392,3 +402,22 @@ def test_whole_block_path_steps_aside_for_hooks_gradients_and_nchw():
     # an input gradient: the folded per-module path, differentiable in x
     assert rel_err(*input_grads((model, ref), x)) <= 1e-5
     assert_accurate(model, ref, x.contiguous())  # NCHW input: the per-module eval path
+
+
+def test_rexnet_whole_block_follows_its_se_batchnorm_and_steps_aside_for_hooks():
+    model, ref = _timm_cl("rexnet_100")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    assert_accurate(model, ref, x)
+    with torch.no_grad():  # the BatchNorm inside the SE is folded into its reduce conv: a step must reach it
+        for m in (model, ref):
+            m.features[5].se.bn.running_var.mul_(3.0)
+            m.features[5].se.bn.bias.add_(0.5)
+            m.features[2].conv_exp.bn.weight.mul_(-1.0)  # a block without SE
+    assert_accurate(model, ref, x)
+    block = model.features[5]
+    seen = []
+    handle = block.act_dw.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    block.__dict__[BLOCK_ATTR]._args = None
+    assert_accurate(model, ref, x)
+    assert seen and block.__dict__[BLOCK_ATTR]._args is None  # its own forward ran, act_dw included
+    handle.remove()

@@ -1,9 +1,11 @@
-"""Whole-block eval forwards of MBConv blocks once patched (timm ``InvertedResidual`` /
-``DepthwiseSeparableConv``, torchvision ``MBConv``): float32 channels_last CPU input runs the block
-in one C++ call (``fastblocks_kernels::mbconv_eval``); otherwise one Python function runs the
-folded 1x1 conv, the fused depthwise conv, the SE and the folded projection conv with the residual
-add fused, instead of ~10 module calls and a separate add. Installed by ``patch`` where every part
-is folded; otherwise (training, gradients needed, hooks) the block's own forward runs."""
+"""Whole-block eval forwards of inverted-residual blocks once patched (timm ``InvertedResidual`` /
+``DepthwiseSeparableConv``, torchvision ``MBConv``, timm ReXNet ``LinearBottleneck``): float32
+channels_last CPU input runs the block in one C++ call (``fastblocks_kernels::mbconv_eval``);
+otherwise, for the MBConv layouts, one Python function runs the folded 1x1 conv, the fused
+depthwise conv, the SE and the folded projection conv with the residual add fused, instead of ~10
+module calls and a separate add (a ReXNet block then runs its own forward). Installed by ``patch``
+where every part is folded; otherwise (training, gradients needed, hooks) the block's own forward
+runs."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
-from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite
-from ..patch.classify import qualname
+from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite, SqueezeExciteWithNorm
+from ..patch.classify import act_name, qualname
 from .conv_fusion import eval_kernels_available
-from .fold import eval_state_ok, fold_active
+from .fold import eval_state_ok, fold_active, fold_batchnorm
 from .modules import FOLD_ATTR
 from .se import se_gate
 
@@ -31,7 +33,8 @@ _TIMM_LAYOUTS = {
     "timm.models._efficientnet_blocks.InvertedResidual": ("conv_pw", "conv_dw", "bn2", "conv_pwl"),
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (None, "conv_dw", "bn1", "conv_pw"),
 }
-_LAYOUTS = set(_TIMM_LAYOUTS) | {_TORCHVISION_MBCONV}
+_REXNET = "timm.models.rexnet.LinearBottleneck"
+_LAYOUTS = set(_TIMM_LAYOUTS) | {_TORCHVISION_MBCONV, _REXNET}
 # C-level attribute reads over the block's modules: the whole-block forward checks them every call
 _TRAINING = operator.attrgetter("training")
 _FORWARD_HOOKS = operator.attrgetter("_forward_hooks")
@@ -44,26 +47,44 @@ def _source_key(t: Optional[torch.Tensor]):
 
 
 class BlockEval:
-    """The eval forward of one MBConv block (see the module docstring)."""
+    """The eval forward of one inverted-residual block (see the module docstring).
+    ``act_after_dw``: the canonical activation of a separate module after the depthwise conv and
+    the SE (ReXNet's ``act_dw``; the SE then gates the depthwise output before it), else None.
+    A residual adds x to the first C_in output channels (all of them but in ReXNet)."""
 
     def __init__(self, block: nn.Module, expand: Optional[nn.Module], dw: nn.Module, se: Optional[nn.Module],
-                 project: nn.Module, residual: bool) -> None:
+                 project: nn.Module, residual: bool, act_after_dw: Optional[str] = None) -> None:
         self.expand = None if expand is None else expand.__dict__[FOLD_ATTR]
         self.dw, self.se, self.residual = dw, se, residual
+        self.act_after_dw = act_after_dw
         self.project = project.__dict__[FOLD_ATTR]
         self.modules = list(block.modules())[1:]  # the block's own hooks ran in its __call__ already
         self.batchnorms = [f.bn for f in (self.expand, self.project) if f is not None] + [dw.batchnorm]
+        if type(se) is SqueezeExciteWithNorm:
+            self.batchnorms.append(se.bn)
         self._key, self._args = None, None
         self._slots = self._source_slots()
+        self._op = None
 
     def active(self) -> bool:
-        """Every part runs folded now and no forward hook would be skipped."""
+        """Every part runs folded now and no forward hook would be skipped (the Python path serves
+        the MBConv layouts only)."""
+        if self.act_after_dw is not None:
+            return False
         if _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks:
             return False
         if any(m._forward_hooks or m._forward_pre_hooks for m in self.modules):
             return False
         folds = (self.project,) if self.expand is None else (self.expand, self.project)
         return all(f.active() for f in folds) and fold_active(self.dw, self.dw.batchnorm)
+
+    def _se_modules(self) -> list:
+        """The SE's modules whose tensors the whole-block call reads: reduce conv (, BN), expand conv."""
+        if self.se is None:
+            return []
+        if type(self.se) is SqueezeExciteWithNorm:
+            return [self.se.fc1, self.se.bn, self.se.fc2]
+        return [self.se._modules[name] for name in self.se.names]
 
     def _source_slots(self) -> tuple:
         """(dicts, names) of every tensor the whole-block call reads besides x (folded or not): the
@@ -75,12 +96,33 @@ class BlockEval:
         for conv, bn in convs_bns:
             dicts += [conv._parameters, conv._parameters, bn._parameters, bn._parameters, bn._buffers, bn._buffers]
             names += ["weight", "bias", "weight", "bias", "running_mean", "running_var"]
-        if self.se is not None:
-            for name in self.se.names:
-                conv = self.se._modules[name]
-                dicts += [conv._parameters, conv._parameters]
-                names += ["weight", "bias"]
+        for module in self._se_modules():
+            dicts += [module._parameters, module._parameters]
+            names += ["weight", "bias"]
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                dicts += [module._buffers, module._buffers]
+                names += ["running_mean", "running_var"]
         return tuple(dicts), tuple(names)
+
+    def _se_args(self) -> Optional[tuple]:
+        """(w1 (R, C), b1, w2 (C, R), b2, act, gate) of the SE for ``mbconv_eval``, a BatchNorm
+        inside folded into w1 / b1; None where a weight is not float32."""
+        if self.se is None:
+            return (None, None, None, None, "identity", "sigmoid")
+        if type(self.se) is SqueezeExciteWithNorm:
+            reduce, excite, bn = self.se.fc1, self.se.fc2, self.se.bn
+            act, gate = act_name(self.se.act), self.se.gate_name
+        else:
+            reduce, excite = (self.se._modules[name] for name in self.se.names)
+            bn, act, gate = None, self.se.act, self.se.gate
+        if reduce.weight.dtype != torch.float32 or excite.weight.dtype != torch.float32:
+            return None
+        r, c = reduce.weight.shape[0], reduce.weight.shape[1]
+        with torch.no_grad():
+            w1, b1 = reduce.weight, reduce.bias
+            if bn is not None:
+                w1, b1 = fold_batchnorm(w1, b1, bn)
+            return (w1.reshape(r, c).contiguous(), b1, excite.weight.reshape(c, r).contiguous(), excite.bias, act, gate)
 
     def _whole_block_args(self) -> Optional[tuple]:
         """The arguments of ``fastblocks_kernels::mbconv_eval`` after x, from the folded parts
@@ -90,21 +132,18 @@ class BlockEval:
         expand = None if self.expand is None else self.expand.runner()
         if plan is None or not plan.eval_kernel_ok or not project.gemm or (expand is not None and not expand.gemm):
             return None
+        se_args = self._se_args()
+        if se_args is None:
+            return None
         dw = plan.fold.runner()
         k = self.dw.weight.shape[-1]
         p = k // 2 if plan.padding_mode == "same" else plan.padding
-        se_args = (None, None, None, None, "identity", "sigmoid")
-        if self.se is not None:
-            reduce, excite = (self.se._modules[name] for name in self.se.names)
-            r, c = reduce.weight.shape[0], reduce.weight.shape[1]
-            if reduce.weight.dtype != torch.float32 or excite.weight.dtype != torch.float32:
-                return None
-            with torch.no_grad():
-                se_args = (reduce.weight.reshape(r, c).contiguous(), reduce.bias, excite.weight.reshape(c, r).contiguous(),
-                           excite.bias, self.se.act, self.se.gate)
+        dw_act, gate_act = self.dw.act, "identity"
+        if self.act_after_dw is not None:  # after the gate where there is an SE, else fused into the dw conv
+            dw_act, gate_act = (self.act_after_dw, "identity") if self.se is None else ("identity", self.act_after_dw)
         return (((None, None, "identity") if expand is None else (expand.matrix_t, expand.bias, expand.act))
-                + (dw.depthwise_taps(), dw.bias, k, self.dw.stride, [p, p, p, p], self.dw.act) + se_args
-                + (project.matrix_t, project.bias, self.residual))
+                + (dw.depthwise_taps(), dw.bias, k, self.dw.stride, [p, p, p, p], dw_act) + se_args
+                + (gate_act, project.matrix_t, project.bias, self.residual))
 
     def whole_block(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The block in one C++ call (``fastblocks_kernels::mbconv_eval``) where it serves: float32
@@ -124,11 +163,13 @@ class BlockEval:
             self._key = key
         if self._args is None:
             return None
-        return torch.ops.fastblocks_kernels.mbconv_eval(x, *self._args)
+        if self._op is None:
+            self._op = torch.ops.fastblocks_kernels.mbconv_eval.default  # the overload, resolved once
+        return self._op(x, *self._args)
 
     def __getstate__(self) -> dict:  # pickles and deep copies never carry the cached arguments
         state = dict(self.__dict__)
-        state["_key"], state["_args"] = None, None
+        state["_key"], state["_args"], state["_op"] = None, None, None
         return state
 
     def _whole_block_ok(self) -> bool:
@@ -194,13 +235,52 @@ def _torchvision_parts(block: nn.Module):
     return expand, dw, dw_bn, layers[-2], layers[-1][0], bool(block.use_res_connect)
 
 
+def _rexnet_parts(block: nn.Module):
+    """ReXNet LinearBottleneck: [conv_exp ConvNormAct] -> conv_dw ConvNormAct (no act) -> [SE with
+    a BN inside] -> act_dw -> conv_pwl ConvNormAct; the input added to the first C_in channels."""
+    parts = block._modules
+    if block.drop_path is not None and qualname(block.drop_path) not in _DROP_PATH:
+        return "unknown drop path"
+    cnas = [parts.get(name) for name in ("conv_exp", "conv_dw", "conv_pwl")]
+    if any(c is not None and c._modules.get("aa") is not None and qualname(c._modules["aa"]) != _IDENTITY
+           for c in cnas):
+        return "anti-aliasing"
+    exp, dw_cna, pwl = cnas
+    se = parts.get("se")
+    if se is not None and type(se) is not SqueezeExciteWithNorm:
+        return "SE not fused"
+    if se is not None and (act_name(se.act) is None or se.bn.running_mean is None or se.bn.running_var is None):
+        return "SE activation unknown or its BatchNorm without running statistics"
+    act = act_name(parts.get("act_dw"))
+    if act is None or act not in _BLOCK_ACTS:
+        return "activation after the depthwise conv not fused"
+    dw = dw_cna._modules.get("conv")
+    if isinstance(dw, DWConvBNAct) and dw.act != "identity":
+        return "depthwise conv with its own activation"
+    return (None if exp is None else exp._modules.get("conv"), dw, dw_cna._modules.get("bn"), se,
+            pwl._modules.get("conv"), bool(block.use_shortcut), act)
+
+
+# activations mbconv_eval applies (fastblocks_kernels' eval act set)
+_BLOCK_ACTS = ("identity", "relu", "relu6", "silu", "hardswish", "leaky_relu", "gelu", "gelu_tanh")
+
+
 def _parts(block: nn.Module):
-    """(expand conv or None, depthwise conv, its BN, SqueezeExcite or None, projection conv,
-    residual) of a known MBConv block, or why it cannot run :class:`BlockEval`."""
-    parts = _torchvision_parts(block) if qualname(block) == _TORCHVISION_MBCONV else _timm_parts(block)
+    """(expand conv or None, depthwise conv, its BN, SE or None, projection conv, residual,
+    activation after the depthwise conv and SE or None) of a known block, or why it cannot run
+    :class:`BlockEval`."""
+    name = qualname(block)
+    if name == _TORCHVISION_MBCONV:
+        parts = _torchvision_parts(block)
+    elif name == _REXNET:
+        parts = _rexnet_parts(block)
+    else:
+        parts = _timm_parts(block)
     if isinstance(parts, str):
         return parts
-    expand, dw, dw_bn, _, project, _ = parts
+    if len(parts) == 6:
+        parts = parts + (None,)
+    expand, dw, dw_bn, _, project, _, _ = parts
     if not isinstance(dw, DWConvBNAct) or not isinstance(dw_bn, AbsorbedBatchNorm2d):
         return "depthwise conv not fused"
     for role, conv in (("expansion", expand), ("projection", project)):
@@ -218,8 +298,8 @@ def block_eval_problem(block: nn.Module) -> Optional[str]:
 
 
 def build_block_eval(block: nn.Module) -> BlockEval:
-    expand, dw, _, se, project, residual = _parts(block)
-    return BlockEval(block, expand, dw, se, project, residual)
+    expand, dw, _, se, project, residual, act_after_dw = _parts(block)
+    return BlockEval(block, expand, dw, se, project, residual, act_after_dw)
 
 
 class BlockEvalMixin:
