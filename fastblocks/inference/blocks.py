@@ -172,6 +172,11 @@ class BlockEval:
         state["_key"], state["_args"], state["_op"] = None, None, None
         return state
 
+    def __setstate__(self, state: dict) -> None:  # plans pickled before these attributes existed
+        state.setdefault("act_after_dw", None)
+        state.setdefault("_op", None)
+        self.__dict__.update(state)
+
     def _whole_block_ok(self) -> bool:
         if not eval_kernels_available() or _module_globals._global_forward_hooks or \
                 _module_globals._global_forward_pre_hooks:
