@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
+from .._act import ACTIVATIONS
 from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite, SqueezeExciteWithNorm
 from ..patch.classify import act_name, qualname
 from .conv_fusion import eval_kernels_available
@@ -257,17 +258,13 @@ def _rexnet_parts(block: nn.Module):
     if se is not None and (act_name(se.act) is None or se.bn.running_mean is None or se.bn.running_var is None):
         return "SE activation unknown or its BatchNorm without running statistics"
     act = act_name(parts.get("act_dw"))
-    if act is None or act not in _BLOCK_ACTS:
+    if act is None or act not in ACTIVATIONS:  # the kernels' activation set
         return "activation after the depthwise conv not fused"
     dw = dw_cna._modules.get("conv")
     if isinstance(dw, DWConvBNAct) and dw.act != "identity":
         return "depthwise conv with its own activation"
     return (None if exp is None else exp._modules.get("conv"), dw, dw_cna._modules.get("bn"), se,
             pwl._modules.get("conv"), bool(block.use_shortcut), act)
-
-
-# activations mbconv_eval applies (fastblocks_kernels' eval act set)
-_BLOCK_ACTS = ("identity", "relu", "relu6", "silu", "hardswish", "leaky_relu", "gelu", "gelu_tanh")
 
 
 def _parts(block: nn.Module):
