@@ -208,24 +208,19 @@ at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const a
 
 namespace {
 // A channels_last 1x1 conv with its epilogue fused (pointwise_cl): x (N, C_in, H, W), wt (C_in, C_out);
-// `scale` (N, C_in) scales the weight rows per image (an SE gate on x's channels); `res`
-// (channels_last, res_channels <= C_out channels) is added to the first res_channels output
-// channels. `out` (optional): scratch for the result; else a fresh tensor.
+// `scale` ((N, C_in) floats, optional) scales x's channels per image (an SE gate), applied to the
+// weights inside the kernel's tiles; `res` (channels_last, res_channels <= C_out channels) is added
+// to the first res_channels output channels. `out` (optional): scratch for the result; else a
+// fresh tensor.
 at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res,
-                          int64_t res_channels, Act act, const at::Tensor* scale, Scratch* out = nullptr) {
+                          int64_t res_channels, Act act, const float* scale, Scratch* out = nullptr) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
   at::Tensor y = out == nullptr
                      ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
                      : at::from_blob(out->get(N * H * W * Cout), {N, H, W, Cout}, x.options()).permute({0, 3, 1, 2});
   if (y.numel() == 0) return y;
-  at::Tensor w = wt;
-  int64_t w_stride = 0;
-  if (scale != nullptr) {  // rows of the weight scaled per image: (N, C_in, C_out)
-    w = (wt.unsqueeze(0) * scale->view({N, Cin, 1})).contiguous();
-    w_stride = Cin * Cout;
-  }
-  FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), N, H * W, Cin, w.const_data_ptr<float>(),
-              w_stride, Cout, bias.const_data_ptr<float>(), res, res_channels, res_channels, act,
+  FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), N, H * W, Cin, wt.const_data_ptr<float>(),
+              scale, Cout, bias.const_data_ptr<float>(), res, res_channels, res_channels, act,
               y.mutable_data_ptr<float>());
   return y;
 }
@@ -268,7 +263,7 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
               op, ": scale must be a float32 CPU tensor of (N, C_in) = (", x.size(0), ", ", x.size(1), ") values, got ",
               scale_in->scalar_type(), " ", scale_in->sizes());
   const at::Tensor scale = scale_in->reshape({x.size(0), x.size(1)}).contiguous();
-  return pointwise_into(x, w, bias, res, Cout, act, &scale);
+  return pointwise_into(x, w, bias, res, Cout, act, scale.const_data_ptr<float>());
 }
 
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
@@ -335,10 +330,8 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
                 after_gate);
     return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
   }
-  // The gate scales the projection's weight rows where they are fewer numbers than z's.
-  if (Cout <= P) return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, &gate);
-  z.mul_(gate.view({N, C, 1, 1}));
-  return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
+  // The gate scales the projection's weight vectors inside its tiles: z is never rewritten.
+  return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, gate.const_data_ptr<float>());
 }
 
 }  // namespace cpu

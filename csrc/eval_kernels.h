@@ -391,10 +391,11 @@ inline fb_vf add_residual(fb_vf u, const Residual& r, int64_t pixel, int64_t c, 
 // One register tile of a channels-last 1x1 conv: pixels [p0, p0 + PT) of x (rows of Cin floats),
 // NV output vectors from c0 (PART: the last of them has only `lanes` channels, the row's tail),
 // the bias, the residual (res.p optional) and the activation applied before the only store.
-// w: (Cin, Cout) row-major.
-template <Act A, int PT, int NV, bool PART>
+// w: (Cin, Cout) row-major. SC: input channel ci is scaled by sc[ci] (an SE gate), applied to the
+// tile's NV weight vectors of that channel, so it costs NV multiplies per PT * NV FMAs.
+template <Act A, int PT, int NV, bool PART, bool SC>
 inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
-                           const Residual& res, float* y, int64_t p0, int64_t c0, int lanes) {
+                           const float* sc, const Residual& res, float* y, int64_t p0, int64_t c0, int lanes) {
   constexpr int L = kVL;
   fb_vf acc[PT][NV];
   tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
@@ -404,6 +405,11 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
     fb_vf wv[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) wv[v] = PART && v == NV - 1 ? vload_part(wk + v * L, lanes) : vload<float>(wk + v * L);
+    if constexpr (SC) {
+      const fb_vf s = bc<fb_vf>(sc[ci]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) wv[v] *= s;
+    }
 #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) {
       const fb_vf xv = bc<fb_vf>(xp[p * Cin]);
@@ -429,29 +435,30 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
 }
 
 // Pixels [p0, p1) x channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)) in register tiles.
-template <Act A, int NV, bool PART>
+template <Act A, int NV, bool PART, bool SC>
 inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
-                            const Residual& res, float* y, int64_t p0, int64_t p1, int64_t c0, int lanes) {
+                            const float* sc, const Residual& res, float* y, int64_t p0, int64_t p1, int64_t c0,
+                            int lanes) {
   // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
   constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
   constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
   int64_t p = p0;
-  for (; p + PT <= p1; p += PT) pointwise_tile<A, PT, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+  for (; p + PT <= p1; p += PT) pointwise_tile<A, PT, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
   if constexpr (PT >= 4) {
-    for (; p + 4 <= p1; p += 4) pointwise_tile<A, 4, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+    for (; p + 4 <= p1; p += 4) pointwise_tile<A, 4, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
   }
-  for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART>(x, Cin, w, Cout, bias, res, y, p, c0, lanes);
+  for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
 }
 
 // A channels-last 1x1 conv on folded weights with its epilogue in registers:
-// y[n, p, :] = act(x[n, p, :] @ w_n + bias (+ res[n, p, :res_channels])) for N images of P pixels
-// (res rows of res_stride floats), w_n =
-// w + n * w_image_stride ((Cin, Cout) row-major; a stride of 0 shares one matrix, a stride of
-// Cin * Cout takes per-image matrices, e.g. weights scaled by a squeeze-and-excitation gate).
-// Work items: (image, block of pixels, block of 4 output vectors), the output written once.
+// y[n, p, :] = act((x[n, p, :] * scale[n, :]) @ w + bias (+ res[n, p, :res_channels])) for N
+// images of P pixels; w (Cin, Cout) row-major, res rows of res_stride floats, scale (optional,
+// N x Cin: per image and input channel, e.g. a squeeze-and-excitation gate) applied to the
+// weights inside the tiles. Work items: (image, block of pixels, block of 4 output vectors), the
+// output written once.
 template <typename scalar_t>
 void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w,
-                                         int64_t w_image_stride, int64_t Cout, const float* bias, const float* res,
+                                         const float* scale, int64_t Cout, const float* bias, const float* res,
                                          int64_t res_stride, int64_t res_channels, Act act, float* y) {
   constexpr int64_t kChunk = 4 * kVL;
   const Residual r{res, res_stride, res_channels};
@@ -461,28 +468,36 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
   const int64_t block = (P + blocks - 1) / blocks;
   const int64_t items = N * blocks * chunks;
   const int64_t grain = std::max<int64_t>(1, (1 << 17) / std::max<int64_t>(1, block * Cin * kChunk));
-  dispatch_act(act, [&](auto tag) {
-    constexpr Act A = decltype(tag)::value;
+  auto run = [&](auto act_tag, auto scaled) {
+    constexpr Act A = decltype(act_tag)::value;
+    constexpr bool SC = decltype(scaled)::value;
     at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
       for (int64_t item = i0; item < i1; ++item) {
         const int64_t chunk = item % chunks, b = item / chunks % blocks, n = item / chunks / blocks;
         const int64_t p0 = n * P + b * block, p1 = n * P + std::min(P, (b + 1) * block);
         if (p1 <= p0) continue;
-        const float* wn = w + n * w_image_stride;
+        const float* sc = SC ? scale + n * Cin : nullptr;
         const int64_t c0 = chunk * kChunk, width = std::min(kChunk, Cout - c0);
         const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
         switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
-          case 8: pointwise_block<A, 4, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
-          case 9: pointwise_block<A, 4, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
-          case 6: pointwise_block<A, 3, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
-          case 7: pointwise_block<A, 3, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
-          case 4: pointwise_block<A, 2, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
-          case 5: pointwise_block<A, 2, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
-          case 2: pointwise_block<A, 1, false>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, kVL); break;
-          default: pointwise_block<A, 1, true>(x, Cin, wn, Cout, bias, r, y, p0, p1, c0, tail); break;
+          case 8: pointwise_block<A, 4, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 9: pointwise_block<A, 4, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 6: pointwise_block<A, 3, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 7: pointwise_block<A, 3, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 4: pointwise_block<A, 2, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 5: pointwise_block<A, 2, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 2: pointwise_block<A, 1, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          default: pointwise_block<A, 1, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
         }
       }
     });
+  };
+  dispatch_act(act, [&](auto tag) {
+    if (scale != nullptr) {
+      run(tag, std::true_type{});
+    } else {
+      run(tag, std::false_type{});
+    }
   });
 }
 
@@ -510,11 +525,17 @@ void EvalKernels<scalar_t>::scale_act_cl(float* z, int64_t N, int64_t P, int64_t
 
 // The squeeze-and-excitation MLP on pooled channel means: hidden = act(w1 @ p + b1),
 // gate = gate_fn(w2 @ hidden + b2), per image. p: [N][C], w1: [R][C], w2: [C][R], out: [N][C].
+// Four independent accumulators: one chain would wait out the FMA latency on every vector (the
+// weights are L2-resident at batch 1, so latency, not bandwidth, bounded a single chain).
 inline float dot_row(const float* a, const float* b, int64_t n) {
-  fb_vf acc = bc<fb_vf>(0.0f);
+  fb_vf acc[4] = {bc<fb_vf>(0.0f), bc<fb_vf>(0.0f), bc<fb_vf>(0.0f), bc<fb_vf>(0.0f)};
   int64_t i = 0;
-  for (; i + kVL <= n; i += kVL) acc += vload<float>(a + i) * vload<float>(b + i);
-  float s = hsum(acc);
+  for (; i + 4 * kVL <= n; i += 4 * kVL) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) acc[k] += vload<float>(a + i + k * kVL) * vload<float>(b + i + k * kVL);
+  }
+  for (; i + kVL <= n; i += kVL) acc[0] += vload<float>(a + i) * vload<float>(b + i);
+  float s = hsum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }

@@ -199,8 +199,10 @@ class BlockEval:
             z = self.dw.forward(y)
         gate = se_gate(self.se, z.mean((2, 3)) if pooled is None else pooled)
         runner = self.project.runner()
-        # The gate scales the projection's weight rows where they are fewer numbers than z's.
-        if runner.gemm_ready(z, residual) and runner.weight.shape[0] <= z.shape[2] * z.shape[3]:
+        # The gate scales the projection's weights: per tile inside the channels_last kernel, else
+        # as a scaled copy of the weight where it holds fewer numbers than z.
+        if runner.gemm_ready(z, residual) and (z.is_contiguous(memory_format=_CHANNELS_LAST)
+                                               or runner.weight.shape[0] <= z.shape[2] * z.shape[3]):
             return runner(z, residual, in_scale=gate)
         if z.requires_grad and torch.is_grad_enabled():
             z = z * gate.view(gate.shape[0], gate.shape[1], 1, 1)
