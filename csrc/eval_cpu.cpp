@@ -219,9 +219,12 @@ at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::T
                      ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
                      : at::from_blob(out->get(N * H * W * Cout), {N, H, W, Cout}, x.options()).permute({0, 3, 1, 2});
   if (y.numel() == 0) return y;
-  FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), N, H * W, Cin, wt.const_data_ptr<float>(),
-              scale, Cout, bias.const_data_ptr<float>(), res, res_channels, res_channels, act,
-              y.mutable_data_ptr<float>());
+  // 1x1 maps without a per-image scale: the N images are the pixels of one, so each weight vector
+  // is loaded once for a tile of images instead of once per image
+  const bool images_as_pixels = H * W == 1 && scale == nullptr;
+  FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), images_as_pixels ? 1 : N,
+              images_as_pixels ? N : H * W, Cin, wt.const_data_ptr<float>(), scale, Cout,
+              bias.const_data_ptr<float>(), res, res_channels, res_channels, act, y.mutable_data_ptr<float>());
   return y;
 }
 

@@ -239,3 +239,31 @@ def test_timm_model_eval(name):
     assert rel_err(eval_out(copy.deepcopy(model).double(), x64), eval_out(copy.deepcopy(ref).double(), x64)) <= 1e-10
     # frozen parameters, input gradient: the block forwards run folded and stay differentiable in x
     assert rel_err(*input_grads((model, ref), x)) <= 1e-5
+
+
+def test_conv_without_batchnorm_takes_the_eval_path():
+    """MobileNetV3's conv_head (1x1, bias, an Identity where a BN would be): the conv alone runs
+    fastblocks' kernel at eval, follows its weights, and steps aside in training and on unpatch."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = randomize_bn(timm.create_model("mobilenetv3_small_050", num_classes=10)).eval()
+    classes = [type(m) for m in model.modules()]
+    model, ref, report = patched_pair(model)
+    alone = [r for r in report.folded if r.path == "conv_head"]
+    assert len(alone) == 1 and alone[0].replacement == "eval conv kernel", str(report)
+    fold = model.conv_head.__dict__[FOLD_ATTR]
+    for batch, fmt in ((1, torch.contiguous_format), (3, torch.channels_last), (3, torch.contiguous_format)):
+        x = torch.randn(batch, 3, 48, 48).contiguous(memory_format=fmt)
+        assert_accurate(model, ref, x)
+    assert fold._runner is not None
+    with torch.no_grad():  # an in-place update: the next eval forward uses the new weights
+        for m in (model, ref):
+            m.conv_head.weight.mul_(1.5)
+            m.conv_head.bias.add_(0.25)
+    x = torch.randn(2, 3, 48, 48)
+    assert_accurate(model, ref, x)
+    model.train(), ref.train()
+    assert fold._runner is None
+    assert rel_err(model(x), ref(x)) <= 1e-5
+    fb.unpatch(model.eval())
+    assert [type(m) for m in model.modules()] == classes and FOLD_ATTR not in model.conv_head.__dict__

@@ -195,7 +195,8 @@ def test_direct_conv_eval_rejects_bad_inputs():
 
 
 # (C_in, C_out, H, W): every register-tile width (1-4 vectors, with and without a partial last
-# vector, several 64-channel chunks), pixel counts with 12-, 4- and 1-pixel tiles, one pixel
+# vector, several 64-channel chunks), pixel counts with 12-, 4- and 1-pixel tiles, one pixel (the
+# images then run as the pixels of one, unless scaled per image)
 POINTWISE_CASES = [
     (16, 64, 7, 9),
     (24, 40, 5, 5),

@@ -164,7 +164,8 @@ class ConvRunner:
     def _gemm(self, x: Tensor, residual: Optional[Tensor], in_scale: Optional[Tensor]) -> Tensor:
         n, c, h, w = x.shape
         c_out = self.matrix.shape[0]
-        if x.is_contiguous(memory_format=torch.channels_last) and not (x.is_contiguous() and n * h * w > 1):
+        # (a 1x1 map is both layouts: its images are the rows of one product, the weights read once)
+        if h * w == 1 or (x.is_contiguous(memory_format=torch.channels_last) and not (x.is_contiguous() and n * h * w > 1)):
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last)
             # register-tiled product with the epilogue fused: one write of the output

@@ -62,19 +62,23 @@ def fold_batchnorm(weight: Tensor, bias: Optional[Tensor], bn: nn.modules.batchn
         return w, shift.to(weight.dtype)
 
 
-def fold_sources(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> tuple:
-    """The tensors folded weights are computed from (None where absent)."""
+def fold_sources(conv: nn.Module, bn: Optional[nn.modules.batchnorm._BatchNorm]) -> tuple:
+    """The tensors folded weights are computed from (None where absent; the conv's alone without
+    ``bn``)."""
+    if bn is None:
+        return (conv._parameters["weight"], conv._parameters.get("bias"))
     return (conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
             bn._parameters.get("bias"), bn._buffers.get("running_mean"), bn._buffers.get("running_var"))
 
 
-def fold_active(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> bool:
+def fold_active(conv: nn.Module, bn: Optional[nn.modules.batchnorm._BatchNorm]) -> bool:
     """Whether ``conv`` -> ``bn`` runs folded now: both in eval mode, plain eager execution (not
     traced, compiled, exported or under a dispatch mode: those see the original modules), no
     autocast, and no gradient needed for any source tensor. With grad enabled and a parameter
     requiring grad the original modules run, so parameter gradients stay exact; otherwise input
     gradients flow through the folded conv (its weights are constants)."""
-    if conv.training or bn.training or not eval_state_ok(conv._parameters["weight"].device.type):
+    if conv.training or (bn is not None and bn.training) or \
+            not eval_state_ok(conv._parameters["weight"].device.type):
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in fold_sources(conv, bn)))
 
@@ -93,13 +97,14 @@ def _tensor_key(t: Optional[Tensor]):
 
 class FoldedConvBN:
     """A conv module and the BatchNorm module after it (+ an activation), run at eval as one conv
-    on folded weights (:class:`~fastblocks.inference.conv_fusion.ConvRunner`).
+    on folded weights (:class:`~fastblocks.inference.conv_fusion.ConvRunner`). ``bn`` None: the
+    conv alone, on its own weights (a 1x1 conv with no BatchNorm after it).
 
     ``active()`` (:func:`fold_active`) says whether the folded path runs now. The conv and the BN
     ask the same question, so the BN passes its input through exactly when the conv applied it.
     """
 
-    def __init__(self, conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm, act: str, stride: tuple,
+    def __init__(self, conv: nn.Module, bn: Optional[nn.modules.batchnorm._BatchNorm], act: str, stride: tuple,
                  padding: tuple, dilation: tuple, groups: int) -> None:
         self.conv, self.bn, self.act = conv, bn, act
         self.geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
@@ -115,11 +120,14 @@ class FoldedConvBN:
 
     def runner(self) -> ConvRunner:
         """The conv runner on current folded weights, rebuilt when a source tensor changed."""
-        key = tuple(map(_tensor_key, self.sources())) + (self.bn.eps,)
+        key = tuple(map(_tensor_key, self.sources())) + (None if self.bn is None else self.bn.eps,)
         if key != self._key or self._runner is None:
             with torch.inference_mode(False), torch.no_grad():
                 conv = self.conv
-                weight, bias = fold_batchnorm(conv.weight, conv.bias, self.bn)
+                if self.bn is None:
+                    weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+                else:
+                    weight, bias = fold_batchnorm(conv.weight, conv.bias, self.bn)
                 self._runner = ConvRunner(weight, bias, *self.geometry, self.act)
             self._key = key
         return self._runner

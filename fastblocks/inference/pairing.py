@@ -47,10 +47,17 @@ def _bn_act(bn: nn.Module) -> Optional[str]:
     return "identity"
 
 
-def fold_problem(conv: nn.Module, bn: nn.Module) -> Optional[str]:
-    """None when ``conv`` -> ``bn`` folds into one conv at eval, else the reason."""
+def fold_problem(conv: nn.Module, bn: Optional[nn.Module]) -> Optional[str]:
+    """None when ``conv`` -> ``bn`` folds into one conv at eval (``bn`` None: the conv alone
+    takes the eval path), else the reason."""
     if qualname(conv) != _PLAIN_CONV:
         return f"{type(conv).__name__} is not a plain Conv2d"
+    if bn is None:
+        if has_hooks(conv):
+            return "module has hooks"
+        if conv.padding_mode != "zeros" or numeric_padding(conv) is None:
+            return f"padding {conv.padding!r} ({conv.padding_mode})"
+        return None
     if type(bn) is not BatchNormAct2d and qualname(bn) not in _PLAIN_BNS:
         return f"{type(bn).__name__} is not a plain BatchNorm2d"
     if has_hooks(conv) or has_hooks(bn):
@@ -82,22 +89,27 @@ def install_folds(patcher, pairs: list) -> None:
 
     seen = set()
     for holder, path, conv_name, bn_name in pairs:
-        conv, bn = holder._modules.get(conv_name), holder._modules.get(bn_name)
-        if conv is None or bn is None or id(conv) in seen or FOLD_ATTR in conv.__dict__:
+        conv = holder._modules.get(conv_name)
+        bn = None if bn_name is None else holder._modules.get(bn_name)
+        if conv is None or (bn_name is not None and bn is None) or id(conv) in seen or FOLD_ATTR in conv.__dict__:
             continue
         seen.add(id(conv))
-        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        if not isinstance(conv, nn.Conv2d) or not (bn is None or isinstance(bn, nn.modules.batchnorm._BatchNorm)):
             continue  # fused by a training rule into a module that folds itself
         conv_path = join(path, conv_name)
+        what = type(conv).__name__ + ("" if bn is None else f"+{type(bn).__name__}")
         reason = fold_problem(conv, bn)
         if reason is not None:
-            patcher.report.unfolded.append(Skipped(conv_path, f"{type(conv).__name__}+{type(bn).__name__}", reason))
+            patcher.report.unfolded.append(Skipped(conv_path, what, reason))
             continue
-        act = _bn_act(bn)
+        act = "identity" if bn is None else _bn_act(bn)
         fold = FoldedConvBN(conv, bn, act, conv.stride, numeric_padding(conv), conv.dilation, conv.groups)
         for module, mixin in ((conv, FoldedConvMixin), (bn, FoldedBatchNormMixin)):
-            patcher.swap_class(module, fused_class(type(module), mixin))
-            patcher.set_attr(module, FOLD_ATTR, fold)
-        patcher.report.folded.append(Replaced(conv_path, f"{type(conv).__name__}+{type(bn).__name__}",
-                                              "folded at eval", f"+ {bn_name} (act={act})"))
+            if module is not None:
+                patcher.swap_class(module, fused_class(type(module), mixin))
+                patcher.set_attr(module, FOLD_ATTR, fold)
+        if bn is None:
+            patcher.report.folded.append(Replaced(conv_path, what, "eval conv kernel", "no BatchNorm to fold"))
+        else:
+            patcher.report.folded.append(Replaced(conv_path, what, "folded at eval", f"+ {bn_name} (act={act})"))
     install_block_evals(patcher)

@@ -59,8 +59,9 @@ class Patcher:
         self.undo.append(("attr", module, name, None, module))
         module.__dict__[name] = value
 
-    def pair(self, holder: nn.Module, path: str, conv_name: str, bn_name: str) -> None:
-        """holder.<conv_name>'s output feeds holder.<bn_name> and nothing else: fold it at eval."""
+    def pair(self, holder: nn.Module, path: str, conv_name: str, bn_name: Optional[str]) -> None:
+        """holder.<conv_name>'s output feeds holder.<bn_name> and nothing else: fold it at eval
+        (bn_name None: no BN, the conv alone takes the eval path)."""
         self.fold_pairs.append((holder, path, conv_name, bn_name))
 
     def claim(self, *modules: nn.Module) -> None:

@@ -31,7 +31,8 @@ class PatchReport:
     replaced: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     already_patched: bool = False
-    # conv -> BN pairs folded into one conv at eval (Replaced records), and pairs left unfolded (Skipped)
+    # conv -> BN pairs folded into one conv at eval, and convs with no BN after them that take the
+    # same eval path (Replaced records); pairs left unfolded (Skipped)
     folded: list = field(default_factory=list)
     unfolded: list = field(default_factory=list)
 
@@ -59,8 +60,10 @@ class PatchReport:
         else:
             lines.append("  nothing to fuse in this model")
         if self.folded or self.unfolded:
-            lines.append(f"  eval: {len(self.folded)} conv + BatchNorm pairs folded into one conv, "
-                         f"{len(self.unfolded)} not foldable")
+            alone = sum(r.replacement == "eval conv kernel" for r in self.folded)
+            lines.append(f"  eval: {len(self.folded) - alone} conv + BatchNorm pairs folded into one conv, "
+                         + (f"{alone} conv without BatchNorm on the eval path, " if alone else "")
+                         + f"{len(self.unfolded)} not foldable")
             lines += [f"    {s.path}  {s.original}  not folded: {s.reason}" for s in self.unfolded]
         return "\n".join(lines)
 

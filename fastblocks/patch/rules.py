@@ -256,13 +256,16 @@ _ENDS_WITH_CONV_NORM = {
 
 # Blocks whose forward runs conv -> BN with the BN feeding a residual add, the block's output or its
 # own act (no training fusion needed, or done by the BN leaf rule): qualname -> (conv, BN) attribute
-# names. With the chains above and the Sequential rule, these are the pairs folded at eval.
+# names. With the chains above and the Sequential rule, these are the pairs folded at eval. Where
+# the "BN" is an Identity (MobileNetV3's norm_head without head_norm) the conv runs alone on the
+# eval path: nothing to fold, but PyTorch's conv on a channels_last 1x1 map reorders its weights
+# every call.
 _FOLD_PAIRS = {
     "timm.models._efficientnet_blocks.InvertedResidual": (("conv_pw", "bn1"), ("conv_pwl", "bn3")),
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": (("conv_pw", "bn2"),),
     "timm.models._efficientnet_blocks.EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
     "timm.models.efficientnet.EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
-    "timm.models.mobilenetv3.MobileNetV3": (("conv_stem", "bn1"),),
+    "timm.models.mobilenetv3.MobileNetV3": (("conv_stem", "bn1"), ("conv_head", "norm_head")),
     "timm.models.resnet.BasicBlock": (("conv2", "bn2"),),
     "timm.models.resnet.Bottleneck": (("conv3", "bn3"),),
     "torchvision.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
@@ -275,11 +278,16 @@ def _is_batchnorm_module(m: Optional[nn.Module]) -> bool:
 
 
 def fold_pairs(p, path, module, parent, name):
-    """Records the conv -> BN pairs of :data:`_FOLD_PAIRS` for eval folding; fuses nothing."""
+    """Records the conv -> BN pairs of :data:`_FOLD_PAIRS` for eval folding (a 1x1 conv followed
+    by an Identity instead: the conv alone); fuses nothing."""
     for conv_name, bn_name in _FOLD_PAIRS.get(qualname(module), ()):
-        if isinstance(module._modules.get(conv_name), nn.Conv2d) and \
-                _is_batchnorm_module(module._modules.get(bn_name)):
+        conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        if _is_batchnorm_module(bn):
             p.pair(module, path, conv_name, bn_name)
+        elif qualname(bn) == "torch.nn.modules.linear.Identity" and tuple(conv.kernel_size) == (1, 1):
+            p.pair(module, path, conv_name, None)
     return False
 
 
