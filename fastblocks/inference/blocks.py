@@ -9,6 +9,7 @@ runs."""
 
 from __future__ import annotations
 
+import itertools
 import operator
 from typing import Optional
 
@@ -43,8 +44,10 @@ _FORWARD_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
 _CHANNELS_LAST = torch.channels_last
 
 
-def _source_key(t: Optional[torch.Tensor]):
-    return None if t is None else (t._version, t.data_ptr())
+_VERSION = operator.attrgetter("_version")
+_DATA_PTR = torch.Tensor.data_ptr
+_EPS = operator.attrgetter("eps")
+_NONES = itertools.repeat(None)
 
 
 class BlockEval:
@@ -65,6 +68,7 @@ class BlockEval:
             self.batchnorms.append(se.bn)
         self._key, self._args = None, None
         self._slots = self._source_slots()
+        self._present, self._absent = self._slots, ((), ())  # the slots split at the last rebuild
         self._op = None
 
     def active(self) -> bool:
@@ -105,6 +109,25 @@ class BlockEval:
                 names += ["running_mean", "running_var"]
         return tuple(dicts), tuple(names)
 
+    def _split_slots(self) -> tuple:
+        """(present, absent): the source slots holding a tensor now and those holding None, each
+        as (dicts, names)."""
+        dicts, names = self._slots
+        split = ([], [])
+        for d, n in zip(dicts, names):
+            split[d.get(n) is None].append((d, n))
+        return tuple(tuple(zip(*part)) or ((), ()) for part in split)
+
+    def _key_of(self, present: list) -> Optional[tuple]:
+        """The versions and data pointers of ``present`` (the tensors of the present slots) and the
+        BatchNorms' eps; None when a slot changed between tensor and None since the last rebuild."""
+        if not all(map(operator.is_, map(dict.get, *self._absent), _NONES)):
+            return None
+        try:
+            return (*map(_VERSION, present), *map(_DATA_PTR, present), *map(_EPS, self.batchnorms))
+        except (AttributeError, TypeError):  # a present slot holds None now
+            return None
+
     def _se_args(self) -> Optional[tuple]:
         """(w1 (R, C), b1, w2 (C, R), b2, act, gate) of the SE for ``mbconv_eval``, a BatchNorm
         inside folded into w1 / b1; None where a weight is not float32."""
@@ -128,6 +151,8 @@ class BlockEval:
     def _whole_block_args(self) -> Optional[tuple]:
         """The arguments of ``fastblocks_kernels::mbconv_eval`` after x, from the folded parts
         (None where a part cannot take it)."""
+        if any(t is not None and t.device.type != "cpu" for t in map(dict.get, *self._slots)):
+            return None  # the op reads CPU tensors; the call checks only x's device
         plan = self.dw.eval_plan()
         project = self.project.runner()
         expand = None if self.expand is None else self.expand.runner()
@@ -154,14 +179,15 @@ class BlockEval:
         if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
                 and x.is_contiguous(memory_format=_CHANNELS_LAST) and self._whole_block_ok()):
             return None
-        sources = list(map(dict.get, *self._slots))
-        if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
-            return None
-        key = list(map(_source_key, sources))
-        key.append(tuple(m.eps for m in self.batchnorms))
-        if key != self._key:
+        present = list(map(dict.get, *self._present))
+        key = self._key_of(present)
+        if key is None or key != self._key:
+            self._present, self._absent = self._split_slots()
+            present = list(map(dict.get, *self._present))
             self._args = self._whole_block_args()
-            self._key = key
+            self._key = self._key_of(present)
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in present)):
+            return None
         if self._args is None:
             return None
         if self._op is None:
@@ -176,6 +202,8 @@ class BlockEval:
     def __setstate__(self, state: dict) -> None:  # plans pickled before these attributes existed
         state.setdefault("act_after_dw", None)
         state.setdefault("_op", None)
+        state.setdefault("_present", state["_slots"])
+        state.setdefault("_absent", ((), ()))
         self.__dict__.update(state)
 
     def _whole_block_ok(self) -> bool:
@@ -186,7 +214,7 @@ class BlockEval:
         if any(map(_TRAINING, modules)) or any(map(_FORWARD_HOOKS, modules)) or \
                 any(map(_FORWARD_PRE_HOOKS, modules)):
             return False
-        return eval_state_ok(self.dw.weight.device.type)
+        return eval_state_ok("cpu")  # x's device; the arguments hold CPU tensors only
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.expand is None else self.expand(x)
