@@ -214,7 +214,7 @@ namespace {
 // fresh tensor.
 at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res,
                           int64_t res_channels, Act act, const float* scale, Scratch* out = nullptr) {
-  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = wt.size(1);
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = bias.numel();
   at::Tensor y = out == nullptr
                      ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
                      : at::from_blob(out->get(N * H * W * Cout), {N, H, W, Cout}, x.options()).permute({0, 3, 1, 2});
@@ -223,9 +223,21 @@ at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::T
   // is loaded once for a tile of images instead of once per image
   const bool images_as_pixels = H * W == 1 && scale == nullptr;
   FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), images_as_pixels ? 1 : N,
-              images_as_pixels ? N : H * W, Cin, wt.const_data_ptr<float>(), scale, Cout,
+              images_as_pixels ? N : H * W, Cin, wt.const_data_ptr<float>(), wt.dim() == 3, scale, Cout,
               bias.const_data_ptr<float>(), res, res_channels, res_channels, act, y.mutable_data_ptr<float>());
   return y;
+}
+
+// The output channels of 1x1 conv weights `wt` for C_in input channels, checked: (C_in, C_out)
+// row-major, or packed [ceil(C_out / 64)][C_in][64] (C_out then = bias_numel), contiguous float32 CPU.
+int64_t pointwise_channels(const at::Tensor& wt, int64_t cin, int64_t bias_numel, const char* op, const char* name) {
+  TORCH_CHECK(wt.device().is_cpu() && wt.scalar_type() == at::kFloat && wt.is_contiguous() &&
+                  ((wt.dim() == 2 && wt.size(0) == cin) ||
+                   (wt.dim() == 3 && wt.size(0) == (bias_numel + 63) / 64 && wt.size(1) == cin && wt.size(2) == 64)),
+              op, ": ", name, " must be a contiguous float32 CPU tensor of shape (", cin,
+              ", C_out) or packed (ceil(C_out / 64), ", cin, ", 64) with C_out = the bias' ", bias_numel,
+              " elements, got ", wt.scalar_type(), " ", wt.sizes(), wt.is_contiguous() ? "" : " (not contiguous)");
+  return wt.dim() == 2 ? wt.size(1) : bias_numel;
 }
 
 void check_block_tensor(const at::Tensor& t, const char* name, int64_t dim0, int64_t dim1) {
@@ -244,22 +256,19 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && channels_last_dense(x), op,
               ": x must be a 4-D channels_last float32 CPU tensor, got ", x.scalar_type(), " sizes ", x.sizes(),
               " strides ", x.strides());
-  TORCH_CHECK(wt.device().is_cpu() && wt.scalar_type() == at::kFloat && wt.dim() == 2 && wt.size(0) == x.size(1), op,
-              ": wt must be a float32 CPU tensor of shape (", x.size(1), ", C_out), got ", wt.scalar_type(), " ",
-              wt.sizes());
-  const at::Tensor w = wt.contiguous();
-  const at::Tensor bias = float_vector(bias_in, w.size(1), op, "bias");
+  const at::Tensor w = wt.dim() == 2 ? wt.contiguous() : wt;
+  const int64_t Cout = pointwise_channels(w, x.size(1), bias_in.numel(), op, "wt");
+  const at::Tensor bias = float_vector(bias_in, Cout, op, "bias");
   const Act act = parse_act(act_name);
   const float* res = nullptr;
   if (residual.has_value() && residual->defined()) {
-    const std::vector<int64_t> shape{x.size(0), w.size(1), x.size(2), x.size(3)};
+    const std::vector<int64_t> shape{x.size(0), Cout, x.size(2), x.size(3)};
     TORCH_CHECK(residual->device().is_cpu() && residual->scalar_type() == at::kFloat &&
                     residual->sizes() == at::IntArrayRef(shape) && channels_last_dense(*residual),
                 op, ": residual must be a channels_last float32 CPU tensor of shape ", at::IntArrayRef(shape),
                 ", got ", residual->scalar_type(), " sizes ", residual->sizes(), " strides ", residual->strides());
     res = residual->const_data_ptr<float>();
   }
-  const int64_t Cout = w.size(1);
   if (!(scale_in.has_value() && scale_in->defined())) return pointwise_into(x, w, bias, res, Cout, act, nullptr);
   TORCH_CHECK(scale_in->device().is_cpu() && scale_in->scalar_type() == at::kFloat &&
                   scale_in->numel() == x.size(0) * x.size(1),
@@ -287,8 +296,8 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
   at::Tensor z, pooled;
   if (expand) {
     TORCH_CHECK(expand_bias.has_value() && expand_bias->defined(), op, ": expand_bias is required with expand_wt");
-    check_block_tensor(*expand_wt, "expand_wt", Cin, expand_wt->dim() == 2 ? expand_wt->size(1) : -2);
-    check_block_tensor(*expand_bias, "expand_bias", expand_wt->size(1), -1);
+    const int64_t E = pointwise_channels(*expand_wt, Cin, expand_bias->numel(), op, "expand_wt");
+    check_block_tensor(*expand_bias, "expand_bias", E, -1);
     const at::Tensor h =
         pointwise_into(x, *expand_wt, *expand_bias, nullptr, 0, parse_act(expand_act), nullptr, &expand_scratch);
     std::tie(z, pooled) =
@@ -299,9 +308,7 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
   }
   const int64_t C = z.size(1);
   const int64_t P = z.size(2) * z.size(3);
-  TORCH_CHECK(proj_wt.dim() == 2, op, ": proj_wt must be (C, C_out), got ", proj_wt.sizes());
-  check_block_tensor(proj_wt, "proj_wt", C, proj_wt.size(1));
-  const int64_t Cout = proj_wt.size(1);
+  const int64_t Cout = pointwise_channels(proj_wt, C, proj_bias.numel(), op, "proj_wt");
   check_block_tensor(proj_bias, "proj_bias", Cout, -1);
   const float* res = nullptr;
   if (residual) {

@@ -391,17 +391,18 @@ inline fb_vf add_residual(fb_vf u, const Residual& r, int64_t pixel, int64_t c, 
 // One register tile of a channels-last 1x1 conv: pixels [p0, p0 + PT) of x (rows of Cin floats),
 // NV output vectors from c0 (PART: the last of them has only `lanes` channels, the row's tail),
 // the bias, the residual (res.p optional) and the activation applied before the only store.
-// w: (Cin, Cout) row-major. SC: input channel ci is scaled by sc[ci] (an SE gate), applied to the
-// tile's NV weight vectors of that channel, so it costs NV multiplies per PT * NV FMAs.
+// w: the weights of output channels [c0, c0 + NV vectors), input channel ci's at w + ci * wrs.
+// SC: input channel ci is scaled by sc[ci] (an SE gate), applied to the tile's NV weight vectors
+// of that channel, so it costs NV multiplies per PT * NV FMAs.
 template <Act A, int PT, int NV, bool PART, bool SC>
-inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
+inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t wrs, int64_t Cout, const float* bias,
                            const float* sc, const Residual& res, float* y, int64_t p0, int64_t c0, int lanes) {
   constexpr int L = kVL;
   fb_vf acc[PT][NV];
   tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
   const float* xp = x + p0 * Cin;
-  const float* wk = w + c0;
-  for (int64_t ci = 0; ci < Cin; ++ci, wk += Cout, ++xp) {
+  const float* wk = w;
+  for (int64_t ci = 0; ci < Cin; ++ci, wk += wrs, ++xp) {
     fb_vf wv[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) wv[v] = PART && v == NV - 1 ? vload_part(wk + v * L, lanes) : vload<float>(wk + v * L);
@@ -436,29 +437,34 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
 
 // Pixels [p0, p1) x channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)) in register tiles.
 template <Act A, int NV, bool PART, bool SC>
-inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t Cout, const float* bias,
-                            const float* sc, const Residual& res, float* y, int64_t p0, int64_t p1, int64_t c0,
-                            int lanes) {
+inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t wrs, int64_t Cout,
+                            const float* bias, const float* sc, const Residual& res, float* y, int64_t p0, int64_t p1,
+                            int64_t c0, int lanes) {
   // PT * NV accumulators + NV weights + a broadcast in the vector registers (32 with AVX-512)
   constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
   constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
   int64_t p = p0;
-  for (; p + PT <= p1; p += PT) pointwise_tile<A, PT, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
+  for (; p + PT <= p1; p += PT)
+    pointwise_tile<A, PT, NV, PART, SC>(x, Cin, w, wrs, Cout, bias, sc, res, y, p, c0, lanes);
   if constexpr (PT >= 4) {
-    for (; p + 4 <= p1; p += 4) pointwise_tile<A, 4, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
+    for (; p + 4 <= p1; p += 4)
+      pointwise_tile<A, 4, NV, PART, SC>(x, Cin, w, wrs, Cout, bias, sc, res, y, p, c0, lanes);
   }
-  for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART, SC>(x, Cin, w, Cout, bias, sc, res, y, p, c0, lanes);
+  for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART, SC>(x, Cin, w, wrs, Cout, bias, sc, res, y, p, c0, lanes);
 }
 
 // A channels-last 1x1 conv on folded weights with its epilogue in registers:
 // y[n, p, :] = act((x[n, p, :] * scale[n, :]) @ w + bias (+ res[n, p, :res_channels])) for N
-// images of P pixels; w (Cin, Cout) row-major, res rows of res_stride floats, scale (optional,
+// images of P pixels; w (Cin, Cout) either row-major (packed = false) or packed in panels of 64
+// output channels, [ceil(Cout / 64)][Cin][64] zero-padded (packed = true: each tile then reads one
+// contiguous stream of weights instead of Cin rows Cout floats apart, which crossed a 4 KB page
+// every few rows on wide layers); res rows of res_stride floats, scale (optional,
 // N x Cin: per image and input channel, e.g. a squeeze-and-excitation gate) applied to the
 // weights inside the tiles. Work items: (image, block of pixels, block of 4 output vectors), the
 // output written once.
 template <typename scalar_t>
 void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w,
-                                         const float* scale, int64_t Cout, const float* bias, const float* res,
+                                         bool packed, const float* scale, int64_t Cout, const float* bias, const float* res,
                                          int64_t res_stride, int64_t res_channels, Act act, float* y) {
   constexpr int64_t kChunk = 4 * kVL;
   const Residual r{res, res_stride, res_channels};
@@ -478,16 +484,18 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
         if (p1 <= p0) continue;
         const float* sc = SC ? scale + n * Cin : nullptr;
         const int64_t c0 = chunk * kChunk, width = std::min(kChunk, Cout - c0);
+        const float* wc = packed ? w + chunk * Cin * kChunk : w + c0;
+        const int64_t wrs = packed ? kChunk : Cout;
         const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
         switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
-          case 8: pointwise_block<A, 4, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 9: pointwise_block<A, 4, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 6: pointwise_block<A, 3, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 7: pointwise_block<A, 3, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 4: pointwise_block<A, 2, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 5: pointwise_block<A, 2, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 2: pointwise_block<A, 1, false, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          default: pointwise_block<A, 1, true, SC>(x, Cin, w, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 8: pointwise_block<A, 4, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 9: pointwise_block<A, 4, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 6: pointwise_block<A, 3, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 7: pointwise_block<A, 3, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 4: pointwise_block<A, 2, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          case 5: pointwise_block<A, 2, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+          case 2: pointwise_block<A, 1, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+          default: pointwise_block<A, 1, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
         }
       }
     });

@@ -251,7 +251,7 @@ def test_pointwise_eval_rejects_bad_inputs():
     wt, bias = torch.randn(8, 16), torch.randn(16)
     with pytest.raises(RuntimeError, match="x must be a 4-D channels_last float32"):
         K.pointwise_eval(torch.randn(2, 8, 4, 4), wt, bias, None, "relu", None)
-    with pytest.raises(RuntimeError, match=r"wt must be a float32 CPU tensor of shape \(8, C_out\)"):
+    with pytest.raises(RuntimeError, match=r"wt must be a contiguous float32 CPU tensor of shape \(8, C_out\)"):
         K.pointwise_eval(x, torch.randn(9, 16), bias, None, "relu", None)
     with pytest.raises(RuntimeError, match="bias must have 16 elements"):
         K.pointwise_eval(x, wt, torch.randn(15), None, "relu", None)

@@ -167,9 +167,9 @@ class BlockEval:
         dw_act, gate_act = self.dw.act, "identity"
         if self.act_after_dw is not None:  # after the gate where there is an SE, else fused into the dw conv
             dw_act, gate_act = (self.act_after_dw, "identity") if self.se is None else ("identity", self.act_after_dw)
-        return (((None, None, "identity") if expand is None else (expand.matrix_t, expand.bias, expand.act))
+        return (((None, None, "identity") if expand is None else (expand.panels, expand.bias, expand.act))
                 + (dw.depthwise_taps(), dw.bias, k, self.dw.stride, [p, p, p, p], dw_act) + se_args
-                + (gate_act, project.matrix_t, project.bias, self.residual))
+                + (gate_act, project.panels, project.bias, self.residual))
 
     def whole_block(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The block in one C++ call (``fastblocks_kernels::mbconv_eval``) where it serves: float32

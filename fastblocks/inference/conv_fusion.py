@@ -64,6 +64,21 @@ _INPLACE_ACT: dict[str, Callable[[Tensor], Tensor]] = {
 _MKLDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
+PANEL = 64  # output channels per weight panel of fastblocks_kernels::pointwise_eval
+
+
+def weight_panels(matrix: Tensor) -> Tensor:
+    """1x1 conv weights (C_out, C_in) as the panels ``pointwise_eval`` reads fastest:
+    (ceil(C_out / 64), C_in, 64), each panel the weights of 64 output channels input channel by
+    input channel, the last one zero-padded. One tile of the kernel then streams one contiguous
+    panel (row-major (C_in, C_out) weights put C_out floats between a tile's consecutive loads)."""
+    c_out, c_in = matrix.shape
+    chunks = -(-c_out // PANEL)
+    padded = matrix.new_zeros(chunks * PANEL, c_in)
+    padded[:c_out] = matrix
+    return padded.view(chunks, PANEL, c_in).transpose(1, 2).contiguous()
+
+
 @functools.lru_cache(maxsize=None)
 def eval_kernels_available() -> bool:
     """Whether fastblocks' compiled eval kernels (``eval_epilogue_``, ``pointwise_eval``,
@@ -102,7 +117,7 @@ class ConvRunner:
     ATen elsewhere. Build one per folded conv; :meth:`reset` when the folded weights change."""
 
     __slots__ = ("stride", "padding", "dilation", "groups", "act", "attr", "use_mkldnn", "weight", "bias",
-                 "_packed", "_act_fn", "gemm", "matrix", "matrix_t", "_taps", "direct", "_direct_taps")
+                 "_packed", "_act_fn", "gemm", "matrix", "panels", "_taps", "direct", "_direct_taps")
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups: int,
                  act: str) -> None:
@@ -125,14 +140,14 @@ class ConvRunner:
         self.direct = (ours and weight.shape[1] <= 4 and 1 <= k <= 7 and weight.shape[2] == k
                        and self.dilation == [1, 1] and self.stride[0] == self.stride[1]
                        and len(self.padding) == 2 and all(isinstance(p, int) and 0 <= p < k for p in self.padding))
-        self.matrix = self.matrix_t = self._taps = self._direct_taps = None
+        self.matrix = self.panels = self._taps = self._direct_taps = None
         if (self.gemm or self.direct) and self.bias is None:
             self.bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
         if self.direct:  # (kh, kw, c_in) x c_out, what direct_conv_eval reads
             self._direct_taps = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
         if self.gemm:
             self.matrix = weight.reshape(weight.shape[0], -1).contiguous()  # (C_out, C_in): NCHW images
-            self.matrix_t = self.matrix.t().contiguous()  # (C_in, C_out): channels_last pixels
+            self.panels = weight_panels(self.matrix)  # channels_last pixels
 
     def depthwise_taps(self) -> Tensor:
         """The (depthwise) weight tap-major, (k * k, C) float32: what ``dw_eval`` reads."""
@@ -169,8 +184,7 @@ class ConvRunner:
             if residual is not None:
                 residual = residual.contiguous(memory_format=torch.channels_last)
             # register-tiled product with the epilogue fused: one write of the output
-            return torch.ops.fastblocks_kernels.pointwise_eval(x, self.matrix_t, self.bias, residual, self.act,
-                                                               in_scale)
+            return torch.ops.fastblocks_kernels.pointwise_eval(x, self.panels, self.bias, residual, self.act, in_scale)
         y = torch.empty((n, c_out, h * w), dtype=x.dtype)
         planes = x.view(n, c, h * w)
         for i in range(n):
