@@ -469,8 +469,14 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
   constexpr int64_t kChunk = 4 * kVL;
   const Residual r{res, res_stride, res_channels};
   const int64_t chunks = (Cout + kChunk - 1) / kChunk;
-  // pixel blocks of about 48 pixels (4 tiles of 12), equal in size within an image
-  const int64_t blocks = std::max<int64_t>(1, (P + 47) / 48);
+  // pixel blocks of about 48 pixels (4 tiles of 12), equal in size within an image; smaller where
+  // that leaves few items that do not split evenly over the threads (5 items on 2 threads: a
+  // batch-1 projection of a 14x14 map to one chunk ran 3-8% slower than with 6)
+  const int64_t nt = at::get_num_threads();
+  int64_t target = 48;
+  auto items_for = [&](int64_t t) { return N * ((P + t - 1) / t) * chunks; };
+  while (target > 12 && items_for(target) < 4 * nt && items_for(target) % nt != 0) target -= 12;
+  const int64_t blocks = std::max<int64_t>(1, (P + target - 1) / target);
   const int64_t block = (P + blocks - 1) / blocks;
   const int64_t items = N * blocks * chunks;
   const int64_t grain = std::max<int64_t>(1, (1 << 17) / std::max<int64_t>(1, block * Cin * kChunk));
