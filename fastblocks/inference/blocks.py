@@ -50,6 +50,27 @@ _EPS = operator.attrgetter("eps")
 _NONES = itertools.repeat(None)
 
 
+def kernel_input(x: torch.Tensor) -> bool:
+    """x is what the whole-block op takes: a 4-D channels_last float32 CPU tensor."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+            and x.is_contiguous(memory_format=_CHANNELS_LAST))
+
+
+def global_state_ok() -> bool:
+    """The compiled kernels exist, no global module hook is registered, plain eager execution and
+    no autocast on the CPU (:func:`~fastblocks.inference.fold.eval_state_ok`)."""
+    if not eval_kernels_available() or _module_globals._global_forward_hooks or \
+            _module_globals._global_forward_pre_hooks:
+        return False
+    return eval_state_ok("cpu")  # x's device; the arguments hold CPU tensors only
+
+
+def modules_ok(modules: list) -> bool:
+    """Every module is in eval mode and has no forward (pre-)hook that a whole-block call would skip."""
+    return not (any(map(_TRAINING, modules)) or any(map(_FORWARD_HOOKS, modules))
+                or any(map(_FORWARD_PRE_HOOKS, modules)))
+
+
 class BlockEval:
     """The eval forward of one inverted-residual block (see the module docstring).
     ``act_after_dw``: the canonical activation of a separate module after the depthwise conv and
@@ -176,9 +197,16 @@ class BlockEval:
         channels_last CPU input, eval mode, plain eager, nothing needing a gradient, no hooks. The
         arguments are cached and rebuilt when any source tensor changed (version, storage) or a
         BatchNorm's eps did. None where it does not serve (the caller then checks the slow path)."""
-        if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
-                and x.is_contiguous(memory_format=_CHANNELS_LAST) and self._whole_block_ok()):
+        if not (kernel_input(x) and global_state_ok() and modules_ok(self.modules)):
             return None
+        args = self.current_args(x.requires_grad)
+        return None if args is None else self._op(x, *args)
+
+    def current_args(self, input_requires_grad: bool) -> Optional[tuple]:
+        """The cached arguments after x (rebuilt where a source changed, ``_op`` resolved), or None
+        where the whole-block call does not serve: a gradient is needed, or a part cannot take it.
+        The caller checked x, the global state and the modules (:func:`kernel_input`,
+        :func:`global_state_ok`, :func:`modules_ok`)."""
         present = list(map(dict.get, *self._present))
         key = self._key_of(present)
         if key is None or key != self._key:
@@ -186,13 +214,11 @@ class BlockEval:
             present = list(map(dict.get, *self._present))
             self._args = self._whole_block_args()
             self._key = self._key_of(present)
-        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in present)):
+            if self._op is None:
+                self._op = torch.ops.fastblocks_kernels.mbconv_eval.default  # the overload, resolved once
+        if torch.is_grad_enabled() and (input_requires_grad or any(t.requires_grad for t in present)):
             return None
-        if self._args is None:
-            return None
-        if self._op is None:
-            self._op = torch.ops.fastblocks_kernels.mbconv_eval.default  # the overload, resolved once
-        return self._op(x, *self._args)
+        return self._args
 
     def __getstate__(self) -> dict:  # pickles and deep copies never carry the cached arguments
         state = dict(self.__dict__)
@@ -205,16 +231,6 @@ class BlockEval:
         state.setdefault("_present", state["_slots"])
         state.setdefault("_absent", ((), ()))
         self.__dict__.update(state)
-
-    def _whole_block_ok(self) -> bool:
-        if not eval_kernels_available() or _module_globals._global_forward_hooks or \
-                _module_globals._global_forward_pre_hooks:
-            return False
-        modules = self.modules
-        if any(map(_TRAINING, modules)) or any(map(_FORWARD_HOOKS, modules)) or \
-                any(map(_FORWARD_PRE_HOOKS, modules)):
-            return False
-        return eval_state_ok("cpu")  # x's device; the arguments hold CPU tensors only
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.expand is None else self.expand(x)

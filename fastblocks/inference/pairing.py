@@ -15,6 +15,7 @@ from ..nn._common import has_hooks
 from ..patch.classify import act_name, qualname
 from ..patch.report import Replaced, Skipped
 from .blocks import install_block_evals
+from .chain import install_block_chains
 from .conv_fusion import inplace_act
 from .fold import FoldedConvBN
 from .modules import FOLD_ATTR, FoldedBatchNormMixin, FoldedConvMixin
@@ -113,3 +114,4 @@ def install_folds(patcher, pairs: list) -> None:
         else:
             patcher.report.folded.append(Replaced(conv_path, what, "folded at eval", f"+ {bn_name} (act={act})"))
     install_block_evals(patcher)
+    install_block_chains(patcher)
