@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -255,6 +255,17 @@ class BlockEval:
         return runner(z, residual)
 
 
+class BlockParts(NamedTuple):
+    """The modules of an inverted-residual block that :class:`BlockEval` runs."""
+    expand: Optional[nn.Module]  # 1x1 expansion conv, None without expansion
+    dw: nn.Module  # depthwise conv (DWConvBNAct once fused)
+    dw_bn: nn.Module  # its BatchNorm (absorbed once fused)
+    se: Optional[nn.Module]
+    project: nn.Module  # 1x1 projection conv
+    residual: bool
+    act_after_dw: Optional[str] = None  # an activation module after the depthwise conv and SE (ReXNet)
+
+
 def _timm_parts(block: nn.Module):
     expand_name, dw_name, dw_bn_name, project_name = _TIMM_LAYOUTS[qualname(block)]
     parts = block._modules
@@ -267,8 +278,9 @@ def _timm_parts(block: nn.Module):
     se = parts.get("se")
     if qualname(se) != _IDENTITY and type(se) is not SqueezeExcite:
         return "SE not fused"
-    return (parts.get(expand_name) if expand_name else None, parts.get(dw_name), parts.get(dw_bn_name),
-            se if type(se) is SqueezeExcite else None, parts.get(project_name), bool(getattr(block, "has_skip", False)))
+    return BlockParts(parts.get(expand_name) if expand_name else None, parts.get(dw_name), parts.get(dw_bn_name),
+                      se if type(se) is SqueezeExcite else None, parts.get(project_name),
+                      bool(getattr(block, "has_skip", False)))
 
 
 def _torchvision_parts(block: nn.Module):
@@ -284,7 +296,7 @@ def _torchvision_parts(block: nn.Module):
     dw, dw_bn = first[-3], first[-2]
     if any(qualname(m) != _IDENTITY for m in (first[-1],) + ((first[2],) if expand is not None else ())):
         return "activation not fused"
-    return expand, dw, dw_bn, layers[-2], layers[-1][0], bool(block.use_res_connect)
+    return BlockParts(expand, dw, dw_bn, layers[-2], layers[-1][0], bool(block.use_res_connect))
 
 
 def _rexnet_parts(block: nn.Module):
@@ -309,14 +321,12 @@ def _rexnet_parts(block: nn.Module):
     dw = dw_cna._modules.get("conv")
     if isinstance(dw, DWConvBNAct) and dw.act != "identity":
         return "depthwise conv with its own activation"
-    return (None if exp is None else exp._modules.get("conv"), dw, dw_cna._modules.get("bn"), se,
-            pwl._modules.get("conv"), bool(block.use_shortcut), act)
+    return BlockParts(None if exp is None else exp._modules.get("conv"), dw, dw_cna._modules.get("bn"), se,
+                      pwl._modules.get("conv"), bool(block.use_shortcut), act)
 
 
 def _parts(block: nn.Module):
-    """(expand conv or None, depthwise conv, its BN, SE or None, projection conv, residual,
-    activation after the depthwise conv and SE or None) of a known block, or why it cannot run
-    :class:`BlockEval`."""
+    """The :class:`BlockParts` of a known block, or why it cannot run :class:`BlockEval`."""
     name = qualname(block)
     if name == _TORCHVISION_MBCONV:
         parts = _torchvision_parts(block)
@@ -326,9 +336,7 @@ def _parts(block: nn.Module):
         parts = _timm_parts(block)
     if isinstance(parts, str):
         return parts
-    if len(parts) == 6:
-        parts = parts + (None,)
-    expand, dw, dw_bn, _, project, _, _ = parts
+    expand, dw, dw_bn, project = parts.expand, parts.dw, parts.dw_bn, parts.project
     if not isinstance(dw, DWConvBNAct) or not isinstance(dw_bn, AbsorbedBatchNorm2d):
         return "depthwise conv not fused"
     for role, conv in (("expansion", expand), ("projection", project)):
@@ -346,8 +354,8 @@ def block_eval_problem(block: nn.Module) -> Optional[str]:
 
 
 def build_block_eval(block: nn.Module) -> BlockEval:
-    expand, dw, _, se, project, residual, act_after_dw = _parts(block)
-    return BlockEval(block, expand, dw, se, project, residual, act_after_dw)
+    p = _parts(block)
+    return BlockEval(block, p.expand, p.dw, p.se, p.project, p.residual, p.act_after_dw)
 
 
 class BlockEvalMixin:
