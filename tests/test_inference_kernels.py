@@ -230,6 +230,26 @@ def test_pointwise_eval_matches_conv1x1_bias_residual_act(case, act, with_residu
     assert rel_err(y, ref) <= 1e-6
 
 
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: f"{c[0]}to{c[1]}_{c[2]}x{c[3]}")
+def test_pointwise_eval_packed_panels_match_the_row_major_weights(case):
+    from fastblocks.inference.conv_fusion import weight_panels
+
+    cin, cout, h, w = case
+    g = _gen(7)
+    cl = torch.channels_last
+    x = torch.randn(3, cin, h, w, generator=g).contiguous(memory_format=cl)
+    matrix = torch.randn(cout, cin, generator=g) / cin ** 0.5
+    bias = torch.randn(cout, generator=g)
+    res = torch.randn(3, cout, h, w, generator=g).contiguous(memory_format=cl)
+    scale = torch.rand(3, cin, generator=g)
+    panels = weight_panels(matrix)
+    assert panels.shape == (-(-cout // 64), cin, 64)
+    for r, sc in ((None, None), (res, scale), (res, None)):
+        y = K.pointwise_eval(x, panels, bias, r, "silu", sc)
+        ref = K.pointwise_eval(x, matrix.t().contiguous(), bias, r, "silu", sc)
+        assert torch.equal(y, ref)
+
+
 def test_pointwise_eval_is_independent_of_the_thread_count():
     g = _gen(7)
     x = torch.randn(2, 96, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
@@ -255,6 +275,8 @@ def test_pointwise_eval_rejects_bad_inputs():
         K.pointwise_eval(x, torch.randn(9, 16), bias, None, "relu", None)
     with pytest.raises(RuntimeError, match="bias must have 16 elements"):
         K.pointwise_eval(x, wt, torch.randn(15), None, "relu", None)
+    with pytest.raises(RuntimeError, match=r"or packed \(ceil\(C_out / 64\), 8, 64\) with C_out = the bias' 65"):
+        K.pointwise_eval(x, torch.randn(1, 8, 64), torch.randn(65), None, "relu", None)
     with pytest.raises(RuntimeError, match="residual must be a channels_last float32"):
         K.pointwise_eval(x, wt, bias, torch.randn(2, 16, 4, 4), "relu", None)
     with pytest.raises(RuntimeError, match="scale must be a float32 CPU tensor of"):
