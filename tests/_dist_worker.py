@@ -32,9 +32,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(out_dir: str, world: int = 2) -> None:
+def spawn_ranks(entry, args: tuple, world: int, out_dir: str) -> None:
+    """Run ``entry(rank, *args)`` in ``world`` processes; each writes ``<out_dir>/rank<r>.pt``."""
     import torch.multiprocessing as mp
-    mp.spawn(_entry, args=(world, free_port(), out_dir), nprocs=world, join=True)
+    try:
+        mp.spawn(entry, args=args, nprocs=world, join=True)
+    except mp.ProcessExitedException:
+        # A rank that wrote its results and then died on a signal tearing down its process group
+        # (gloo's threads abort now and then at exit: "terminate called without an active
+        # exception") has still reported; a rank without its results file failed.
+        if not all(os.path.exists(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world)):
+            raise
+
+
+def run(out_dir: str, world: int = 2) -> None:
+    spawn_ranks(_entry, (world, free_port(), out_dir), world, out_dir)
 
 
 # ----------------------------------------------------------------------------- models and data

@@ -16,14 +16,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tests._dist_worker import free_port, tiny_model as _tiny_model
+from tests._dist_worker import free_port, spawn_ranks, tiny_model as _tiny_model
 
 WORLD = 2
 
 
 def run(out_dir: str) -> None:
-    import torch.multiprocessing as mp
-    mp.spawn(_entry, args=(free_port(), out_dir), nprocs=WORLD, join=True)
+    spawn_ranks(_entry, (free_port(), out_dir), WORLD, out_dir)
 
 
 def tiny_model() -> nn.Module:
