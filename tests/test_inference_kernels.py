@@ -209,19 +209,27 @@ POINTWISE_CASES = [
 ]
 
 
+def _pointwise_inputs(case, seed: int):
+    """x (3 images, channels_last), weights (C_in, C_out), bias, residual, per-image scale."""
+    cin, cout, h, w = case
+    g = _gen(seed)
+    cl = torch.channels_last
+    x = torch.randn(3, cin, h, w, generator=g).contiguous(memory_format=cl)
+    wt = torch.randn(cin, cout, generator=g) / cin ** 0.5
+    bias = torch.randn(cout, generator=g)
+    res = torch.randn(3, cout, h, w, generator=g).contiguous(memory_format=cl)
+    return x, wt, bias, res, torch.rand(3, cin, generator=g)
+
+
 @pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: f"{c[0]}to{c[1]}_{c[2]}x{c[3]}")
 @pytest.mark.parametrize("act", ["silu", "hardswish", "relu", "identity"])
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_pointwise_eval_matches_conv1x1_bias_residual_act(case, act, with_residual, with_scale):
-    cin, cout, h, w = case
-    g = _gen(6)
+    cin, cout = case[:2]
     cl = torch.channels_last
-    x = torch.randn(3, cin, h, w, generator=g).contiguous(memory_format=cl)
-    wt = torch.randn(cin, cout, generator=g) / cin ** 0.5
-    bias = torch.randn(cout, generator=g)
-    res = torch.randn(3, cout, h, w, generator=g).contiguous(memory_format=cl) if with_residual else None
-    scale = torch.rand(3, cin, generator=g) if with_scale else None
+    x, wt, bias, res, scale = _pointwise_inputs(case, 6)
+    res, scale = (res if with_residual else None), (scale if with_scale else None)
     y = K.pointwise_eval(x, wt, bias, res, act, scale)
     xs = x.double() * (scale.double().view(3, cin, 1, 1) if with_scale else 1)
     u = F.conv2d(xs, wt.double().t().reshape(cout, cin, 1, 1), bias.double())
@@ -234,20 +242,12 @@ def test_pointwise_eval_matches_conv1x1_bias_residual_act(case, act, with_residu
 def test_pointwise_eval_packed_panels_match_the_row_major_weights(case):
     from fastblocks.inference.conv_fusion import weight_panels
 
-    cin, cout, h, w = case
-    g = _gen(7)
-    cl = torch.channels_last
-    x = torch.randn(3, cin, h, w, generator=g).contiguous(memory_format=cl)
-    matrix = torch.randn(cout, cin, generator=g) / cin ** 0.5
-    bias = torch.randn(cout, generator=g)
-    res = torch.randn(3, cout, h, w, generator=g).contiguous(memory_format=cl)
-    scale = torch.rand(3, cin, generator=g)
-    panels = weight_panels(matrix)
+    cin, cout = case[:2]
+    x, wt, bias, res, scale = _pointwise_inputs(case, 7)
+    panels = weight_panels(wt.t().contiguous())
     assert panels.shape == (-(-cout // 64), cin, 64)
     for r, sc in ((None, None), (res, scale), (res, None)):
-        y = K.pointwise_eval(x, panels, bias, r, "silu", sc)
-        ref = K.pointwise_eval(x, matrix.t().contiguous(), bias, r, "silu", sc)
-        assert torch.equal(y, ref)
+        assert torch.equal(K.pointwise_eval(x, panels, bias, r, "silu", sc), K.pointwise_eval(x, wt, bias, r, "silu", sc))
 
 
 def test_pointwise_eval_is_independent_of_the_thread_count():
