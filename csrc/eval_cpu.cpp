@@ -224,7 +224,7 @@ at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::T
   const bool images_as_pixels = H * W == 1 && scale == nullptr;
   FB_ISA_CALL(EvalKernels<float>::pointwise_cl, x.const_data_ptr<float>(), images_as_pixels ? 1 : N,
               images_as_pixels ? N : H * W, Cin, wt.const_data_ptr<float>(), wt.dim() == 3, scale, Cout,
-              bias.const_data_ptr<float>(), res, res_channels, res_channels, act, y.mutable_data_ptr<float>());
+              bias.const_data_ptr<float>(), res, res_channels, act, y.mutable_data_ptr<float>());
   return y;
 }
 

@@ -83,8 +83,7 @@ struct EvalKernels {
   static void direct_conv_cl(const float* x, const float* w, const float* bias, const DirectGeo& g, Act act,
                              float* y);
   static void pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w, bool packed,
-                           const float* scale,
-                           int64_t Cout, const float* bias, const float* res, int64_t res_stride,
+                           const float* scale, int64_t Cout, const float* bias, const float* res,
                            int64_t res_channels, Act act, float* y);
   static void scale_act_cl(float* z, int64_t N, int64_t P, int64_t C, const float* gate, Act act);
   static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,

@@ -19,15 +19,14 @@ from torch.nn.modules import module as _module_globals
 
 from .._act import ACTIVATIONS
 from ..nn import AbsorbedBatchNorm2d, DWConvBNAct, SqueezeExcite, SqueezeExciteWithNorm
-from ..patch.classify import act_name, qualname
+from ..patch.classify import IDENTITY, act_name, qualname
 from .conv_fusion import eval_kernels_available
 from .fold import eval_state_ok, fold_active, fold_batchnorm
 from .modules import FOLD_ATTR
 from .se import se_gate
 
 BLOCK_ATTR = "_fastblocks_block_eval"
-_IDENTITY = "torch.nn.modules.linear.Identity"
-_DROP_PATH = ("torch.nn.modules.linear.Identity", "timm.layers.drop.DropPath")  # identities at eval
+_DROP_PATH = (IDENTITY, "timm.layers.drop.DropPath")  # identities at eval
 _TORCHVISION_MBCONV = "torchvision.models.efficientnet.MBConv"
 _STOCHASTIC_DEPTH = "torchvision.ops.stochastic_depth.StochasticDepth"  # the identity at eval
 # timm qualname -> (1x1 expansion conv or None, depthwise conv, its absorbed BN, projection conv)
@@ -271,12 +270,12 @@ def _timm_parts(block: nn.Module):
     parts = block._modules
     if parts.get("conv_s2d") is not None:
         return "space-to-depth stem"
-    if qualname(parts.get("aa")) != _IDENTITY:
+    if qualname(parts.get("aa")) != IDENTITY:
         return "anti-aliasing"
     if getattr(block, "has_skip", False) and qualname(parts.get("drop_path")) not in _DROP_PATH:
         return "unknown drop path"
     se = parts.get("se")
-    if qualname(se) != _IDENTITY and type(se) is not SqueezeExcite:
+    if qualname(se) != IDENTITY and type(se) is not SqueezeExcite:
         return "SE not fused"
     return BlockParts(parts.get(expand_name) if expand_name else None, parts.get(dw_name), parts.get(dw_bn_name),
                       se if type(se) is SqueezeExcite else None, parts.get(project_name),
@@ -294,7 +293,7 @@ def _torchvision_parts(block: nn.Module):
     first = [m for m in layers[:-2] for m in m]  # (expand conv, bn, act)? (dw, absorbed bn, act)
     expand = first[0] if len(layers) == 4 else None
     dw, dw_bn = first[-3], first[-2]
-    if any(qualname(m) != _IDENTITY for m in (first[-1],) + ((first[2],) if expand is not None else ())):
+    if any(qualname(m) != IDENTITY for m in (first[-1],) + ((first[2],) if expand is not None else ())):
         return "activation not fused"
     return BlockParts(expand, dw, dw_bn, layers[-2], layers[-1][0], bool(block.use_res_connect))
 
@@ -306,7 +305,7 @@ def _rexnet_parts(block: nn.Module):
     if block.drop_path is not None and qualname(block.drop_path) not in _DROP_PATH:
         return "unknown drop path"
     cnas = [parts.get(name) for name in ("conv_exp", "conv_dw", "conv_pwl")]
-    if any(c is not None and c._modules.get("aa") is not None and qualname(c._modules["aa"]) != _IDENTITY
+    if any(c is not None and c._modules.get("aa") is not None and qualname(c._modules["aa"]) != IDENTITY
            for c in cnas):
         return "anti-aliasing"
     exp, dw_cna, pwl = cnas

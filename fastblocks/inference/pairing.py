@@ -13,7 +13,7 @@ from torch import nn
 from ..nn import BatchNormAct2d
 from ..nn._common import has_hooks
 from ..patch.classify import act_name, qualname
-from ..patch.report import Replaced, Skipped
+from ..patch.report import CONV_ALONE, Replaced, Skipped
 from .blocks import install_block_evals
 from .chain import install_block_chains
 from .conv_fusion import inplace_act
@@ -53,25 +53,21 @@ def fold_problem(conv: nn.Module, bn: Optional[nn.Module]) -> Optional[str]:
     takes the eval path), else the reason."""
     if qualname(conv) != _PLAIN_CONV:
         return f"{type(conv).__name__} is not a plain Conv2d"
-    if bn is None:
-        if has_hooks(conv):
-            return "module has hooks"
-        if conv.padding_mode != "zeros" or numeric_padding(conv) is None:
-            return f"padding {conv.padding!r} ({conv.padding_mode})"
-        return None
-    if type(bn) is not BatchNormAct2d and qualname(bn) not in _PLAIN_BNS:
+    if bn is not None and type(bn) is not BatchNormAct2d and qualname(bn) not in _PLAIN_BNS:
         return f"{type(bn).__name__} is not a plain BatchNorm2d"
-    if has_hooks(conv) or has_hooks(bn):
+    if has_hooks(conv) or (bn is not None and has_hooks(bn)):
         return "module has hooks"
-    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+    if bn is not None and (not bn.track_running_stats or bn.running_mean is None or bn.running_var is None):
         return "BatchNorm without running statistics (track_running_stats=False) normalises by batch " \
                "statistics at eval too: not foldable"
-    if bn.num_features != conv.out_channels:
+    if bn is not None and bn.num_features != conv.out_channels:
         return "BatchNorm width differs from the conv's output channels"
     if conv.padding_mode != "zeros":
         return f"padding_mode {conv.padding_mode!r}"
     if numeric_padding(conv) is None:
         return f"padding {conv.padding!r} is asymmetric"
+    if bn is None:
+        return None
     act = _bn_act(bn)
     if act is None:
         return "BatchNorm with dropout or an unsupported activation inside"
@@ -110,7 +106,7 @@ def install_folds(patcher, pairs: list) -> None:
                 patcher.swap_class(module, fused_class(type(module), mixin))
                 patcher.set_attr(module, FOLD_ATTR, fold)
         if bn is None:
-            patcher.report.folded.append(Replaced(conv_path, what, "eval conv kernel", "no BatchNorm to fold"))
+            patcher.report.folded.append(Replaced(conv_path, what, CONV_ALONE, "no BatchNorm to fold"))
         else:
             patcher.report.folded.append(Replaced(conv_path, what, "folded at eval", f"+ {bn_name} (act={act})"))
     install_block_evals(patcher)

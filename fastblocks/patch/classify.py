@@ -16,12 +16,14 @@ def qualname(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+IDENTITY = "torch.nn.modules.linear.Identity"  # qualname of nn.Identity
+
 _ACTS = {
     "torch.nn.modules.activation.SiLU": "silu",
     "torch.nn.modules.activation.ReLU": "relu",
     "torch.nn.modules.activation.ReLU6": "relu6",
     "torch.nn.modules.activation.Hardswish": "hardswish",
-    "torch.nn.modules.linear.Identity": "identity",
+    IDENTITY: "identity",
     "timm.layers.activations.GELU": "gelu",
     "timm.layers.activations.GELUTanh": "gelu_tanh",
     "timm.layers.activations.Swish": "silu",

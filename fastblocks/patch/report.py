@@ -6,6 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+# the replacement named by a folded-report record of a conv with no BatchNorm after it
+CONV_ALONE = "eval conv kernel"
+
+
 @dataclass(frozen=True)
 class Replaced:
     path: str          # module path in the model ("blocks.1.0.conv_dw")
@@ -32,7 +36,7 @@ class PatchReport:
     skipped: list = field(default_factory=list)
     already_patched: bool = False
     # conv -> BN pairs folded into one conv at eval, and convs with no BN after them that take the
-    # same eval path (Replaced records); pairs left unfolded (Skipped)
+    # same eval path (Replaced records, replacement CONV_ALONE); pairs left unfolded (Skipped)
     folded: list = field(default_factory=list)
     unfolded: list = field(default_factory=list)
 
@@ -60,7 +64,7 @@ class PatchReport:
         else:
             lines.append("  nothing to fuse in this model")
         if self.folded or self.unfolded:
-            alone = sum(r.replacement == "eval conv kernel" for r in self.folded)
+            alone = sum(r.replacement == CONV_ALONE for r in self.folded)
             lines.append(f"  eval: {len(self.folded) - alone} conv + BatchNorm pairs folded into one conv, "
                          + (f"{alone} conv without BatchNorm on the eval path, " if alone else "")
                          + f"{len(self.unfolded)} not foldable")

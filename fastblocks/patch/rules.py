@@ -16,7 +16,7 @@ from ..nn import (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm2d, BatchNormAct2d, 
                   EffectiveSqueezeExcite, EfficientChannelAttention, MemoryEfficientAct, MixedDWConvBNAct,
                   SqueezeExcite, SqueezeExciteWithNorm, SyncBatchNormAct2d)
 from ..nn._common import has_hooks
-from .classify import (STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding, MIXED_CONV,
+from .classify import (IDENTITY, STANDALONE_GAIN, act_name, batchnorm_problem, bn_act_of, conv_padding, MIXED_CONV,
                        depthwise_parts, depthwise_problem, gate_name, is_sync_batchnorm, pointwise_problem, qualname)
 from .effnet_block import FusedMBConvBlockMixin
 from .patcher import Patcher, forward_mismatch, fused_class, join, parent_path
@@ -286,7 +286,7 @@ def fold_pairs(p, path, module, parent, name):
             continue
         if _is_batchnorm_module(bn):
             p.pair(module, path, conv_name, bn_name)
-        elif qualname(bn) == "torch.nn.modules.linear.Identity" and tuple(conv.kernel_size) == (1, 1):
+        elif qualname(bn) == IDENTITY and tuple(conv.kernel_size) == (1, 1):
             p.pair(module, path, conv_name, None)
     return False
 
