@@ -65,10 +65,10 @@ at::Tensor& eval_epilogue_(at::Tensor& y, const at::Tensor& bias_in, const std::
 }
 
 namespace {
-// Per-thread scratch memory of mbconv_eval: the expanded activation and the depthwise output live
-// only inside one call. At batch 8 they pass 32 MB, where glibc serves every allocation by a fresh
-// mmap, and touching its pages cost ~12 ms of a 16->96 channel 112x112 layer that computes in
-// ~2 ms (2 threads). Kept until the thread exits: the largest block's two tensors per thread.
+// Per-thread scratch memory of mbconv_eval: the depthwise output lives only inside one call. At
+// batch 8 it passes 32 MB, where glibc serves every allocation by a fresh mmap, and touching its
+// pages cost ~12 ms of a 96-channel 112x112 layer that computes in ~2 ms (2 threads). Kept until
+// the thread exits: the largest block's depthwise output.
 class Scratch {
  public:
   ~Scratch() { std::free(p_); }
@@ -87,7 +87,7 @@ class Scratch {
   void* p_ = nullptr;
   size_t bytes_ = 0;
 };
-thread_local Scratch expand_scratch, depthwise_scratch;
+thread_local Scratch depthwise_scratch;
 
 // One depthwise eval call: checks and allocations, the output rows, then the pool.
 struct DwRun {
@@ -97,8 +97,9 @@ struct DwRun {
   bool pool;
 
   // y_mem (optional): scratch for the output; else a fresh tensor.
-  DwRun(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in, int64_t kernel_size, int64_t stride,
-        at::IntArrayRef padding, c10::string_view act_name, bool pool_, Scratch* y_mem = nullptr)
+  // channels: the depthwise layer's channels, x's own (or, for run_expanded, its expansion's).
+  DwRun(const at::Tensor& x, int64_t channels, const at::Tensor& taps, const at::Tensor& bias_in, int64_t kernel_size,
+        int64_t stride, at::IntArrayRef padding, c10::string_view act_name, bool pool_, Scratch* y_mem = nullptr)
       : act(parse_act(act_name)), pool(pool_) {
     const char* op = "fastblocks_kernels::dw_eval";
     TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, op, ": x must be a float32 CPU tensor, got ",
@@ -112,7 +113,7 @@ struct DwRun {
                 " values");
     for (auto p : padding)
       TORCH_CHECK(p >= 0 && p < kernel_size, op, ": padding must be in [0, kernel_size), got ", p);
-    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = kernel_size;
+    const int64_t N = x.size(0), C = channels, H = x.size(2), W = x.size(3), K = kernel_size;
     TORCH_CHECK(H + padding[0] + padding[1] >= K && W + padding[2] + padding[3] >= K, op,
                 ": the padded input is smaller than the kernel");
     const int64_t Ho = (H + padding[0] + padding[1] - K) / stride + 1;
@@ -135,6 +136,16 @@ struct DwRun {
     FB_ISA_CALL(EvalKernels<float>::dw_eval_cl, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                 bias.const_data_ptr<float>(), g, act, y.mutable_data_ptr<float>(),
                 pool ? rows.mutable_data_ptr<float>() : nullptr, row0, row1);
+  }
+
+  // All output rows from x (N, C_in, H, W) through the expansion 1x1 conv ew / eb / expand_act
+  // (pointwise_eval's weight layouts; C_out = this layer's channels), fused (expand_dw_cl).
+  void run_expanded(const at::Tensor& x, const at::Tensor& ew, const at::Tensor& eb, Act expand_act) {
+    if (y.numel() == 0) return;
+    FB_ISA_CALL(EvalKernels<float>::expand_dw_cl, x.const_data_ptr<float>(), x.size(1), ew.const_data_ptr<float>(),
+                ew.dim() == 3, eb.const_data_ptr<float>(), expand_act, w.const_data_ptr<float>(),
+                bias.const_data_ptr<float>(), g, act, y.mutable_data_ptr<float>(),
+                pool ? rows.mutable_data_ptr<float>() : nullptr);
   }
 
   // The per-channel means from the row sums, in row order: deterministic whatever the thread count.
@@ -162,7 +173,7 @@ struct DwRun {
 std::tuple<at::Tensor, at::Tensor> dw_eval_into(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias,
                                                 int64_t kernel_size, int64_t stride, at::IntArrayRef padding,
                                                 c10::string_view act, bool pool, Scratch* y_mem) {
-  DwRun dw(x, taps, bias, kernel_size, stride, padding, act, pool, y_mem);
+  DwRun dw(x, x.size(1), taps, bias, kernel_size, stride, padding, act, pool, y_mem);
   dw.run(x, 0, dw.g.N * dw.g.Ho);
   dw.finish();
   return {dw.y, dw.pooled};
@@ -210,14 +221,11 @@ namespace {
 // A channels_last 1x1 conv with its epilogue fused (pointwise_cl): x (N, C_in, H, W), wt (C_in, C_out);
 // `scale` ((N, C_in) floats, optional) scales x's channels per image (an SE gate), applied to the
 // weights inside the kernel's tiles; `res` (channels_last, res_channels <= C_out channels) is added
-// to the first res_channels output channels. `out` (optional): scratch for the result; else a
-// fresh tensor.
+// to the first res_channels output channels. Returns a fresh tensor.
 at::Tensor pointwise_into(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, const float* res,
-                          int64_t res_channels, Act act, const float* scale, Scratch* out = nullptr) {
+                          int64_t res_channels, Act act, const float* scale) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = bias.numel();
-  at::Tensor y = out == nullptr
-                     ? at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
-                     : at::from_blob(out->get(N * H * W * Cout), {N, H, W, Cout}, x.options()).permute({0, 3, 1, 2});
+  at::Tensor y = at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
   // 1x1 maps without a per-image scale: the N images are the pixels of one, so each weight vector
   // is loaded once for a tile of images instead of once per image
@@ -298,10 +306,13 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
     TORCH_CHECK(expand_bias.has_value() && expand_bias->defined(), op, ": expand_bias is required with expand_wt");
     const int64_t E = pointwise_channels(*expand_wt, Cin, expand_bias->numel(), op, "expand_wt");
     check_block_tensor(*expand_bias, "expand_bias", E, -1);
-    const at::Tensor h =
-        pointwise_into(x, *expand_wt, *expand_bias, nullptr, 0, parse_act(expand_act), nullptr, &expand_scratch);
-    std::tie(z, pooled) =
-        dw_eval_into(h, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
+    // the expanded map is never stored whole (expand_dw_cl): mobilenetv2 blocks 1.03-1.5x at
+    // batch 8, mobilenetv3 1.0-1.2x at batch 1
+    DwRun dw(x, E, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
+    dw.run_expanded(x, *expand_wt, *expand_bias, parse_act(expand_act));
+    dw.finish();
+    z = dw.y;
+    pooled = dw.pooled;
   } else {
     std::tie(z, pooled) =
         dw_eval_into(x, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);

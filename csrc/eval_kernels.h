@@ -180,23 +180,32 @@ inline std::pair<int64_t, int64_t> interior_columns(int64_t W, int64_t K, int64_
   return {lo, std::max<int64_t>(lo, std::min<int64_t>(hi, Wo))};
 }
 
-// One tile of a channels-last depthwise conv: PT consecutive output pixels of row `oh` starting at
-// `ow0`, NV channel vectors from c0 (PART: one vector of `lanes` channels, the row's tail),
-// accumulated over the kernel rows [kh0, kh1). BORDER: some tap of some pixel falls outside the
-// row (checked per tap), else every tap is inside.
+// The input rows one output row of a channels-last depthwise conv reads: rows[kh] (kh in the
+// row's [kh0, kh1)) points at pixel 0 of input row oh * S - top + kh, at the first channel of the
+// vectors being computed; consecutive pixels are `pix` floats apart (C for the layer's input, the
+// row width of a buffer for the fused expand + depthwise kernel).
+struct DwRows {
+  const float* rows[7];
+  int64_t pix;
+};
+
+// One tile of a channels-last depthwise conv: PT consecutive output pixels from `ow0` of one
+// output row, NV channel vectors (PART: one vector of `lanes` channels, the row's tail),
+// accumulated over the kernel rows [kh0, kh1); in.rows offset by `dc` channels. w, bias and yrow
+// (the output row's pixel 0) start at the tile's first channel. BORDER: some tap of some pixel
+// falls outside the row (checked per tap), else every tap is inside.
 template <Act A, int PT, int NV, bool BORDER, bool PART>
-inline void dw_eval_tile(const float* x, const float* w, const float* bias, const ConvGeo& g, int64_t n, int64_t oh,
-                         int64_t ow0, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y, fb_vf* pool) {
+inline void dw_eval_tile(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g,
+                         int64_t ow0, int lanes, int64_t kh0, int64_t kh1, float* yrow, fb_vf* pool) {
   static_assert(!PART || NV == 1, "a partial vector is a tile of one vector");
   constexpr int L = kVL;
   const int64_t C = g.C;
   fb_vf acc[PT][NV];
-  tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
+  tile_from_bias<PT, NV, PART>(acc, bias, lanes);
   const int64_t iw0 = ow0 * g.S - g.left;
   for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const int64_t ih = oh * g.S - g.top + kh;
-    const float* xrow = x + ((n * g.H + ih) * g.W) * C + c0;
-    const float* wrow = w + kh * g.K * C + c0;
+    const float* xrow = in.rows[kh] + dc;
+    const float* wrow = w + kh * g.K * C;
     for (int64_t kw = 0; kw < g.K; ++kw) {
       fb_vf wv[NV];
 #pragma GCC unroll 8
@@ -205,7 +214,7 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
       for (int p = 0; p < PT; ++p) {
         const int64_t iw = iw0 + p * g.S + kw;
         if (BORDER && (iw < 0 || iw >= g.W)) continue;
-        const float* xp = xrow + iw * C;
+        const float* xp = xrow + iw * in.pix;
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[p][v] += vload_lanes<PART>(xp + v * L, lanes) * wv[v];
       }
@@ -213,7 +222,7 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
   }
 #pragma GCC unroll 8
   for (int p = 0; p < PT; ++p) {
-    float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * C + c0;
+    float* yp = yrow + (ow0 + p) * C;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       const fb_vf r = store_act<A, PART>(yp + v * L, acc[p][v], lanes);
@@ -222,26 +231,46 @@ inline void dw_eval_tile(const float* x, const float* w, const float* bias, cons
   }
 }
 
-// Output row `oh` of image n, channels [c0, c0 + NV * lanes) (PART: [c0, c0 + lanes)): interior
-// pixels in tiles of 4, pixels whose taps cross the left / right edge one at a time.
+// One output row, channels [dc, dc + NV vectors) of the tile's (PART: [dc, dc + lanes)) with w,
+// bias, yrow and pool (optional: the row's per-channel sums, added to) at those channels:
+// interior pixels in tiles of 4, pixels whose taps cross the left / right edge one at a time.
 template <Act A, int NV, bool PART>
-inline void dw_eval_row_block(const float* x, const float* w, const float* bias, const ConvGeo& g, int64_t n,
-                              int64_t oh, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y, float* pool) {
+inline void dw_eval_row_block(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g,
+                              int lanes, int64_t kh0, int64_t kh1, float* yrow, float* pool) {
   fb_vf acc[NV];
   fb_vf* pv = pool ? acc : nullptr;
   for (int v = 0; v < NV; ++v) acc[v] = bc<fb_vf>(0.0f);
   const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
   int64_t ow = 0;
-  for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
-  for (; ow + 4 <= hi; ow += 4)
-    dw_eval_tile<A, 4, NV, false, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
-  for (; ow < hi; ++ow) dw_eval_tile<A, 1, NV, false, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
-  for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y, pv);
+  for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+  for (; ow + 4 <= hi; ow += 4) dw_eval_tile<A, 4, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+  for (; ow < hi; ++ow) dw_eval_tile<A, 1, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+  for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
   if (!pool) return;
-  for (int v = 0; v < NV; ++v) {
-    float* pc = pool + c0 + v * kVL;
-    vstore_lanes<PART>(pc, vload_lanes<PART>(pc, lanes) + acc[v], lanes);
+  for (int v = 0; v < NV; ++v) vstore_lanes<PART>(pool + v * kVL, vload_lanes<PART>(pool + v * kVL, lanes) + acc[v], lanes);
+}
+
+// Channels [c0, c1) of one output row (at most one chunk of 4 vectors): the whole chunk in one
+// pass, else vector by vector and a partial last one. w, bias, yrow and pool start at channel c0,
+// `in` at the chunk's first channel too.
+template <Act A>
+inline void dw_eval_chunk(const DwRows& in, const float* w, const float* bias, const ConvGeo& g, int64_t width,
+                          int64_t kh0, int64_t kh1, float* yrow, float* pool) {
+  if (width == 4 * kVL) {
+    dw_eval_row_block<A, 4, false>(in, 0, w, bias, g, kVL, kh0, kh1, yrow, pool);
+    return;
   }
+  int64_t c = 0;
+  for (; c + kVL <= width; c += kVL)
+    dw_eval_row_block<A, 1, false>(in, c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
+  if (c < width)
+    dw_eval_row_block<A, 1, true>(in, c, w + c, bias + c, g, static_cast<int>(width - c), kh0, kh1, yrow + c,
+                                  pool ? pool + c : nullptr);
+}
+
+// The kernel rows [kh0, kh1) of output row `oh` whose input rows exist (the others are padding).
+inline std::pair<int64_t, int64_t> dw_kernel_rows(const ConvGeo& g, int64_t oh) {
+  return {std::max<int64_t>(0, g.top - oh * g.S), std::min<int64_t>(g.K, g.H + g.top - oh * g.S)};
 }
 
 // Channels-last depthwise conv on folded weights: y = act(conv(x, w) + bias), w tap-major
@@ -261,22 +290,15 @@ void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const flo
     constexpr Act A = decltype(tag)::value;
     at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
       for (int64_t item = i0; item < i1; ++item) {
-        const int64_t chunk = item % chunks;
+        const int64_t c0 = item % chunks * kChunk;
         const int64_t row = row0 + item / chunks;  // n * Ho + oh
         const int64_t n = row / g.Ho, oh = row % g.Ho;
-        const int64_t kh0 = std::max<int64_t>(0, g.top - oh * g.S);
-        const int64_t kh1 = std::min<int64_t>(g.K, g.H + g.top - oh * g.S);
-        float* pool = pool_rows ? pool_rows + row * g.C : nullptr;
-        int64_t c0 = chunk * kChunk;
-        const int64_t c1 = std::min(g.C, c0 + kChunk);
-        if (c1 - c0 == kChunk) {
-          dw_eval_row_block<A, 4, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y, pool);
-          continue;
-        }
-        for (; c0 + kVL <= c1; c0 += kVL)
-          dw_eval_row_block<A, 1, false>(x, w, bias, g, n, oh, c0, kVL, kh0, kh1, y, pool);
-        if (c0 < c1)
-          dw_eval_row_block<A, 1, true>(x, w, bias, g, n, oh, c0, static_cast<int>(c1 - c0), kh0, kh1, y, pool);
+        const auto [kh0, kh1] = dw_kernel_rows(g, oh);
+        DwRows in;
+        in.pix = g.C;
+        for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = x + ((n * g.H + oh * g.S - g.top + kh) * g.W) * g.C + c0;
+        dw_eval_chunk<A>(in, w + c0, bias + c0, g, std::min(kChunk, g.C - c0), kh0, kh1,
+                         y + row * g.Wo * g.C + c0, pool_rows ? pool_rows + row * g.C + c0 : nullptr);
       }
     });
   });
@@ -453,6 +475,25 @@ inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t
   for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART, SC>(x, Cin, w, wrs, Cout, bias, sc, res, y, p, c0, lanes);
 }
 
+// Pixels [p0, p1) x output channels [c0, c0 + width) (width <= 4 vectors: one chunk) in register
+// tiles; w: those channels' weights, input channel ci's at w + ci * wrs.
+template <Act A, bool SC>
+inline void pointwise_chunk(int64_t width, const float* x, int64_t Cin, const float* w, int64_t wrs, int64_t Cout,
+                            const float* bias, const float* sc, const Residual& r, float* y, int64_t p0, int64_t p1,
+                            int64_t c0) {
+  const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
+  switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
+    case 8: pointwise_block<A, 4, false, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+    case 9: pointwise_block<A, 4, true, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+    case 6: pointwise_block<A, 3, false, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+    case 7: pointwise_block<A, 3, true, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+    case 4: pointwise_block<A, 2, false, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+    case 5: pointwise_block<A, 2, true, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+    case 2: pointwise_block<A, 1, false, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
+    default: pointwise_block<A, 1, true, SC>(x, Cin, w, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
+  }
+}
+
 // A channels-last 1x1 conv on folded weights with its epilogue in registers:
 // y[n, p, :] = act((x[n, p, :] * scale[n, :]) @ w + bias (+ res[n, p, :res_channels])) for N
 // images of P pixels; w (Cin, Cout) either row-major (packed = false) or packed in panels of 64
@@ -489,20 +530,9 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
         const int64_t p0 = n * P + b * block, p1 = n * P + std::min(P, (b + 1) * block);
         if (p1 <= p0) continue;
         const float* sc = SC ? scale + n * Cin : nullptr;
-        const int64_t c0 = chunk * kChunk, width = std::min(kChunk, Cout - c0);
-        const float* wc = packed ? w + chunk * Cin * kChunk : w + c0;
-        const int64_t wrs = packed ? kChunk : Cout;
-        const int tail = static_cast<int>(width % kVL);  // a partial last vector shares the tiles' loads of x
-        switch ((width + kVL - 1) / kVL * 2 + (tail != 0)) {
-          case 8: pointwise_block<A, 4, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 9: pointwise_block<A, 4, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 6: pointwise_block<A, 3, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 7: pointwise_block<A, 3, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 4: pointwise_block<A, 2, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          case 5: pointwise_block<A, 2, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-          case 2: pointwise_block<A, 1, false, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, kVL); break;
-          default: pointwise_block<A, 1, true, SC>(x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0, tail); break;
-        }
+        const int64_t c0 = chunk * kChunk;
+        pointwise_chunk<A, SC>(std::min(kChunk, Cout - c0), x, Cin, packed ? w + chunk * Cin * kChunk : w + c0,
+                               packed ? kChunk : Cout, Cout, bias, sc, r, y, p0, p1, c0);
       }
     });
   };
@@ -511,6 +541,91 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
       run(tag, std::true_type{});
     } else {
       run(tag, std::false_type{});
+    }
+  });
+}
+
+// A 64-byte aligned buffer of at least n floats for the calling thread, kept for its life.
+inline float* thread_buffer(int64_t n) {
+  struct Buffer {
+    float* p = nullptr;
+    int64_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer b;
+  if (n > b.n) {
+    std::free(b.p);
+    b.p = static_cast<float*>(std::aligned_alloc(64, (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64));
+    b.n = b.p ? n : 0;
+    TORCH_CHECK(b.p != nullptr, "fastblocks: out of memory for a ", n, "-float row buffer");
+  }
+  return b.p;
+}
+
+// An inverted-residual block's expansion 1x1 conv and depthwise conv in one pass, the expanded
+// map never stored whole: z = dw_act(dwconv(expand_act(x @ ew + eb), dw_w) + dw_b). g is the
+// depthwise layer's geometry (C = the E expanded channels, H x W the map of x, Cin channels);
+// ew, eb: the expansion's weights as in pointwise_cl (packed or row-major) and bias; dw_w, dw_b:
+// as in dw_eval_cl, and so are z and pool_rows. Work items: (image, band of output rows, chunk
+// of 4 channel vectors). An item expands the input rows its output rows read, a few rows at a
+// time, into a ring of rows (the chunk's channels only) in its thread's buffer, so each
+// expanded row is computed once per band and read from cache by the depthwise taps.
+template <typename scalar_t>
+void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const float* ew, bool packed, const float* eb,
+                                         Act expand_act, const float* dw_w, const float* dw_b, const ConvGeo& g,
+                                         Act dw_act, float* z, float* pool_rows) {
+  constexpr int64_t kChunk = 4 * kVL;
+  const int64_t E = g.C, chunks = (E + kChunk - 1) / kChunk;
+  const int64_t nt = at::get_num_threads();
+  // bands only where images x chunks would leave a thread idle: a band expands again the
+  // K - S input rows it shares with the next one
+  const int64_t bands = std::min<int64_t>(g.Ho, std::max<int64_t>(1, (2 * nt + g.N * chunks - 1) / (g.N * chunks)));
+  const int64_t band = (g.Ho + bands - 1) / bands;
+  // output rows per step: an expansion call gets at least 48 pixels (4 register tiles)
+  const int64_t step = std::max<int64_t>(1, (48 + g.S * g.W - 1) / (g.S * g.W));
+  const int64_t ring = (step - 1) * g.S + g.K;  // rows, enough for one step's taps
+  const int64_t row_floats = g.W * kChunk;
+  const Residual none{nullptr, 0};
+  at::parallel_for(0, g.N * bands * chunks, 1, [&](int64_t i0, int64_t i1) {
+    float* buf = thread_buffer(ring * row_floats);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t chunk = item % chunks, b = item / chunks % bands, n = item / chunks / bands;
+      const int64_t c0 = chunk * kChunk, width = std::min(kChunk, E - c0);
+      const float* wc = packed ? ew + chunk * Cin * kChunk : ew + c0;
+      const int64_t wrs = packed ? kChunk : E;
+      const float* xn = x + n * g.H * g.W * Cin;
+      // input rows [r0, r1) into their ring slots, split where the ring wraps
+      auto expand_rows = [&](int64_t r0, int64_t r1) {
+        while (r0 < r1) {
+          const int64_t slot = r0 % ring, r = std::min(r1, r0 + ring - slot);
+          dispatch_act(expand_act, [&](auto tag) {
+            pointwise_chunk<decltype(tag)::value, false>(width, xn + r0 * g.W * Cin, Cin, wc, wrs, kChunk, eb + c0,
+                                                         nullptr, none, buf + slot * row_floats, 0, (r - r0) * g.W, 0);
+          });
+          r0 = r;
+        }
+      };
+      const int64_t ob1 = std::min(g.Ho, (b + 1) * band);
+      int64_t have = -1;  // input rows below `have` that this band needs are in the ring
+      for (int64_t oh = b * band; oh < ob1; oh += step) {
+        const int64_t oe = std::min(oh + step, ob1);
+        const int64_t lo = std::max<int64_t>(0, oh * g.S - g.top);
+        const int64_t hi = std::min<int64_t>(g.H, (oe - 1) * g.S - g.top + g.K);
+        const int64_t from = std::max(lo, have);
+        if (hi > from) expand_rows(from, hi);
+        have = std::max(have, hi);
+        dispatch_act(dw_act, [&](auto tag) {
+          for (int64_t o = oh; o < oe; ++o) {
+            const auto [kh0, kh1] = dw_kernel_rows(g, o);
+            DwRows in;
+            in.pix = kChunk;
+            for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = buf + (o * g.S - g.top + kh) % ring * row_floats;
+            const int64_t row = n * g.Ho + o;
+            dw_eval_chunk<decltype(tag)::value>(in, dw_w + c0, dw_b + c0, g, width, kh0, kh1,
+                                                z + row * g.Wo * E + c0, pool_rows ? pool_rows + row * E + c0 : nullptr);
+          }
+        });
+      }
     }
   });
 }

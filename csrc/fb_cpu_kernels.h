@@ -85,6 +85,9 @@ struct EvalKernels {
   static void pointwise_cl(const float* x, int64_t N, int64_t P, int64_t Cin, const float* w, bool packed,
                            const float* scale, int64_t Cout, const float* bias, const float* res,
                            int64_t res_channels, Act act, float* y);
+  static void expand_dw_cl(const float* x, int64_t Cin, const float* ew, bool packed, const float* eb, Act expand_act,
+                           const float* dw_w, const float* dw_b, const ConvGeo& g, Act dw_act, float* z,
+                           float* pool_rows);
   static void scale_act_cl(float* z, int64_t N, int64_t P, int64_t C, const float* gate, Act act);
   static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,
                      const float* w2, const float* b2, Act act, bool hard_gate, float* gate);

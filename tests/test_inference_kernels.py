@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fastblocks as fb
 from fastblocks._act import ACTIVATIONS, GATES
 from fastblocks.inference.blocks import BLOCK_ATTR
-from fastblocks.inference.conv_fusion import eval_kernels_available
+from fastblocks.inference.conv_fusion import eval_kernels_available, weight_panels
 from tests.helpers import rel_err
 from tests.test_inference_fold import assert_accurate, eval_out, input_grads, randomize_bn
 
@@ -240,8 +240,6 @@ def test_pointwise_eval_matches_conv1x1_bias_residual_act(case, act, with_residu
 
 @pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: f"{c[0]}to{c[1]}_{c[2]}x{c[3]}")
 def test_pointwise_eval_packed_panels_match_the_row_major_weights(case):
-    from fastblocks.inference.conv_fusion import weight_panels
-
     cin, cout = case[:2]
     x, wt, bias, res, scale = _pointwise_inputs(case, 7)
     panels = weight_panels(wt.t().contiguous())
@@ -321,6 +319,50 @@ def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial, rexnet):
     out = K.mbconv_eval(*args)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(out, _mbconv_reference(x, exp, dw, se, proj, True, gate_act)) <= 2e-6
+
+
+# (N, C_in, E, H, W, k, stride, padding (top, bottom, left, right)) for the fused expansion +
+# depthwise pass: one image with one channel chunk (bands of rows over the threads), full 64-channel
+# chunks and a partial one, rows narrower than a register tile (several rows per expansion step),
+# rows wide enough for one, stride 2, TF "same" padding, k up to 7, a map smaller than the kernel.
+EXPAND_DW_CASES = [
+    (1, 8, 64, 20, 50, 3, 1, (1, 1, 1, 1)),
+    (1, 16, 64, 23, 49, 3, 2, (1, 1, 1, 1)),
+    (2, 12, 136, 9, 7, 5, 1, (2, 2, 2, 2)),
+    (1, 24, 72, 14, 14, 5, 2, (1, 2, 1, 2)),
+    (3, 6, 40, 11, 5, 7, 2, (3, 3, 3, 3)),
+    (1, 5, 128, 2, 3, 3, 1, (1, 1, 1, 1)),
+    (2, 4, 20, 1, 1, 3, 1, (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", EXPAND_DW_CASES, ids=lambda c: "n{}_cin{}_e{}_{}x{}_k{}s{}".format(*c[:7]))
+def test_mbconv_eval_expansion_and_depthwise_in_one_pass(case):
+    n, cin, e, h, w, k, s, pad = case
+    g = _gen(11)
+    x = torch.randn(n, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    exp_w = torch.randn(cin, e, generator=g) / cin ** 0.5
+    exp = (exp_w, torch.randn(e, generator=g), "hardswish")
+    dw = (torch.randn(k * k, e, generator=g) / k, torch.randn(e, generator=g), k, s, list(pad), "relu")
+    se = (torch.randn(4, e, generator=g) / e ** 0.5, torch.randn(4, generator=g), torch.randn(e, 4, generator=g),
+          torch.randn(e, generator=g), "relu", "sigmoid")
+    proj = (torch.randn(e, cin, generator=g) / e ** 0.5, torch.randn(cin, generator=g))
+    residual = s == 1 and (h + pad[0] + pad[1] - k + 1, w + pad[2] + pad[3] - k + 1) == (h, w)
+    packed = (weight_panels(exp_w.t().contiguous()),) + exp[1:]
+    before = torch.get_num_threads()
+    try:
+        for with_se in (False, True):
+            outs = []
+            for threads, e_args in ((1, exp), (2, exp), (3, packed)):
+                torch.set_num_threads(threads)
+                args = (x,) + e_args + tuple(dw) + (se if with_se else (None, None, None, None, "identity", "sigmoid"))
+                outs.append(K.mbconv_eval(*args, "identity", *proj, residual))
+            ref = _mbconv_reference(x, exp, dw, se if with_se else None, proj, residual)
+            assert rel_err(outs[0], ref) <= 2e-6
+            # the same sums in the same order whatever the thread count and weight layout
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_mbconv_eval_outputs_never_share_its_scratch_memory():
