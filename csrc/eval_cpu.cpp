@@ -286,6 +286,25 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
   return pointwise_into(x, w, bias, res, Cout, act, scale.const_data_ptr<float>());
 }
 
+namespace {
+// Output rows per work item of mbconv_rows_cl for an SE-free block, or 0 where the separate
+// passes serve better: maps of the depthwise input up to 256 KB an image (they stay in cache
+// between the passes; 7x7x960 blocks at batch 8 ran 2-3% slower in one pass); bands only split
+// images where images alone would leave threads unevenly loaded, and with an expansion a band
+// must be long enough that the K - S input rows it expands again (shared with the next band)
+// stay under 1/8 of its own.
+int64_t rows_band(const ConvGeo& g, bool expand) {
+  if (g.H * g.W * g.C <= (int64_t{1} << 16)) return 0;
+  const int64_t nt = at::get_num_threads();
+  int64_t bands = 1;
+  while ((g.N * bands) % nt != 0 && g.N * bands < 4 * nt) ++bands;
+  bands = std::min(bands, std::max<int64_t>(g.Ho, 1));
+  const int64_t band = (g.Ho + bands - 1) / bands;
+  if (bands > 1 && expand && 8 * (g.K - g.S) > band * g.S) return 0;
+  return std::max<int64_t>(band, 1);
+}
+}  // namespace
+
 at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& expand_wt,
                        const std::optional<at::Tensor>& expand_bias, c10::string_view expand_act,
                        const at::Tensor& dw_taps, const at::Tensor& dw_bias, int64_t kernel_size, int64_t stride,
@@ -301,35 +320,48 @@ at::Tensor mbconv_eval(const at::Tensor& x, const std::optional<at::Tensor>& exp
   const int64_t N = x.size(0), Cin = x.size(1);
   const bool expand = expand_wt.has_value() && expand_wt->defined();
   const bool se = se_w1.has_value() && se_w1->defined();
-  at::Tensor z, pooled;
+  int64_t E = Cin;
   if (expand) {
     TORCH_CHECK(expand_bias.has_value() && expand_bias->defined(), op, ": expand_bias is required with expand_wt");
-    const int64_t E = pointwise_channels(*expand_wt, Cin, expand_bias->numel(), op, "expand_wt");
+    E = pointwise_channels(*expand_wt, Cin, expand_bias->numel(), op, "expand_wt");
     check_block_tensor(*expand_bias, "expand_bias", E, -1);
-    // the expanded map is never stored whole (expand_dw_cl): mobilenetv2 blocks 1.03-1.5x at
-    // batch 8, mobilenetv3 1.0-1.2x at batch 1
-    DwRun dw(x, E, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
-    dw.run_expanded(x, *expand_wt, *expand_bias, parse_act(expand_act));
-    dw.finish();
-    z = dw.y;
-    pooled = dw.pooled;
-  } else {
-    std::tie(z, pooled) =
-        dw_eval_into(x, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
   }
-  const int64_t C = z.size(1);
-  const int64_t P = z.size(2) * z.size(3);
-  const int64_t Cout = pointwise_channels(proj_wt, C, proj_bias.numel(), op, "proj_wt");
+  DwRun dw(x, E, dw_taps, dw_bias, kernel_size, stride, padding, dw_act, se, &depthwise_scratch);
+  const ConvGeo& g = dw.g;
+  const int64_t Cout = pointwise_channels(proj_wt, E, proj_bias.numel(), op, "proj_wt");
   check_block_tensor(proj_bias, "proj_bias", Cout, -1);
-  const float* res = nullptr;
   if (residual) {
-    TORCH_CHECK(Cout >= Cin && z.size(2) == x.size(2) && z.size(3) == x.size(3), op,
+    TORCH_CHECK(Cout >= Cin && g.Ho == g.H && g.Wo == g.W, op,
                 ": residual needs an output as large as x (C_out >= C_in, same H, W), got ", Cout, " channels ",
-                z.sizes(), " vs ", x.sizes());
-    res = x.const_data_ptr<float>();
+                g.Ho, "x", g.Wo, " vs ", x.sizes());
   }
+  const float* res = residual ? x.const_data_ptr<float>() : nullptr;
   const Act after_gate = parse_act(gate_act);
   TORCH_CHECK(se || after_gate == Act::Identity, op, ": gate_act needs the SE (se_w1), got ", std::string(gate_act));
+  // SE-free blocks: no intermediate map stored whole (mbconv_rows_cl), mobilenetv2 blocks
+  // 1.02-1.14x at batch 8 and 1.02-1.09x at batch 1 (112x112 to 28x28 maps)
+  const int64_t band = se ? 0 : rows_band(g, expand);
+  if (band > 0) {
+    at::Tensor y = at::empty({N, Cout, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (y.numel() == 0) return y;
+    FB_ISA_CALL(EvalKernels<float>::mbconv_rows_cl, x.const_data_ptr<float>(), Cin,
+                expand ? expand_wt->const_data_ptr<float>() : nullptr, expand && expand_wt->dim() == 3,
+                expand ? expand_bias->const_data_ptr<float>() : nullptr, parse_act(expand_act),
+                dw.w.const_data_ptr<float>(), dw.bias.const_data_ptr<float>(), g, dw.act,
+                proj_wt.const_data_ptr<float>(), proj_wt.dim() == 3, proj_bias.const_data_ptr<float>(), Cout,
+                residual, band, y.mutable_data_ptr<float>());
+    return y;
+  }
+  if (expand) {
+    // the expanded map is never stored whole (expand_dw_cl): mobilenetv2 blocks 1.03-1.5x at
+    // batch 8, mobilenetv3 1.0-1.2x at batch 1
+    dw.run_expanded(x, *expand_wt, *expand_bias, parse_act(expand_act));
+  } else {
+    dw.run(x, 0, g.N * g.Ho);
+  }
+  dw.finish();
+  at::Tensor z = dw.y, pooled = dw.pooled;
+  const int64_t C = E, P = g.Ho * g.Wo;
   if (!se) return pointwise_into(z, proj_wt, proj_bias, res, Cin, Act::Identity, nullptr);
   TORCH_CHECK(se_w2.has_value() && se_w2->defined(), op, ": se_w2 is required with se_w1");
   TORCH_CHECK(se_w1->dim() == 2, op, ": se_w1 must be (R, C), got ", se_w1->sizes());

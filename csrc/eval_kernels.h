@@ -250,21 +250,21 @@ inline void dw_eval_row_block(const DwRows& in, int64_t dc, const float* w, cons
   for (int v = 0; v < NV; ++v) vstore_lanes<PART>(pool + v * kVL, vload_lanes<PART>(pool + v * kVL, lanes) + acc[v], lanes);
 }
 
-// Channels [c0, c1) of one output row (at most one chunk of 4 vectors): the whole chunk in one
-// pass, else vector by vector and a partial last one. w, bias, yrow and pool start at channel c0,
-// `in` at the chunk's first channel too.
+// `width` channels (at most one chunk of 4 vectors) of one output row: the whole chunk in one
+// pass, else vector by vector and a partial last one. w, bias, yrow and pool start at the chunk's
+// first channel, which is channel dc of `in`.
 template <Act A>
-inline void dw_eval_chunk(const DwRows& in, const float* w, const float* bias, const ConvGeo& g, int64_t width,
-                          int64_t kh0, int64_t kh1, float* yrow, float* pool) {
+inline void dw_eval_chunk(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g,
+                          int64_t width, int64_t kh0, int64_t kh1, float* yrow, float* pool) {
   if (width == 4 * kVL) {
-    dw_eval_row_block<A, 4, false>(in, 0, w, bias, g, kVL, kh0, kh1, yrow, pool);
+    dw_eval_row_block<A, 4, false>(in, dc, w, bias, g, kVL, kh0, kh1, yrow, pool);
     return;
   }
   int64_t c = 0;
   for (; c + kVL <= width; c += kVL)
-    dw_eval_row_block<A, 1, false>(in, c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
+    dw_eval_row_block<A, 1, false>(in, dc + c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
   if (c < width)
-    dw_eval_row_block<A, 1, true>(in, c, w + c, bias + c, g, static_cast<int>(width - c), kh0, kh1, yrow + c,
+    dw_eval_row_block<A, 1, true>(in, dc + c, w + c, bias + c, g, static_cast<int>(width - c), kh0, kh1, yrow + c,
                                   pool ? pool + c : nullptr);
 }
 
@@ -297,7 +297,7 @@ void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const flo
         DwRows in;
         in.pix = g.C;
         for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = x + ((n * g.H + oh * g.S - g.top + kh) * g.W) * g.C + c0;
-        dw_eval_chunk<A>(in, w + c0, bias + c0, g, std::min(kChunk, g.C - c0), kh0, kh1,
+        dw_eval_chunk<A>(in, 0, w + c0, bias + c0, g, std::min(kChunk, g.C - c0), kh0, kh1,
                          y + row * g.Wo * g.C + c0, pool_rows ? pool_rows + row * g.C + c0 : nullptr);
       }
     });
@@ -621,10 +621,87 @@ void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const floa
             in.pix = kChunk;
             for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = buf + (o * g.S - g.top + kh) % ring * row_floats;
             const int64_t row = n * g.Ho + o;
-            dw_eval_chunk<decltype(tag)::value>(in, dw_w + c0, dw_b + c0, g, width, kh0, kh1,
+            dw_eval_chunk<decltype(tag)::value>(in, 0, dw_w + c0, dw_b + c0, g, width, kh0, kh1,
                                                 z + row * g.Wo * E + c0, pool_rows ? pool_rows + row * E + c0 : nullptr);
           }
         });
+      }
+    }
+  });
+}
+
+// An inverted-residual block without squeeze-and-excitation in one pass over bands of output
+// rows: y = (dw_act(dwconv(expand_act(x @ ew + eb), dw_w) + dw_b)) @ pw + pb (+ x on the first Cin
+// of the Cout channels where `residual`). ew = nullptr: no expansion (x is the depthwise input).
+// g: the depthwise layer's geometry (C = E channels, H x W the map of x). Weights as in
+// pointwise_cl, dw_w / dw_b as in dw_eval_cl. Work items: (image, band of `band` output rows);
+// an item steps through its rows a few at a time: expands the new input rows (all E channels)
+// into a ring of rows in its thread's buffer, runs the depthwise taps on them into a buffer of
+// the step's output rows and projects those into y, so neither intermediate map is stored
+// whole. The caller picks `band` (a band expands again the K - S input rows it shares with the
+// next one).
+template <typename scalar_t>
+void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const float* ew, bool epacked,
+                                           const float* eb, Act expand_act, const float* dw_w, const float* dw_b,
+                                           const ConvGeo& g, Act dw_act, const float* pw, bool ppacked,
+                                           const float* pb, int64_t Cout, bool residual, int64_t band, float* y) {
+  constexpr int64_t kChunk = 4 * kVL;
+  const int64_t E = g.C, bands = (g.Ho + band - 1) / band;
+  const bool expand = ew != nullptr;
+  // output rows per step: a projection call gets at least 48 pixels (4 register tiles)
+  const int64_t step = std::max<int64_t>(1, (48 + g.Wo - 1) / g.Wo);
+  const int64_t ring = expand ? (step - 1) * g.S + g.K : 0;  // rows, enough for one step's taps
+  const int64_t row_floats = g.W * E;
+  const Residual none{nullptr, 0};
+  // the chunks of 4 output vectors of a 1x1 conv over `count` pixels
+  auto conv_1x1 = [&](Act act, const float* in, int64_t cin, const float* w, bool packed, const float* bias,
+                      int64_t cout, const Residual& res, float* out, int64_t count) {
+    dispatch_act(act, [&](auto tag) {
+      for (int64_t c0 = 0; c0 < cout; c0 += kChunk)
+        pointwise_chunk<decltype(tag)::value, false>(std::min(kChunk, cout - c0), in, cin,
+                                                     packed ? w + c0 / kChunk * cin * kChunk : w + c0,
+                                                     packed ? kChunk : cout, cout, bias, nullptr, res, out, 0, count,
+                                                     c0);
+    });
+  };
+  at::parallel_for(0, g.N * bands, 1, [&](int64_t i0, int64_t i1) {
+    float* ring_buf = thread_buffer(ring * row_floats + step * g.Wo * E);
+    float* z = ring_buf + ring * row_floats;
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item % bands, n = item / bands;
+      const float* xn = x + n * g.H * g.W * Cin;
+      const int64_t ob1 = std::min(g.Ho, (b + 1) * band);
+      int64_t have = -1;  // input rows below `have` that this band needs are in the ring
+      for (int64_t oh = b * band; oh < ob1; oh += step) {
+        const int64_t oe = std::min(oh + step, ob1);
+        if (expand) {
+          const int64_t lo = std::max<int64_t>(0, oh * g.S - g.top);
+          const int64_t hi = std::min<int64_t>(g.H, (oe - 1) * g.S - g.top + g.K);
+          for (int64_t r0 = std::max(lo, have); r0 < hi;) {  // split where the ring wraps
+            const int64_t slot = r0 % ring, r1 = std::min(hi, r0 + ring - slot);
+            conv_1x1(expand_act, xn + r0 * g.W * Cin, Cin, ew, epacked, eb, E, none, ring_buf + slot * row_floats,
+                     (r1 - r0) * g.W);
+            r0 = r1;
+          }
+          have = std::max(have, hi);
+        }
+        dispatch_act(dw_act, [&](auto tag) {
+          for (int64_t o = oh; o < oe; ++o) {
+            const auto [kh0, kh1] = dw_kernel_rows(g, o);
+            DwRows in;
+            in.pix = E;
+            for (int64_t kh = kh0; kh < kh1; ++kh) {
+              const int64_t ih = o * g.S - g.top + kh;
+              in.rows[kh] = expand ? ring_buf + ih % ring * row_floats : xn + ih * row_floats;
+            }
+            for (int64_t c0 = 0; c0 < E; c0 += kChunk)
+              dw_eval_chunk<decltype(tag)::value>(in, c0, dw_w + c0, dw_b + c0, g, std::min(kChunk, E - c0), kh0,
+                                                  kh1, z + (o - oh) * g.Wo * E + c0, nullptr);
+          }
+        });
+        const Residual res{residual ? xn + oh * g.W * Cin : nullptr, Cin};
+        conv_1x1(Act::Identity, z, E, pw, ppacked, pb, Cout, res, y + (n * g.Ho + oh) * g.Wo * Cout,
+                 (oe - oh) * g.Wo);
       }
     }
   });

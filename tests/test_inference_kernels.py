@@ -322,9 +322,10 @@ def test_mbconv_eval_matches_the_composition(expand, se_gate, spatial, rexnet):
 
 
 # (N, C_in, E, H, W, k, stride, padding (top, bottom, left, right)) for the fused expansion +
-# depthwise pass: one image with one channel chunk (bands of rows over the threads), full 64-channel
-# chunks and a partial one, rows narrower than a register tile (several rows per expansion step),
-# rows wide enough for one, stride 2, TF "same" padding, k up to 7, a map smaller than the kernel.
+# depthwise pass (and, without SE, the projection in the same pass): one image with one channel
+# chunk (bands of rows over the threads), full 64-channel chunks and a partial one, rows narrower
+# than a register tile (several rows per step), rows wide enough for one, stride 2, TF "same"
+# padding, k up to 7, a map smaller than the kernel.
 EXPAND_DW_CASES = [
     (1, 8, 64, 20, 50, 3, 1, (1, 1, 1, 1)),
     (1, 16, 64, 23, 49, 3, 2, (1, 1, 1, 1)),
@@ -333,6 +334,10 @@ EXPAND_DW_CASES = [
     (3, 6, 40, 11, 5, 7, 2, (3, 3, 3, 3)),
     (1, 5, 128, 2, 3, 3, 1, (1, 1, 1, 1)),
     (2, 4, 20, 1, 1, 3, 1, (1, 1, 1, 1)),
+    # maps large enough for the SE-free block's single pass over bands of rows
+    (1, 8, 72, 40, 31, 3, 1, (1, 1, 1, 1)),
+    (3, 16, 96, 34, 30, 3, 2, (0, 1, 0, 1)),
+    (1, 12, 200, 16, 24, 5, 1, (2, 2, 2, 2)),
 ]
 
 
@@ -363,6 +368,34 @@ def test_mbconv_eval_expansion_and_depthwise_in_one_pass(case):
             assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("expand", [True, False])
+@pytest.mark.parametrize("rexnet", [False, True], ids=["mbconv", "rexnet"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_mbconv_eval_se_free_block_in_one_pass(expand, rexnet, n):
+    # maps past 256 KB: expansion, depthwise and projection (+ residual) in bands of rows; x adds
+    # to the first C_in of 40 outputs for rexnet
+    g = _gen(12)
+    cin, c, cout = 16, 72 if expand else 16, 40 if rexnet else 16
+    spatial = 31 if expand else 66
+    x = torch.randn(n, cin, spatial, spatial, generator=g).contiguous(memory_format=torch.channels_last)
+    exp = (torch.randn(cin, c, generator=g) / 4, torch.randn(c, generator=g), "silu") if expand else None
+    dw = (torch.randn(9, c, generator=g) / 3, torch.randn(c, generator=g), 3, 1, [1, 1, 1, 1], "relu6")
+    proj = (weight_panels(torch.randn(cout, c, generator=g) / 6), torch.randn(cout, generator=g))
+    args = (x,) + (exp if expand else (None, None, "identity")) + dw + (
+        None, None, None, None, "identity", "sigmoid", "identity") + proj + (True,)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(K.mbconv_eval(*args))
+    finally:
+        torch.set_num_threads(before)
+    ref = _mbconv_reference(x, exp, dw, None, (proj[0].transpose(1, 2).reshape(-1, c)[:cout].t(), proj[1]), True)
+    assert rel_err(outs[0], ref) <= 2e-6
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 def test_mbconv_eval_outputs_never_share_its_scratch_memory():
