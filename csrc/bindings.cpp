@@ -9,13 +9,18 @@
 //    backend choice (reference / eager / cpu / triton / cuda), fake impls and autograd, and their
 //    "cpu" and "cuda" backends call these kernel ops (fastblocks/backends/native.py).
 //
-// The module itself has no Python functions: importing fastblocks._C loads the library, which
-// registers the ops as torch.ops.fastblocks_kernels.*.
+// Importing fastblocks._C loads the library, which registers the ops as torch.ops.fastblocks_kernels.*;
+// the module's one Python class is MBConvRunner (csrc/block_runner_cpu.cpp, CPU builds), the
+// whole-block eval call of a patched block with its checks in C++.
 #include <Python.h>
 #include <torch/library.h>
 
 #include "eval_cpu_ops.h"
 #include "fb_cpu_ops.h"
+
+namespace fastblocks {
+void add_block_runner(PyObject* module);  // csrc/block_runner_cpu.cpp
+}
 #include "fb_kernel_registration.h"
 
 extern "C" {
@@ -34,6 +39,17 @@ PyObject* PyInit__C(void) {
     Py_DECREF(module);
     return nullptr;
   }
+#ifdef FASTBLOCKS_WITH_CPU
+  if (module != nullptr) {
+    try {
+      fastblocks::add_block_runner(module);
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_ImportError, e.what());
+      Py_DECREF(module);
+      return nullptr;
+    }
+  }
+#endif
   return module;
 }
 }

@@ -488,6 +488,52 @@ def test_whole_block_arguments_follow_parameter_updates_and_are_never_copied():
     assert rel_err(eval_out(clone, x), eval_out(model, x)) == 0.0
 
 
+def test_whole_block_runner_returns_none_wherever_the_python_path_must_decide():
+    # the C++ runner of a block's cached arguments: the op's output while its sources are unchanged;
+    # None for input it does not take, a gradient needed, or any source changed, after which the
+    # block's next call rebuilds the arguments and the runner
+    model, ref = _timm_cl("mobilenetv2_100")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    assert_accurate(model, ref, x)
+    block = model.blocks[2][1]
+    plan = block.__dict__[BLOCK_ATTR]
+    xi = torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def fresh_runner():
+        with torch.no_grad():
+            block(xi)
+        assert plan._runner is not None
+        return plan._runner
+
+    runner = fresh_runner()
+    with torch.no_grad():
+        assert torch.equal(runner(xi), K.mbconv_eval(xi, *plan._args))
+        assert runner(xi.contiguous()) is None and runner(xi.double()) is None and runner(xi[0]) is None
+    assert runner(xi) is None  # grad mode on and the parameters require grad
+    changes = [
+        lambda: block.conv_pwl.weight.mul_(2.0),  # an optimizer-like in-place step
+        lambda: block.bn2.running_mean.add_(0.5),
+        lambda: setattr(block.bn1, "eps", 1e-2),
+        # a new Parameter on the same storage (same version counter and data pointer)
+        lambda: setattr(block.conv_dw, "weight", torch.nn.Parameter(block.conv_dw.weight.detach())),
+        lambda: block.conv_pw.weight.set_(block.conv_pw.weight.detach().clone()),  # a new storage
+    ]
+    for i, change in enumerate(changes):
+        runner = fresh_runner()
+        with torch.no_grad():
+            change()
+            if i == 2:
+                ref.blocks[2][1].bn1.eps = 1e-2
+            else:
+                ref.load_state_dict(model.state_dict())
+            assert runner(xi) is None
+        assert_accurate(model, ref, x)
+        new = fresh_runner()
+        assert new is not runner
+        with torch.no_grad():
+            assert new(xi) is not None
+
+
 def test_whole_block_path_steps_aside_for_hooks_gradients_and_nchw():
     model, ref = _timm_cl("mobilenetv3_large_100")
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)

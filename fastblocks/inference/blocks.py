@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import sys
 from typing import NamedTuple, Optional
 
 import torch
@@ -70,6 +71,18 @@ def modules_ok(modules: list) -> bool:
                 or any(map(_FORWARD_PRE_HOOKS, modules)))
 
 
+def _runner_for(args: Optional[tuple], slots: tuple, batchnorms: list):
+    """A ``fastblocks._C.MBConvRunner`` holding ``args`` (mbconv_eval's after x) and checking the
+    tensors of ``slots`` ((dicts, names)) and the eps of ``batchnorms`` in C++ every call; None
+    without arguments or where the extension has no runner."""
+    if args is None:
+        return None
+    runner_class = getattr(sys.modules.get("fastblocks._C"), "MBConvRunner", None)
+    if runner_class is None:
+        return None
+    return runner_class(args, tuple(zip(*slots)), tuple(batchnorms))
+
+
 class BlockEval:
     """The eval forward of one inverted-residual block (see the module docstring).
     ``act_after_dw``: the canonical activation of a separate module after the depthwise conv and
@@ -90,6 +103,7 @@ class BlockEval:
         self._slots = self._source_slots()
         self._present, self._absent = self._slots, ((), ())  # the slots split at the last rebuild
         self._op = None
+        self._runner = None  # the C++ call with its checks (fastblocks._C.MBConvRunner), built with _args
 
     def active(self) -> bool:
         """Every part runs folded now and no forward hook would be skipped (the Python path serves
@@ -196,10 +210,28 @@ class BlockEval:
         channels_last CPU input, eval mode, plain eager, nothing needing a gradient, no hooks. The
         arguments are cached and rebuilt when any source tensor changed (version, storage) or a
         BatchNorm's eps did. None where it does not serve (the caller then checks the slow path)."""
-        if not (kernel_input(x) and global_state_ok() and modules_ok(self.modules)):
+        if not (global_state_ok() and modules_ok(self.modules)):
+            return None
+        return self.run(x)
+
+    def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``whole_block`` once the caller checked the global state and the modules: the C++ runner
+        where its checks pass, else the arguments checked (rebuilt) here; None where the op does
+        not serve x."""
+        runner = self._runner
+        if runner is not None:
+            y = runner(x)
+            if y is not None:
+                return y
+        if not kernel_input(x):
             return None
         args = self.current_args(x.requires_grad)
-        return None if args is None else self._op(x, *args)
+        if args is None:
+            return None
+        if runner is not None and runner is self._runner:
+            # the runner saw a change the argument key does not (a slot refilled with the same tensor)
+            self._runner = _runner_for(args, self._slots, self.batchnorms)
+        return self._op(x, *args)
 
     def current_args(self, input_requires_grad: bool) -> Optional[tuple]:
         """The cached arguments after x (rebuilt where a source changed, ``_op`` resolved), or None
@@ -213,6 +245,7 @@ class BlockEval:
             present = list(map(dict.get, *self._present))
             self._args = self._whole_block_args()
             self._key = self._key_of(present)
+            self._runner = _runner_for(self._args, self._slots, self.batchnorms)
             if self._op is None:
                 self._op = torch.ops.fastblocks_kernels.mbconv_eval.default  # the overload, resolved once
         if torch.is_grad_enabled() and (input_requires_grad or any(t.requires_grad for t in present)):
@@ -221,12 +254,13 @@ class BlockEval:
 
     def __getstate__(self) -> dict:  # pickles and deep copies never carry the cached arguments
         state = dict(self.__dict__)
-        state["_key"], state["_args"], state["_op"] = None, None, None
+        state["_key"], state["_args"], state["_op"], state["_runner"] = None, None, None, None
         return state
 
     def __setstate__(self, state: dict) -> None:  # plans pickled before these attributes existed
         state.setdefault("act_after_dw", None)
         state.setdefault("_op", None)
+        state.setdefault("_runner", None)
         state.setdefault("_present", state["_slots"])
         state.setdefault("_absent", ((), ()))
         self.__dict__.update(state)

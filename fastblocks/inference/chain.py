@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .blocks import BLOCK_ATTR, global_state_ok, kernel_input, modules_ok
+from .blocks import BLOCK_ATTR, global_state_ok, modules_ok
 
 CHAIN_ATTR = "_fastblocks_block_chain"
 _SEQUENTIAL = nn.Sequential
@@ -43,12 +43,9 @@ class BlockChain:
         """The Sequential's output, or None where its own forward must run."""
         if not (global_state_ok() and modules_ok(self.modules) and self._unchanged()):
             return None
-        grad = torch.is_grad_enabled()
         for module, plan in zip(self.items, self.plans):
-            args = None
-            if plan is not None and kernel_input(x):
-                args = plan.current_args(grad and x.requires_grad)
-            x = module(x) if args is None else plan._op(x, *args)  # args None: the module's own call
+            y = None if plan is None else plan.run(x)
+            x = module(x) if y is None else y  # None: the module's own call
         return x
 
 
