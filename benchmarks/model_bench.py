@@ -167,8 +167,10 @@ class ModelBench:
                 self._emit(job, self._time(job), on_row)
             else:
                 pending.append(job)
-        # Turns of a few calls after a pause: the peers' spinning worker threads park between turns.
-        timings = time_repeats_interleaved([job["fn"] for job in pending], self.repeats, block=5, pause=0.02)
+        # Turns of a few calls after a pause and 50 ms of untimed calls: the peers' spinning worker
+        # threads park, and the next variant's own threads settle, before its calls are timed.
+        timings = time_repeats_interleaved([job["fn"] for job in pending], self.repeats, block=5, pause=0.02,
+                                           settle=0.05)
         for job, timing in zip(pending, timings):
             self._emit(job, timing, on_row)
 

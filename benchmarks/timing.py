@@ -198,19 +198,21 @@ def time_repeats(device: str, fn: Callable[[], object], repeats: int, warmup: in
 
 
 def time_repeats_interleaved(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 2, block: int = 1,
-                             pause: float = 0.0, turn_cap: float = 0.2) -> list:
+                             pause: float = 0.0, settle: float = 0.0, turn_cap: float = 0.2) -> list:
     """CPU: ``repeats`` rounds in which every long-running ``fn`` (a model step) takes a turn. On a
     shared machine a slow spell then falls on every fn alike instead of on whichever ran during it
     (timed one after another, identical code measured 10-20% apart on a shared 2-core machine).
     One wall-clock reading per call: steps last milliseconds and more (torch.utils.benchmark's
     timeit(1) would run each twice more as its own warm-up).
 
-    A turn with ``pause`` > 0 first sleeps ``pause`` seconds and makes one untimed call: runtimes
-    whose worker threads spin after a call (ONNX Runtime, OpenVINO's TBB) otherwise steal the cores
-    from whichever fn runs next on a small machine, and a fn's first call after another's finds
-    cold caches. Then up to ``block`` calls are timed (at least one; no new call after
-    ``turn_cap`` seconds). Returns one Timing per fn, or the exception for a fn that raised
-    (dropped from later rounds)."""
+    A turn with ``pause`` > 0 first sleeps ``pause`` seconds and makes untimed calls for ``settle``
+    seconds (at least one call): runtimes whose worker threads spin after a call (ONNX Runtime,
+    OpenVINO's TBB) otherwise steal the cores from whichever fn runs next on a small machine (a
+    batch-1 model measured ~1.4x slower in the calls right after an ONNX Runtime turn than after
+    its own, and its first calls after the 20 ms pause 1.5-2.7x: the next fn's threads only
+    settle ~30 ms in), and a fn's first call after another's finds cold caches. Then up to
+    ``block`` calls are timed (at least one; no new call after ``turn_cap`` seconds). Returns one
+    Timing per fn, or the exception for a fn that raised (dropped from later rounds)."""
     results: list = [None] * len(fns)
     times: dict = {}
     for i, fn in enumerate(fns):
@@ -225,7 +227,10 @@ def time_repeats_interleaved(fns: Sequence[Callable[[], object]], repeats: int, 
             try:
                 if pause > 0:
                     time.sleep(pause)
+                    settle_end = time.perf_counter() + settle
                     fns[i]()
+                    while time.perf_counter() < settle_end:
+                        fns[i]()
                 turn_start = time.perf_counter()
                 for k in range(max(1, block)):
                     if k and time.perf_counter() - turn_start > turn_cap:

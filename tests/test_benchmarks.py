@@ -5,6 +5,7 @@ dispatch that reads it."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import time
 
@@ -380,6 +381,17 @@ def test_repeats_interleaved_take_turns_and_report_failures():
     assert res[0].samples == res[2].samples == 4
     assert 2.0 < res[2].median / res[0].median < 4.5
     assert order == ["a", "b"] + ["a", "b"] * 4  # warm-ups, then one call of each per round
+
+
+def test_repeats_interleaved_settle_each_turn_before_timing():
+    order = []
+    step = functools.partial(_sleeper, order)
+    res = timing.time_repeats_interleaved([step("a", 0.002), step("b", 0.002)], repeats=2, warmup=0, pause=0.001,
+                                          settle=0.02)
+    assert res[0].samples == res[1].samples == 2
+    # per turn: untimed calls for at least 20 ms (several of ~2 ms), then one timed call
+    turns = [list(g) for _, g in itertools.groupby(order)]
+    assert [t[0] for t in turns] == ["a", "b", "a", "b"] and all(3 <= len(t) <= 12 for t in turns)
 
 
 def _tiny_model(name: str) -> torch.nn.Module:
