@@ -54,7 +54,8 @@ def test_epilogue_rejects_bad_inputs():
 
 
 # (C, H, W, k, stride, padding (top, bottom, left, right)): C covers the 4-vector chunks, single
-# vectors and a partial last vector; W covers rows narrower than the interior tile and the kernel.
+# vectors and a partial last vector; W covers rows narrower than the interior tile and the kernel,
+# and rows that take several sliding tiles.
 DW_CASES = [
     (8, 6, 9, 3, 1, (1, 1, 1, 1)),
     (37, 7, 7, 5, 2, (2, 2, 2, 2)),
@@ -62,6 +63,12 @@ DW_CASES = [
     (136, 4, 4, 7, 1, (3, 3, 3, 3)),
     (16, 3, 2, 5, 1, (2, 2, 2, 2)),  # narrower than the kernel
     (24, 9, 9, 1, 1, (0, 0, 0, 0)),
+    # rows wide enough for the sliding tiles of layers and chunk remainders of <= 2 vectors
+    (16, 5, 40, 3, 1, (1, 1, 1, 1)),
+    (32, 4, 45, 5, 2, (2, 2, 2, 2)),
+    (72, 3, 33, 3, 1, (1, 1, 1, 1)),
+    (24, 4, 35, 5, 1, (2, 2, 2, 2)),
+    (40, 6, 41, 3, 2, (0, 1, 0, 1)),
 ]
 
 
