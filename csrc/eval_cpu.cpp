@@ -197,6 +197,7 @@ at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const a
               " values");
   for (auto p : padding) TORCH_CHECK(p >= 0 && p < kernel_size, op, ": padding must be in [0, kernel_size), got ", p);
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), K = kernel_size;
+  TORCH_CHECK(Cin >= 1 && Cin <= 4, op, ": x must have 1 to 4 channels (a stem's input), got ", Cin);
   TORCH_CHECK(taps.device().is_cpu() && taps.scalar_type() == at::kFloat && taps.dim() == 2 &&
                   taps.size(0) == K * K * Cin,
               op, ": taps must be a float32 CPU tensor of shape (", K * K * Cin, ", C_out), got ", taps.sizes());

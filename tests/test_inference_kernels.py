@@ -199,6 +199,8 @@ def test_direct_conv_eval_rejects_bad_inputs():
         K.direct_conv_eval(x, torch.randn(243, 8), bias, 9, 1, [1, 1, 1, 1], "relu")
     with pytest.raises(RuntimeError, match="act must be one of"):
         K.direct_conv_eval(x, taps, bias, 3, 1, [1, 1, 1, 1], "tanh")
+    with pytest.raises(RuntimeError, match="x must have 1 to 4 channels"):
+        K.direct_conv_eval(torch.randn(1, 5, 8, 8), torch.randn(45, 8), bias, 3, 1, [1, 1, 1, 1], "relu")
 
 
 # (C_in, C_out, H, W): every register-tile width (1-4 vectors, with and without a partial last
