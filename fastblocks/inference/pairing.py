@@ -16,6 +16,7 @@ from ..patch.classify import act_name, qualname
 from ..patch.report import CONV_ALONE, Replaced, Skipped
 from .blocks import install_block_evals
 from .chain import install_block_chains
+from .pool import install_global_pools
 from .conv_fusion import inplace_act
 from .fold import FoldedConvBN
 from .modules import FOLD_ATTR, FoldedBatchNormMixin, FoldedConvMixin
@@ -111,3 +112,5 @@ def install_folds(patcher, pairs: list) -> None:
             patcher.report.folded.append(Replaced(conv_path, what, "folded at eval", f"+ {bn_name} (act={act})"))
     install_block_evals(patcher)
     install_block_chains(patcher)
+    if patcher.report.replaced or patcher.report.folded:  # a model with nothing to fuse stays as it is
+        patcher.report.pools = install_global_pools(patcher)

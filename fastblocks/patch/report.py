@@ -39,6 +39,7 @@ class PatchReport:
     # same eval path (Replaced records, replacement CONV_ALONE); pairs left unfolded (Skipped)
     folded: list = field(default_factory=list)
     unfolded: list = field(default_factory=list)
+    pools: int = 0  # global average pools given the C++ eval pool (fastblocks/inference/pool.py)
 
     def counts(self) -> dict:
         """Number of replacements per fastblocks class."""
@@ -67,7 +68,9 @@ class PatchReport:
             alone = sum(r.replacement == CONV_ALONE for r in self.folded)
             lines.append(f"  eval: {len(self.folded) - alone} conv + BatchNorm pairs folded into one conv, "
                          + (f"{alone} conv without BatchNorm on the eval path, " if alone else "")
-                         + f"{len(self.unfolded)} not foldable")
+                         + f"{len(self.unfolded)} not foldable"
+                         + (f", {self.pools} global average pool{'s' if self.pools != 1 else ''} on the eval kernel"
+                            if self.pools else ""))
             lines += [f"    {s.path}  {s.original}  not folded: {s.reason}" for s in self.unfolded]
         return "\n".join(lines)
 
