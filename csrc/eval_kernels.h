@@ -180,6 +180,20 @@ inline std::pair<int64_t, int64_t> interior_columns(int64_t W, int64_t K, int64_
   return {lo, std::max<int64_t>(lo, std::min<int64_t>(hi, Wo))};
 }
 
+// act(acc) of a depthwise tile's PT pixels to y (pixels C floats apart), each pixel's values
+// added to pool (optional: the row's channel sums).
+template <Act A, int PT, int NV, bool PART>
+inline void dw_store_tile(fb_vf (&acc)[PT][NV], float* y, int64_t C, int lanes, fb_vf* pool) {
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const fb_vf r = store_act<A, PART>(y + p * C + v * kVL, acc[p][v], lanes);
+      if (pool) pool[v] += r;  // lanes past `lanes` hold act(0) = 0 for every eval activation
+    }
+  }
+}
+
 // The input rows one output row of a channels-last depthwise conv reads: rows[kh] (kh in the
 // row's [kh0, kh1)) points at pixel 0 of input row oh * S - top + kh, at the first channel of the
 // vectors being computed; consecutive pixels are `pix` floats apart (C for the layer's input, the
@@ -220,34 +234,7 @@ inline void dw_eval_tile(const DwRows& in, int64_t dc, const float* w, const flo
       }
     }
   }
-#pragma GCC unroll 8
-  for (int p = 0; p < PT; ++p) {
-    float* yp = yrow + (ow0 + p) * C;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const fb_vf r = store_act<A, PART>(yp + v * L, acc[p][v], lanes);
-      if (pool) pool[v] += r;  // lanes past `lanes` hold act(0) = 0 for every eval activation
-    }
-  }
-}
-
-// One output row, channels [dc, dc + NV vectors) of the tile's (PART: [dc, dc + lanes)) with w,
-// bias, yrow and pool (optional: the row's per-channel sums, added to) at those channels:
-// interior pixels in tiles of 4, pixels whose taps cross the left / right edge one at a time.
-template <Act A, int NV, bool PART>
-inline void dw_eval_row_block(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g,
-                              int lanes, int64_t kh0, int64_t kh1, float* yrow, float* pool) {
-  fb_vf acc[NV];
-  fb_vf* pv = pool ? acc : nullptr;
-  for (int v = 0; v < NV; ++v) acc[v] = bc<fb_vf>(0.0f);
-  const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
-  int64_t ow = 0;
-  for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  for (; ow + 4 <= hi; ow += 4) dw_eval_tile<A, 4, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  for (; ow < hi; ++ow) dw_eval_tile<A, 1, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  if (!pool) return;
-  for (int v = 0; v < NV; ++v) vstore_lanes<PART>(pool + v * kVL, vload_lanes<PART>(pool + v * kVL, lanes) + acc[v], lanes);
+  dw_store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
 }
 
 // An interior tile (every tap inside the row) for a kernel of K x K taps, stride S known at
@@ -287,35 +274,35 @@ inline void dw_slide_tile(const DwRows& in, int64_t dc, const float* w, const fl
       }
     }
   }
-#pragma GCC unroll 16
-  for (int p = 0; p < PT; ++p) {
-    float* yp = yrow + (ow0 + p) * C;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const fb_vf r = store_act<A, PART>(yp + v * L, acc[p][v], lanes);
-      if (pool) pool[v] += r;
-    }
-  }
+  dw_store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
 }
 
-// dw_eval_row_block for a K x K, stride-S kernel known at compile time: interior pixels in
-// sliding tiles (as many pixels as the registers hold beside the K * NV weights, then 4), the
-// rest as dw_eval_row_block does.
-template <Act A, int NV, int K, int S, bool PART>
-inline void dw_slide_row(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g, int lanes,
-                         int64_t kh0, int64_t kh1, float* yrow, float* pool) {
-  constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
-  constexpr int PT = std::max(1, std::min(16, (kRegs - (K + 2) * NV - 2) / NV));
+// One output row, channels [dc, dc + NV vectors) of the tile's (PART: [dc, dc + lanes)) with w,
+// bias, yrow and pool (optional: the row's per-channel sums, added to) at those channels:
+// interior pixels in tiles (KS > 0: sliding tiles of a KS x KS, stride-SS kernel, as many pixels
+// as the registers hold beside the KS * NV weights, then 4; else tiles of 4), the rest and the
+// pixels whose taps cross the left / right edge one at a time.
+template <Act A, int NV, bool PART, int KS = 0, int SS = 0>
+inline void dw_eval_row_block(const DwRows& in, int64_t dc, const float* w, const float* bias, const ConvGeo& g,
+                              int lanes, int64_t kh0, int64_t kh1, float* yrow, float* pool) {
   fb_vf acc[NV];
   fb_vf* pv = pool ? acc : nullptr;
   for (int v = 0; v < NV; ++v) acc[v] = bc<fb_vf>(0.0f);
   const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
   int64_t ow = 0;
   for (; ow < lo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  for (; ow + PT <= hi; ow += PT)
-    dw_slide_tile<A, PT, NV, K, S, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
-  if constexpr (PT > 4) {
-    for (; ow + 4 <= hi; ow += 4) dw_slide_tile<A, 4, NV, K, S, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+  if constexpr (KS > 0) {
+    constexpr int kRegs = FB_ISA_LEVEL == 2 ? 32 : 16;
+    constexpr int PT = std::max(1, std::min(16, (kRegs - (KS + 2) * NV - 2) / NV));
+    for (; ow + PT <= hi; ow += PT)
+      dw_slide_tile<A, PT, NV, KS, SS, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+    if constexpr (PT > 4) {
+      for (; ow + 4 <= hi; ow += 4)
+        dw_slide_tile<A, 4, NV, KS, SS, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
+    }
+  } else {
+    for (; ow + 4 <= hi; ow += 4)
+      dw_eval_tile<A, 4, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
   }
   for (; ow < hi; ++ow) dw_eval_tile<A, 1, NV, false, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
   for (; ow < g.Wo; ++ow) dw_eval_tile<A, 1, NV, true, PART>(in, dc, w, bias, g, ow, lanes, kh0, kh1, yrow, pv);
@@ -330,13 +317,13 @@ inline void dw_slide_chunk(const DwRows& in, int64_t dc, const float* w, const f
                            int64_t width, int64_t kh0, int64_t kh1, float* yrow, float* pool) {
   int64_t c = 0;
   for (; c + 2 * kVL <= width; c += 2 * kVL)
-    dw_slide_row<A, 2, K, S, false>(in, dc + c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
+    dw_eval_row_block<A, 2, false, K, S>(in, dc + c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
   if (c + kVL <= width) {
-    dw_slide_row<A, 1, K, S, false>(in, dc + c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
+    dw_eval_row_block<A, 1, false, K, S>(in, dc + c, w + c, bias + c, g, kVL, kh0, kh1, yrow + c, pool ? pool + c : nullptr);
     c += kVL;
   }
   if (c < width)
-    dw_slide_row<A, 1, K, S, true>(in, dc + c, w + c, bias + c, g, static_cast<int>(width - c), kh0, kh1, yrow + c,
+    dw_eval_row_block<A, 1, true, K, S>(in, dc + c, w + c, bias + c, g, static_cast<int>(width - c), kh0, kh1, yrow + c,
                                    pool ? pool + c : nullptr);
 }
 
@@ -405,6 +392,17 @@ void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const flo
 }
 
 
+// acc[p][v] += x[p * stride] * wv[v] over a register tile: one broadcast per pixel, NV FMAs each.
+template <int PT, int NV>
+inline void tile_outer_fma(fb_vf (&acc)[PT][NV], const float* x, int64_t stride, const fb_vf (&wv)[NV]) {
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+    const fb_vf xv = bc<fb_vf>(x[p * stride]);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+  }
+}
+
 // One tile of the direct conv: PT consecutive output pixels of row `oh` from `ow0`, NV vectors of
 // output channels from c0 (PART: one vector of `lanes` channels), over kernel rows [kh0, kh1).
 // Each input value is broadcast once per tile row and multiplies NV weight vectors.
@@ -465,13 +463,7 @@ inline void direct_tile_flat(const float* x, const float* w, const float* bias, 
     fb_vf wv[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) wv[v] = vload_lanes<PART>(wk + v * L, lanes);
-    const float* xp = base + off[t];
-#pragma GCC unroll 16
-    for (int p = 0; p < PT; ++p) {
-      const fb_vf xv = bc<fb_vf>(xp[p * step]);
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
-    }
+    tile_outer_fma(acc, base + off[t], step, wv);
   }
 #pragma GCC unroll 16
   for (int p = 0; p < PT; ++p) {
@@ -578,12 +570,7 @@ inline void pointwise_tile(const float* x, int64_t Cin, const float* w, int64_t 
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) wv[v] *= s;
     }
-#pragma GCC unroll 16
-    for (int p = 0; p < PT; ++p) {
-      const fb_vf xv = bc<fb_vf>(xp[p * Cin]);
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
-    }
+    tile_outer_fma(acc, xp, Cin, wv);
   }
 #pragma GCC unroll 16
   for (int p = 0; p < PT; ++p) {
@@ -707,6 +694,30 @@ inline float* thread_buffer(int64_t n) {
   return b.p;
 }
 
+// Output rows [ob0, ob1) of a depthwise layer `step` rows at a time, over a ring of `ring`
+// expanded input rows (ring = 0: no ring): before each step, expand(r0, r1, slot) fills the input
+// rows [r0, r1) the step reads and the ring does not hold yet into slots slot.., split where the
+// ring wraps; then run(oh, oe) computes output rows [oh, oe).
+template <typename Expand, typename Run>
+inline void ring_steps(const ConvGeo& g, int64_t ob0, int64_t ob1, int64_t step, int64_t ring, Expand&& expand,
+                       Run&& run) {
+  int64_t have = -1;  // input rows below `have` that the rows from ob0 read are in the ring
+  for (int64_t oh = ob0; oh < ob1; oh += step) {
+    const int64_t oe = std::min(oh + step, ob1);
+    if (ring > 0) {
+      const int64_t lo = std::max<int64_t>(0, oh * g.S - g.top);
+      const int64_t hi = std::min<int64_t>(g.H, (oe - 1) * g.S - g.top + g.K);
+      for (int64_t r0 = std::max(lo, have); r0 < hi;) {
+        const int64_t slot = r0 % ring, r1 = std::min(hi, r0 + ring - slot);
+        expand(r0, r1, slot);
+        r0 = r1;
+      }
+      have = std::max(have, hi);
+    }
+    run(oh, oe);
+  }
+}
+
 // An inverted-residual block's expansion 1x1 conv and depthwise conv in one pass, the expanded
 // map never stored whole: z = dw_act(dwconv(expand_act(x @ ew + eb), dw_w) + dw_b). g is the
 // depthwise layer's geometry (C = the E expanded channels, H x W the map of x, Cin channels);
@@ -739,26 +750,14 @@ void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const floa
       const float* wc = packed ? ew + chunk * Cin * kChunk : ew + c0;
       const int64_t wrs = packed ? kChunk : E;
       const float* xn = x + n * g.H * g.W * Cin;
-      // input rows [r0, r1) into their ring slots, split where the ring wraps
-      auto expand_rows = [&](int64_t r0, int64_t r1) {
-        while (r0 < r1) {
-          const int64_t slot = r0 % ring, r = std::min(r1, r0 + ring - slot);
-          dispatch_act(expand_act, [&](auto tag) {
-            pointwise_chunk<decltype(tag)::value, false>(width, xn + r0 * g.W * Cin, Cin, wc, wrs, kChunk, eb + c0,
-                                                         nullptr, none, buf + slot * row_floats, 0, (r - r0) * g.W, 0);
-          });
-          r0 = r;
-        }
+      // input rows [r0, r1) into the ring from slot `slot` (one 64-channel chunk of them)
+      auto expand = [&](int64_t r0, int64_t r1, int64_t slot) {
+        dispatch_act(expand_act, [&](auto tag) {
+          pointwise_chunk<decltype(tag)::value, false>(width, xn + r0 * g.W * Cin, Cin, wc, wrs, kChunk, eb + c0,
+                                                       nullptr, none, buf + slot * row_floats, 0, (r1 - r0) * g.W, 0);
+        });
       };
-      const int64_t ob1 = std::min(g.Ho, (b + 1) * band);
-      int64_t have = -1;  // input rows below `have` that this band needs are in the ring
-      for (int64_t oh = b * band; oh < ob1; oh += step) {
-        const int64_t oe = std::min(oh + step, ob1);
-        const int64_t lo = std::max<int64_t>(0, oh * g.S - g.top);
-        const int64_t hi = std::min<int64_t>(g.H, (oe - 1) * g.S - g.top + g.K);
-        const int64_t from = std::max(lo, have);
-        if (hi > from) expand_rows(from, hi);
-        have = std::max(have, hi);
+      auto run = [&](int64_t oh, int64_t oe) {
         dispatch_act(dw_act, [&](auto tag) {
           for (int64_t o = oh; o < oe; ++o) {
             const auto [kh0, kh1] = dw_kernel_rows(g, o);
@@ -770,7 +769,8 @@ void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const floa
                                                 z + row * g.Wo * E + c0, pool_rows ? pool_rows + row * E + c0 : nullptr);
           }
         });
-      }
+      };
+      ring_steps(g, b * band, std::min(g.Ho, (b + 1) * band), step, ring, expand, run);
     }
   });
 }
@@ -815,21 +815,11 @@ void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const fl
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t b = item % bands, n = item / bands;
       const float* xn = x + n * g.H * g.W * Cin;
-      const int64_t ob1 = std::min(g.Ho, (b + 1) * band);
-      int64_t have = -1;  // input rows below `have` that this band needs are in the ring
-      for (int64_t oh = b * band; oh < ob1; oh += step) {
-        const int64_t oe = std::min(oh + step, ob1);
-        if (expand) {
-          const int64_t lo = std::max<int64_t>(0, oh * g.S - g.top);
-          const int64_t hi = std::min<int64_t>(g.H, (oe - 1) * g.S - g.top + g.K);
-          for (int64_t r0 = std::max(lo, have); r0 < hi;) {  // split where the ring wraps
-            const int64_t slot = r0 % ring, r1 = std::min(hi, r0 + ring - slot);
-            conv_1x1(expand_act, xn + r0 * g.W * Cin, Cin, ew, epacked, eb, E, none, ring_buf + slot * row_floats,
-                     (r1 - r0) * g.W);
-            r0 = r1;
-          }
-          have = std::max(have, hi);
-        }
+      auto expand_rows = [&](int64_t r0, int64_t r1, int64_t slot) {
+        conv_1x1(expand_act, xn + r0 * g.W * Cin, Cin, ew, epacked, eb, E, none, ring_buf + slot * row_floats,
+                 (r1 - r0) * g.W);
+      };
+      auto run = [&](int64_t oh, int64_t oe) {
         dispatch_act(dw_act, [&](auto tag) {
           for (int64_t o = oh; o < oe; ++o) {
             const auto [kh0, kh1] = dw_kernel_rows(g, o);
@@ -847,7 +837,8 @@ void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const fl
         const Residual res{residual ? xn + oh * g.W * Cin : nullptr, Cin};
         conv_1x1(Act::Identity, z, E, pw, ppacked, pb, Cout, res, y + (n * g.Ho + oh) * g.Wo * Cout,
                  (oe - oh) * g.Wo);
-      }
+      };
+      ring_steps(g, b * band, std::min(g.Ho, (b + 1) * band), step, ring, expand_rows, run);
     }
   });
 }
