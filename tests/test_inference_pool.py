@@ -96,3 +96,4 @@ def test_pool_steps_aside_for_gradients_hooks_nchw_and_keeps_pickles_working():
     clone = pickle.loads(pickle.dumps(model))
     with torch.no_grad():
         assert torch.equal(clone.global_pool(x), pool(x)) and torch.equal(copy.deepcopy(pool)(x), pool(x))
+

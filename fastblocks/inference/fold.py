@@ -11,6 +11,7 @@ and dropped when the module goes to training mode or is unpatched. ``state_dict(
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Iterator, Optional
 
@@ -110,9 +111,38 @@ class FoldedConvBN:
         self.geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
         self._key = None
         self._runner: Optional[ConvRunner] = None
+        self._cpp = None  # fastblocks._C.ConvEvalRunner on the runner's weights, where one serves
 
     def sources(self) -> tuple:
         return fold_sources(self.conv, self.bn)
+
+    def _slots(self) -> tuple:
+        """(dict, name) of every source tensor slot: the conv's and the BN's own dicts."""
+        conv, bn = self.conv, self.bn
+        slots = [(conv._parameters, "weight"), (conv._parameters, "bias")]
+        if bn is not None:
+            slots += [(bn._parameters, "weight"), (bn._parameters, "bias"), (bn._buffers, "running_mean"),
+                      (bn._buffers, "running_var")]
+        return tuple(slots)
+
+    def rebuild_cpp(self) -> None:
+        """A C++ runner (``fastblocks._C.ConvEvalRunner``) for the current ConvRunner where it takes
+        fastblocks' pointwise or direct kernel on CPU float32 weights, else none."""
+        runner, self._cpp = self._runner, None
+        runner_class = getattr(sys.modules.get("fastblocks._C"), "ConvEvalRunner", None)
+        if runner is None or runner_class is None or runner.weight.device.type != "cpu" or \
+                runner.weight.dtype != torch.float32:
+            return
+        if runner.gemm:
+            kind, args = "pointwise", (runner.panels, runner.bias, runner.act)
+        elif runner.direct:
+            p0, p1 = runner.padding
+            kind, args = "direct", (runner._direct_taps, runner.bias, runner.weight.shape[-1], runner.stride[0],
+                                    [p0, p0, p1, p1], runner.act)
+        else:
+            return
+        bns = () if self.bn is None else (self.bn,)
+        self._cpp = runner_class(kind, args, self._slots(), bns, (self.conv,) + bns)
 
     def active(self) -> bool:
         """Whether the folded conv runs now (:func:`fold_active`)."""
@@ -130,6 +160,7 @@ class FoldedConvBN:
                     weight, bias = fold_batchnorm(conv.weight, conv.bias, self.bn)
                 self._runner = ConvRunner(weight, bias, *self.geometry, self.act)
             self._key = key
+            self.rebuild_cpp()
         return self._runner
 
     def __call__(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -137,9 +168,13 @@ class FoldedConvBN:
 
     def clear(self) -> None:
         """Drop the folded weights (rebuilt on the next eval forward)."""
-        self._key, self._runner = None, None
+        self._key, self._runner, self._cpp = None, None, None
 
     def __getstate__(self) -> dict:  # pickles and deep copies never carry the cache
         state = dict(self.__dict__)
-        state["_key"], state["_runner"] = None, None
+        state["_key"], state["_runner"], state["_cpp"] = None, None, None
         return state
+
+    def __setstate__(self, state: dict) -> None:  # folds pickled before the C++ runner existed
+        state.setdefault("_cpp", None)
+        self.__dict__.update(state)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .fold import eval_state_ok
+
 # attribute (in the module's __dict__, outside its state) holding the shared FoldedConvBN
 FOLD_ATTR = "_fastblocks_fold"
 
@@ -16,8 +18,17 @@ class FoldedConvMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fold = self.__dict__.get(FOLD_ATTR)
-        if fold is not None and fold.active():
-            return fold(x)
+        if fold is not None:
+            cpp = fold._cpp  # the C++ call with its checks, where one serves
+            if cpp is not None and eval_state_ok("cpu"):
+                y = cpp(x)
+                if y is not None:
+                    return y
+            if fold.active():
+                y = fold(x)  # rebuilds the weights (and the C++ runner) where a source changed
+                if cpp is not None and cpp is fold._cpp and not cpp.current():
+                    fold.rebuild_cpp()  # a change only the C++ runner sees (a slot refilled, same storage)
+                return y
         return super().forward(x)
 
     def train(self, mode: bool = True):
