@@ -72,6 +72,8 @@ class PatchReport:
                          + (f", {self.pools} global average pool{'s' if self.pools != 1 else ''} on the eval kernel"
                             if self.pools else ""))
             lines += [f"    {s.path}  {s.original}  not folded: {s.reason}" for s in self.unfolded]
+        elif self.pools:
+            lines.append(f"  eval: {self.pools} global average pool{'s' if self.pools != 1 else ''} on the eval kernel")
         return "\n".join(lines)
 
     __repr__ = __str__
