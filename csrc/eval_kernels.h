@@ -607,6 +607,20 @@ inline void pointwise_block(const float* x, int64_t Cin, const float* w, int64_t
   for (; p < p1; ++p) pointwise_tile<A, 1, NV, PART, SC>(x, Cin, w, wrs, Cout, bias, sc, res, y, p, c0, lanes);
 }
 
+// Packed 1x1 weights come in panels of kPanel output channels ([ceil(C_out / kPanel)][C_in][kPanel],
+// conv_fusion.weight_panels), whatever the vector width: a chunk of 4 vectors is a whole panel
+// with AVX-512 and half of one with AVX2.
+constexpr int64_t kPanel = 64;
+static_assert(kPanel % (4 * kVL) == 0, "a chunk of 4 vectors must not straddle two weight panels");
+
+// The weights of output channels from c0 (a multiple of the chunk width) and the distance
+// between consecutive input channels' weights: packed panels or row-major (C_in, C_out).
+inline std::pair<const float*, int64_t> chunk_weights(const float* w, bool packed, int64_t Cin, int64_t Cout,
+                                                      int64_t c0) {
+  if (!packed) return {w + c0, Cout};
+  return {w + c0 / kPanel * Cin * kPanel + c0 % kPanel, kPanel};
+}
+
 // Pixels [p0, p1) x output channels [c0, c0 + width) (width <= 4 vectors: one chunk) in register
 // tiles; w: those channels' weights, input channel ci's at w + ci * wrs.
 template <Act A, bool SC>
@@ -663,8 +677,8 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
         if (p1 <= p0) continue;
         const float* sc = SC ? scale + n * Cin : nullptr;
         const int64_t c0 = chunk * kChunk;
-        pointwise_chunk<A, SC>(std::min(kChunk, Cout - c0), x, Cin, packed ? w + chunk * Cin * kChunk : w + c0,
-                               packed ? kChunk : Cout, Cout, bias, sc, r, y, p0, p1, c0);
+        const auto [wc, wrs] = chunk_weights(w, packed, Cin, Cout, c0);
+        pointwise_chunk<A, SC>(std::min(kChunk, Cout - c0), x, Cin, wc, wrs, Cout, bias, sc, r, y, p0, p1, c0);
       }
     });
   };
@@ -747,8 +761,7 @@ void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const floa
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t chunk = item % chunks, b = item / chunks % bands, n = item / chunks / bands;
       const int64_t c0 = chunk * kChunk, width = std::min(kChunk, E - c0);
-      const float* wc = packed ? ew + chunk * Cin * kChunk : ew + c0;
-      const int64_t wrs = packed ? kChunk : E;
+      const auto [wc, wrs] = chunk_weights(ew, packed, Cin, E, c0);
       const float* xn = x + n * g.H * g.W * Cin;
       // input rows [r0, r1) into the ring from slot `slot` (one 64-channel chunk of them)
       auto expand = [&](int64_t r0, int64_t r1, int64_t slot) {
@@ -802,11 +815,11 @@ void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const fl
   auto conv_1x1 = [&](Act act, const float* in, int64_t cin, const float* w, bool packed, const float* bias,
                       int64_t cout, const Residual& res, float* out, int64_t count) {
     dispatch_act(act, [&](auto tag) {
-      for (int64_t c0 = 0; c0 < cout; c0 += kChunk)
-        pointwise_chunk<decltype(tag)::value, false>(std::min(kChunk, cout - c0), in, cin,
-                                                     packed ? w + c0 / kChunk * cin * kChunk : w + c0,
-                                                     packed ? kChunk : cout, cout, bias, nullptr, res, out, 0, count,
-                                                     c0);
+      for (int64_t c0 = 0; c0 < cout; c0 += kChunk) {
+        const auto [wc, wrs] = chunk_weights(w, packed, cin, cout, c0);
+        pointwise_chunk<decltype(tag)::value, false>(std::min(kChunk, cout - c0), in, cin, wc, wrs, cout, bias,
+                                                     nullptr, res, out, 0, count, c0);
+      }
     });
   };
   at::parallel_for(0, g.N * bands, 1, [&](int64_t i0, int64_t i1) {

@@ -3,7 +3,10 @@
 timm MBConv models (channels_last float32 input): accuracy, cache invalidation, fallbacks."""
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -574,3 +577,21 @@ def test_rexnet_whole_block_follows_its_se_batchnorm_and_steps_aside_for_hooks()
     assert_accurate(model, ref, x)
     assert seen and block.__dict__[BLOCK_ATTR]._args is None  # its own forward ran, act_dw included
     handle.remove()
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_eval_kernels_of_the_lower_isa_copies(cap):
+    # Each ISA copy has its own vector width (a chunk of 4 vectors is 64 channels with AVX-512, 32
+    # with AVX2, 16 in the baseline copy) while packed weights come in 64-channel panels: the eval
+    # kernel tests rerun in a subprocess capped at the lower copy (FASTBLOCKS_CPU_ISA is read once).
+    from fastblocks.backends import native
+
+    if cap == "default" and not native.has_baseline_copy():
+        pytest.skip("built without the baseline copy (FASTBLOCKS_CPU_BASELINE=1 builds it)")
+    env = dict(os.environ, FASTBLOCKS_CPU_ISA=cap)
+    select = "pointwise or mbconv or dw_eval or direct_conv or whole_block or epilogue"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
+                           os.path.join(os.path.dirname(__file__), "test_inference_pool.py"), "-k", select],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
