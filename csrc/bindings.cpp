@@ -65,7 +65,6 @@ TORCH_LIBRARY(fastblocks_kernels, m) {
       "direct_conv_eval(Tensor x, Tensor taps, Tensor bias, int kernel_size, int stride, int[4] padding, str act) "
       "-> Tensor");
   m.def("pointwise_eval(Tensor x, Tensor wt, Tensor bias, Tensor? residual, str act, Tensor? scale) -> Tensor");
-  m.def("global_avg_pool_eval(Tensor x) -> Tensor");
   m.def(
       "mbconv_eval(Tensor x, Tensor? expand_wt, Tensor? expand_bias, str expand_act, Tensor dw_taps, "
       "Tensor dw_bias, int kernel_size, int stride, int[4] padding, str dw_act, Tensor? se_w1, Tensor? se_b1, "
@@ -82,7 +81,6 @@ TORCH_LIBRARY_IMPL(fastblocks_kernels, CPU, m) {
   m.impl("dw_eval", &fastblocks::cpu::dw_eval);
   m.impl("direct_conv_eval", &fastblocks::cpu::direct_conv_eval);
   m.impl("pointwise_eval", &fastblocks::cpu::pointwise_eval);
-  m.impl("global_avg_pool_eval", &fastblocks::cpu::global_avg_pool_eval);
   m.impl("mbconv_eval", &fastblocks::cpu::mbconv_eval);
 }
 #endif  // FASTBLOCKS_WITH_CPU

@@ -186,18 +186,6 @@ std::tuple<at::Tensor, at::Tensor> dw_eval(const at::Tensor& x, const at::Tensor
   return dw_eval_into(x, taps, bias_in, kernel_size, stride, padding, act_name, pool, nullptr);
 }
 
-at::Tensor global_avg_pool_eval(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && channels_last_dense(x),
-              "fastblocks_kernels::global_avg_pool_eval: x must be a 4-D channels_last float32 CPU tensor, got ",
-              x.scalar_type(), " sizes ", x.sizes(), " strides ", x.strides());
-  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  TORCH_CHECK(P > 0, "fastblocks_kernels::global_avg_pool_eval: x has no pixels, sizes ", x.sizes());
-  at::Tensor out = at::empty({N, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
-  FB_ISA_CALL(EvalKernels<float>::global_pool_cl, x.const_data_ptr<float>(), N, P, C, out.mutable_data_ptr<float>());
-  return out;
-}
-
 at::Tensor direct_conv_eval(const at::Tensor& x, const at::Tensor& taps, const at::Tensor& bias_in,
                             int64_t kernel_size, int64_t stride, at::IntArrayRef padding, c10::string_view act_name) {
   const char* op = "fastblocks_kernels::direct_conv_eval";

@@ -29,9 +29,6 @@ at::Tensor pointwise_eval(const at::Tensor& x, const at::Tensor& wt, const at::T
                           const std::optional<at::Tensor>& residual, c10::string_view act,
                           const std::optional<at::Tensor>& scale);
 
-// The per-image channel means (N, C) of a channels_last map (a global average pool).
-at::Tensor global_avg_pool_eval(const at::Tensor& x);
-
 // A whole inverted-residual block on folded weights, channels_last: [1x1 expansion + act] ->
 // depthwise conv + dw_act -> [SE: pool, MLP, gate; gate_act applied after the gate multiply
 // (ReXNet: dw_act identity, gate_act relu6)] -> 1x1 projection [+ x on its first C_in channels].

@@ -856,47 +856,6 @@ void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const fl
   });
 }
 
-// Per-image channel means of a channels-last map: out[n, c] = mean over the P pixels of
-// x[n, p, c] (a network's global average pool before its classifier). Work items: (image, chunk
-// of 4 channel vectors); pixels summed in blocks of 64 whose sums are then added in order, so the
-// result does not depend on the thread count and large maps do not lose precision to one long
-// running sum.
-template <typename scalar_t>
-void EvalKernels<scalar_t>::global_pool_cl(const float* x, int64_t N, int64_t P, int64_t C, float* out) {
-  constexpr int64_t kChunk = 4 * kVL, kBlock = 64;
-  const int64_t chunks = (C + kChunk - 1) / kChunk;
-  const float inv = 1.0f / static_cast<float>(P);
-  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, P * kChunk));
-  at::parallel_for(0, N * chunks, grain, [&](int64_t i0, int64_t i1) {
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t n = item / chunks, c0 = item % chunks * kChunk, width = std::min(kChunk, C - c0);
-      const int nv = static_cast<int>((width + kVL - 1) / kVL);
-      const int tail = static_cast<int>(width % kVL);
-      const float* xn = x + n * P * C + c0;
-      fb_vf total[4], part[4];
-      for (int v = 0; v < 4; ++v) total[v] = bc<fb_vf>(0.0f);
-      for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
-        for (int v = 0; v < 4; ++v) part[v] = bc<fb_vf>(0.0f);
-        const int64_t p1 = std::min(P, p0 + kBlock);
-        for (int64_t p = p0; p < p1; ++p) {
-          const float* xp = xn + p * C;
-          for (int v = 0; v < nv; ++v)
-            part[v] += (tail && v == nv - 1) ? vload_part(xp + v * kVL, tail) : vload<float>(xp + v * kVL);
-        }
-        for (int v = 0; v < nv; ++v) total[v] += part[v];
-      }
-      float* o = out + n * C + c0;
-      for (int v = 0; v < nv; ++v) {
-        if (tail && v == nv - 1) {
-          vstore_part(o + v * kVL, total[v] * bc<fb_vf>(inv), tail);
-        } else {
-          vstore(o + v * kVL, total[v] * bc<fb_vf>(inv));
-        }
-      }
-    }
-  });
-}
-
 // z[n, p, c] = act(z[n, p, c] * gate[n, c]) in place over N images of P channels-last pixels: an
 // SE gate applied before the activation (ReXNet gates the depthwise output, then applies ReLU6).
 template <typename scalar_t>

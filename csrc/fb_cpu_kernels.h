@@ -92,7 +92,6 @@ struct EvalKernels {
                              Act expand_act, const float* dw_w, const float* dw_b, const ConvGeo& g, Act dw_act,
                              const float* pw, bool ppacked, const float* pb, int64_t Cout, bool residual,
                              int64_t band, float* y);
-  static void global_pool_cl(const float* x, int64_t N, int64_t P, int64_t C, float* out);
   static void scale_act_cl(float* z, int64_t N, int64_t P, int64_t C, const float* gate, Act act);
   static void se_mlp(const float* pooled, int64_t N, int64_t C, int64_t R, const float* w1, const float* b1,
                      const float* w2, const float* b2, Act act, bool hard_gate, float* gate);

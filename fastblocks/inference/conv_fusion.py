@@ -82,11 +82,12 @@ def weight_panels(matrix: Tensor) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def eval_kernels_available() -> bool:
     """Whether fastblocks' compiled eval kernels (``eval_epilogue_``, ``pointwise_eval``,
-    ``dw_eval``, ``direct_conv_eval``, ``global_avg_pool_eval``) can run here."""
+    ``dw_eval``, ``direct_conv_eval``) and the channel pool the eval pools call (``channel_pool``)
+    can run here."""
     if native.unavailable_reason("cpu") is not None:
         return False
     return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"fastblocks_kernels::{name}", "CPU")
-               for name in ("eval_epilogue_", "pointwise_eval", "dw_eval", "direct_conv_eval", "global_avg_pool_eval"))
+               for name in ("eval_epilogue_", "pointwise_eval", "dw_eval", "direct_conv_eval", "channel_pool"))
 
 
 def mkldnn_unary(act: str) -> tuple:

@@ -1,7 +1,7 @@
 """Global average pools of a patched model (timm ``SelectAdaptivePool2d`` with ``pool_type="avg"``,
 ``nn.AdaptiveAvgPool2d(1)``): on a channels_last float32 CPU map, when no gradient is needed, one
-C++ call (``fastblocks_kernels::global_avg_pool_eval``) instead of PyTorch's pool and flatten
-modules. A batch-1 pool of a 7x7x1280 head map took 30 us through timm's module (15 us in
+C++ call (``fastblocks_kernels::channel_pool``, the squeeze-and-excitation ops' channel means)
+instead of PyTorch's pool and flatten modules. A batch-1 pool of a 7x7x1280 head map took 30 us through timm's module (15 us in
 ``adaptive_avg_pool2d`` itself) for 62k additions. Anything else, or a hook on the pool's inner
 modules, runs the module's own forward."""
 
@@ -46,7 +46,7 @@ class GlobalPoolMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad) and kernel_input(x) and global_state_ok() and \
                 modules_ok(list(self._modules.values())):
-            y = torch.ops.fastblocks_kernels.global_avg_pool_eval(x)
+            y = torch.ops.fastblocks_kernels.channel_pool(x)
             return y if self.__dict__[POOL_ATTR] else y.view(y.shape[0], y.shape[1], 1, 1)
         return super().forward(x)
 
