@@ -69,24 +69,6 @@ namespace {
 // batch 8 it passes 32 MB, where glibc serves every allocation by a fresh mmap, and touching its
 // pages cost ~12 ms of a 96-channel 112x112 layer that computes in ~2 ms (2 threads). Kept until
 // the thread exits: the largest block's depthwise output.
-class Scratch {
- public:
-  ~Scratch() { std::free(p_); }
-  float* get(int64_t n) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
-    if (bytes > bytes_) {
-      std::free(p_);
-      p_ = std::aligned_alloc(64, bytes);
-      bytes_ = p_ ? bytes : 0;
-      TORCH_CHECK(p_ != nullptr, "fastblocks_kernels::mbconv_eval: out of memory for ", bytes, " bytes of scratch");
-    }
-    return static_cast<float*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
 thread_local Scratch depthwise_scratch;
 
 // One depthwise eval call: checks and allocations, the output rows, then the pool.

@@ -180,15 +180,15 @@ inline std::pair<int64_t, int64_t> interior_columns(int64_t W, int64_t K, int64_
   return {lo, std::max<int64_t>(lo, std::min<int64_t>(hi, Wo))};
 }
 
-// act(acc) of a depthwise tile's PT pixels to y (pixels C floats apart), each pixel's values
-// added to pool (optional: the row's channel sums).
+// act(acc) of a register tile's PT pixels to y (pixels `stride` floats apart), each pixel's
+// values added to pool (optional: a depthwise row's channel sums).
 template <Act A, int PT, int NV, bool PART>
-inline void dw_store_tile(fb_vf (&acc)[PT][NV], float* y, int64_t C, int lanes, fb_vf* pool) {
+inline void store_tile(fb_vf (&acc)[PT][NV], float* y, int64_t stride, int lanes, fb_vf* pool) {
 #pragma GCC unroll 16
   for (int p = 0; p < PT; ++p) {
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
-      const fb_vf r = store_act<A, PART>(y + p * C + v * kVL, acc[p][v], lanes);
+      const fb_vf r = store_act<A, PART>(y + p * stride + v * kVL, acc[p][v], lanes);
       if (pool) pool[v] += r;  // lanes past `lanes` hold act(0) = 0 for every eval activation
     }
   }
@@ -234,7 +234,7 @@ inline void dw_eval_tile(const DwRows& in, int64_t dc, const float* w, const flo
       }
     }
   }
-  dw_store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
+  store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
 }
 
 // An interior tile (every tap inside the row) for a kernel of K x K taps, stride S known at
@@ -274,7 +274,7 @@ inline void dw_slide_tile(const DwRows& in, int64_t dc, const float* w, const fl
       }
     }
   }
-  dw_store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
+  store_tile<A, PT, NV, PART>(acc, yrow + ow0 * C, C, lanes, pool);
 }
 
 // One output row, channels [dc, dc + NV vectors) of the tile's (PART: [dc, dc + lanes)) with w,
@@ -403,51 +403,39 @@ inline void tile_outer_fma(fb_vf (&acc)[PT][NV], const float* x, int64_t stride,
   }
 }
 
-// One tile of the direct conv: PT consecutive output pixels of row `oh` from `ow0`, NV vectors of
-// output channels from c0 (PART: one vector of `lanes` channels), over kernel rows [kh0, kh1).
-// Each input value is broadcast once per tile row and multiplies NV weight vectors.
-template <Act A, int PT, int NV, bool BORDER, bool PART>
-inline void direct_tile(const float* x, const float* w, const float* bias, const DirectGeo& g, int64_t n, int64_t oh,
-                        int64_t ow0, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y) {
+// One output pixel `ow` of the direct conv whose taps may cross the row's left / right edge (those
+// taps are skipped): NV vectors of output channels from c0 (PART: one vector of `lanes` channels),
+// over kernel rows [kh0, kh1).
+template <Act A, int NV, bool PART>
+inline void direct_border_pixel(const float* x, const float* w, const float* bias, const DirectGeo& g, int64_t n,
+                                int64_t oh, int64_t ow, int64_t c0, int lanes, int64_t kh0, int64_t kh1, float* y) {
   constexpr int L = kVL;
-  fb_vf acc[PT][NV];
-  tile_from_bias<PT, NV, PART>(acc, bias + c0, lanes);
-  const int64_t iw0 = ow0 * g.S - g.left;
-  const int64_t step = g.S * g.sw;  // between the tile's pixels; pointers advance, no index products
+  fb_vf acc[1][NV];
+  tile_from_bias<1, NV, PART>(acc, bias + c0, lanes);
+  const int64_t iw0 = ow * g.S - g.left;
   for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const float* xrow = x + n * g.sn + (oh * g.S - g.top + kh) * g.sh + iw0 * g.sw;
-    const float* wk = w + kh * g.K * g.Cin * g.Cout + c0;
+    const float* xrow = x + n * g.sn + (oh * g.S - g.top + kh) * g.sh;
     for (int64_t kw = 0; kw < g.K; ++kw) {
+      const int64_t iw = iw0 + kw;
+      if (iw < 0 || iw >= g.W) continue;
+      const float* wk = w + ((kh * g.K + kw) * g.Cin) * g.Cout + c0;
       for (int64_t ci = 0; ci < g.Cin; ++ci, wk += g.Cout) {
         fb_vf wv[NV];
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) wv[v] = vload_lanes<PART>(wk + v * L, lanes);
-        const float* xp = xrow + kw * g.sw + ci * g.sc;
-#pragma GCC unroll 16
-        for (int p = 0; p < PT; ++p, xp += step) {
-          if (BORDER) {
-            const int64_t iw = iw0 + p * g.S + kw;
-            if (iw < 0 || iw >= g.W) continue;
-          }
-          const fb_vf xv = bc<fb_vf>(*xp);
-#pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
-        }
+        tile_outer_fma(acc, xrow + iw * g.sw + ci * g.sc, 0, wv);
       }
     }
   }
-#pragma GCC unroll 16
-  for (int p = 0; p < PT; ++p) {
-    float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * g.Cout + c0;
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) store_act<A, PART>(yp + v * L, acc[p][v], lanes);
-  }
+  store_tile<A, 1, NV, PART>(acc, y + ((n * g.Ho + oh) * g.Wo + ow) * g.Cout + c0, g.Cout, lanes, nullptr);
 }
 
-// An interior tile of the direct conv (every tap inside the row): as direct_tile, the taps of
+// An interior tile of the direct conv (every tap inside the row): PT consecutive output pixels of
+// row `oh` from `ow0`, NV vectors of output channels from c0 (PART: one vector of `lanes`
+// channels), each input value broadcast once and multiplied by NV weight vectors; the taps of
 // kernel rows [kh0, kh1) in one flat loop over their input offsets `off` ((kh, kw, ci) order,
 // the weights' order too) instead of three nested loops, whose overheads outweighed the FMAs with
-// 3 input channels. The same sums in the same order.
+// 3 input channels. The sums of direct_border_pixel, in its order.
 template <Act A, int PT, int NV, bool PART>
 inline void direct_tile_flat(const float* x, const float* w, const float* bias, const DirectGeo& g,
                              const int64_t* off, int64_t n, int64_t oh, int64_t ow0, int64_t c0, int lanes,
@@ -465,12 +453,7 @@ inline void direct_tile_flat(const float* x, const float* w, const float* bias, 
     for (int v = 0; v < NV; ++v) wv[v] = vload_lanes<PART>(wk + v * L, lanes);
     tile_outer_fma(acc, base + off[t], step, wv);
   }
-#pragma GCC unroll 16
-  for (int p = 0; p < PT; ++p) {
-    float* yp = y + ((n * g.Ho + oh) * g.Wo + ow0 + p) * g.Cout + c0;
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) store_act<A, PART>(yp + v * L, acc[p][v], lanes);
-  }
+  store_tile<A, PT, NV, PART>(acc, y + ((n * g.Ho + oh) * g.Wo + ow0) * g.Cout + c0, g.Cout, lanes, nullptr);
 }
 
 // Output row `oh` of image n, channels [c0, c0 + NV vectors) (PART: [c0, c0 + lanes)); `off`:
@@ -484,7 +467,7 @@ inline void direct_row_block(const float* x, const float* w, const float* bias, 
   constexpr int PT = std::min(12, std::max(1, (kRegs - NV - 2) / NV));
   const auto [lo, hi] = interior_columns(g.W, g.K, g.S, g.left, g.Wo);
   int64_t ow = 0;
-  for (; ow < lo; ++ow) direct_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+  for (; ow < lo; ++ow) direct_border_pixel<A, NV, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
   for (; ow + PT <= hi; ow += PT)
     direct_tile_flat<A, PT, NV, PART>(x, w, bias, g, off, n, oh, ow, c0, lanes, kh0, kh1, y);
   if constexpr (PT > 4) {
@@ -492,7 +475,7 @@ inline void direct_row_block(const float* x, const float* w, const float* bias, 
       direct_tile_flat<A, 4, NV, PART>(x, w, bias, g, off, n, oh, ow, c0, lanes, kh0, kh1, y);
   }
   for (; ow < hi; ++ow) direct_tile_flat<A, 1, NV, PART>(x, w, bias, g, off, n, oh, ow, c0, lanes, kh0, kh1, y);
-  for (; ow < g.Wo; ++ow) direct_tile<A, 1, NV, true, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
+  for (; ow < g.Wo; ++ow) direct_border_pixel<A, NV, PART>(x, w, bias, g, n, oh, ow, c0, lanes, kh0, kh1, y);
 }
 
 // Dense k x k conv over few input channels on folded weights, channels-last output:
@@ -693,19 +676,8 @@ void EvalKernels<scalar_t>::pointwise_cl(const float* x, int64_t N, int64_t P, i
 
 // A 64-byte aligned buffer of at least n floats for the calling thread, kept for its life.
 inline float* thread_buffer(int64_t n) {
-  struct Buffer {
-    float* p = nullptr;
-    int64_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer b;
-  if (n > b.n) {
-    std::free(b.p);
-    b.p = static_cast<float*>(std::aligned_alloc(64, (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64));
-    b.n = b.p ? n : 0;
-    TORCH_CHECK(b.p != nullptr, "fastblocks: out of memory for a ", n, "-float row buffer");
-  }
-  return b.p;
+  thread_local Scratch buffer;
+  return buffer.get(n);
 }
 
 // Output rows [ob0, ob1) of a depthwise layer `step` rows at a time, over a ring of `ring`

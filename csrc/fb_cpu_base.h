@@ -44,5 +44,30 @@ struct DirectGeo {
   int64_t sn, sc, sh, sw;
 };
 
+// A 64-byte aligned float buffer, grown on demand and kept until destroyed (kernels keep them
+// thread_local: per-call intermediates without an allocation, or fresh pages to touch, per call).
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(p_); }
+  // At least n floats.
+  float* get(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    if (bytes > bytes_) {
+      std::free(p_);
+      p_ = std::aligned_alloc(64, bytes);
+      bytes_ = p_ ? bytes : 0;
+      TORCH_CHECK(p_ != nullptr, "fastblocks: out of memory for ", bytes, " bytes of scratch");
+    }
+    return static_cast<float*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 }  // namespace cpu
 }  // namespace fastblocks
