@@ -201,7 +201,20 @@ inline void store_tile(fb_vf (&acc)[PT][NV], float* y, int64_t stride, int lanes
 struct DwRows {
   const float* rows[7];
   int64_t pix;
+  int64_t kh0, kh1;  // the kernel rows whose input rows exist (the others are padding)
 };
+
+// The input rows of output row `oh`: rows[kh] = row(ih) for the input rows ih = oh * S - top + kh
+// that exist, pixels `pix` floats apart.
+template <typename Row>
+inline DwRows dw_input_rows(const ConvGeo& g, int64_t oh, int64_t pix, Row&& row) {
+  DwRows in;
+  in.pix = pix;
+  in.kh0 = std::max<int64_t>(0, g.top - oh * g.S);
+  in.kh1 = std::min<int64_t>(g.K, g.H + g.top - oh * g.S);
+  for (int64_t kh = in.kh0; kh < in.kh1; ++kh) in.rows[kh] = row(oh * g.S - g.top + kh);
+  return in;
+}
 
 // One tile of a channels-last depthwise conv: PT consecutive output pixels from `ow0` of one
 // output row, NV channel vectors (PART: one vector of `lanes` channels, the row's tail),
@@ -355,11 +368,6 @@ inline void dw_eval_chunk(const DwRows& in, int64_t dc, const float* w, const fl
                                   pool ? pool + c : nullptr);
 }
 
-// The kernel rows [kh0, kh1) of output row `oh` whose input rows exist (the others are padding).
-inline std::pair<int64_t, int64_t> dw_kernel_rows(const ConvGeo& g, int64_t oh) {
-  return {std::max<int64_t>(0, g.top - oh * g.S), std::min<int64_t>(g.K, g.H + g.top - oh * g.S)};
-}
-
 // Channels-last depthwise conv on folded weights: y = act(conv(x, w) + bias), w tap-major
 // [K * K][C], for the output rows [row0, row1) of the N * Ho rows. Work items are (image, output row, chunk of 4 channel vectors), so batch-1 layers
 // with few rows still spread over the threads. pool_rows (optional, [N * Ho][C], zeroed by the
@@ -380,11 +388,8 @@ void EvalKernels<scalar_t>::dw_eval_cl(const float* x, const float* w, const flo
         const int64_t c0 = item % chunks * kChunk;
         const int64_t row = row0 + item / chunks;  // n * Ho + oh
         const int64_t n = row / g.Ho, oh = row % g.Ho;
-        const auto [kh0, kh1] = dw_kernel_rows(g, oh);
-        DwRows in;
-        in.pix = g.C;
-        for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = x + ((n * g.H + oh * g.S - g.top + kh) * g.W) * g.C + c0;
-        dw_eval_chunk<A>(in, 0, w + c0, bias + c0, g, std::min(kChunk, g.C - c0), kh0, kh1,
+        const DwRows in = dw_input_rows(g, oh, g.C, [&](int64_t ih) { return x + ((n * g.H + ih) * g.W) * g.C + c0; });
+        dw_eval_chunk<A>(in, 0, w + c0, bias + c0, g, std::min(kChunk, g.C - c0), in.kh0, in.kh1,
                          y + row * g.Wo * g.C + c0, pool_rows ? pool_rows + row * g.C + c0 : nullptr);
       }
     });
@@ -745,12 +750,9 @@ void EvalKernels<scalar_t>::expand_dw_cl(const float* x, int64_t Cin, const floa
       auto run = [&](int64_t oh, int64_t oe) {
         dispatch_act(dw_act, [&](auto tag) {
           for (int64_t o = oh; o < oe; ++o) {
-            const auto [kh0, kh1] = dw_kernel_rows(g, o);
-            DwRows in;
-            in.pix = kChunk;
-            for (int64_t kh = kh0; kh < kh1; ++kh) in.rows[kh] = buf + (o * g.S - g.top + kh) % ring * row_floats;
+            const DwRows in = dw_input_rows(g, o, kChunk, [&](int64_t ih) { return buf + ih % ring * row_floats; });
             const int64_t row = n * g.Ho + o;
-            dw_eval_chunk<decltype(tag)::value>(in, 0, dw_w + c0, dw_b + c0, g, width, kh0, kh1,
+            dw_eval_chunk<decltype(tag)::value>(in, 0, dw_w + c0, dw_b + c0, g, width, in.kh0, in.kh1,
                                                 z + row * g.Wo * E + c0, pool_rows ? pool_rows + row * E + c0 : nullptr);
           }
         });
@@ -807,16 +809,12 @@ void EvalKernels<scalar_t>::mbconv_rows_cl(const float* x, int64_t Cin, const fl
       auto run = [&](int64_t oh, int64_t oe) {
         dispatch_act(dw_act, [&](auto tag) {
           for (int64_t o = oh; o < oe; ++o) {
-            const auto [kh0, kh1] = dw_kernel_rows(g, o);
-            DwRows in;
-            in.pix = E;
-            for (int64_t kh = kh0; kh < kh1; ++kh) {
-              const int64_t ih = o * g.S - g.top + kh;
-              in.rows[kh] = expand ? ring_buf + ih % ring * row_floats : xn + ih * row_floats;
-            }
+            const DwRows in = dw_input_rows(g, o, E, [&](int64_t ih) {
+              return expand ? ring_buf + ih % ring * row_floats : xn + ih * row_floats;
+            });
             for (int64_t c0 = 0; c0 < E; c0 += kChunk)
-              dw_eval_chunk<decltype(tag)::value>(in, c0, dw_w + c0, dw_b + c0, g, std::min(kChunk, E - c0), kh0,
-                                                  kh1, z + (o - oh) * g.Wo * E + c0, nullptr);
+              dw_eval_chunk<decltype(tag)::value>(in, c0, dw_w + c0, dw_b + c0, g, std::min(kChunk, E - c0), in.kh0,
+                                                  in.kh1, z + (o - oh) * g.Wo * E + c0, nullptr);
           }
         });
         const Residual res{residual ? xn + oh * g.W * Cin : nullptr, Cin};
